@@ -1,0 +1,14 @@
+//! The kernel/user ABI of zone-agent, defined once.
+//!
+//! Everything the XDP program and the agent exchange lives here: map names and capacities,
+//! key/value layouts, verdicts and drop reasons. Numbers are stable: a retired drop reason
+//! keeps its slot. Structs are `repr(C)` with explicit padding fields so that the layout has
+//! no implicit holes (the kernel compares keys byte-wise), and sizes are asserted at compile
+//! time.
+#![no_std]
+
+pub mod maps;
+pub mod verdict;
+
+pub use maps::*;
+pub use verdict::*;

@@ -1,0 +1,318 @@
+//! Map names, capacities and key/value layouts shared by the XDP program and the agent.
+//!
+//! Policy maps are double-buffered *inside* each map: every policy key carries a `set` byte
+//! (0 or 1). The agent writes a complete policy into the inactive set, then flips
+//! `ACTIVE[0]`; the program reads the active set once per packet, so a packet sees either the
+//! old or the new policy, never a mixture. The old set is only rewritten by the next reload.
+
+/// Number of policy sets (double buffering).
+pub const SETS: u32 = 2;
+/// Zone ids are 1..MAX_ZONES-1; 0 means "in no zone".
+pub const MAX_ZONES: u32 = 32;
+/// Rules per set (rule ids are the index of the rule in file order).
+pub const MAX_RULES: u32 = 1 << 17;
+/// Candidate rules kept per class combination (see `RuleCands`).
+pub const MAX_CANDS: usize = 4;
+/// Number of ports per protocol in the port-class array.
+pub const PORTS: u32 = 1 << 16;
+
+pub const NO_ZONE: u8 = 0;
+/// Reserved port class: "no port known" (non-TCP/UDP, or a fragment without L4 header).
+/// Only rules without a port restriction cover it.
+pub const PORT_CLASS_NONE: u16 = 0;
+
+/// `AddrKey*.role`
+pub const ROLE_SRC: u8 = 0;
+pub const ROLE_DST: u8 = 1;
+/// Bits of the LPM key that precede the address (`set` + `role`).
+pub const ADDR_KEY_PREFIX_BITS: u32 = 16;
+
+/// Protocol classes used in `RuleKey.proto`.
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMPV6: u8 = 58;
+/// Any other IP protocol (GRE, ESP, IP-in-IP...).
+pub const PROTO_OTHER: u8 = 255;
+pub const PROTO_CLASSES: [u8; 5] = [PROTO_TCP, PROTO_UDP, PROTO_ICMP, PROTO_ICMPV6, PROTO_OTHER];
+
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+// Map names (<= 15 bytes: the kernel's BPF_OBJ_NAME_LEN).
+pub const MAP_ACTIVE: &str = "ZA_ACTIVE";
+pub const MAP_SETCONF: &str = "ZA_SETCONF";
+pub const MAP_IFACES: &str = "ZA_IFACES";
+pub const MAP_ADDR4: &str = "ZA_ADDR4";
+pub const MAP_ADDR6: &str = "ZA_ADDR6";
+pub const MAP_PORTS: &str = "ZA_PORTS";
+pub const MAP_RULES: &str = "ZA_RULES";
+pub const MAP_RULEINFO: &str = "ZA_RULEINFO";
+pub const MAP_RULEMACS: &str = "ZA_RULEMACS";
+pub const MAP_FLOWS: &str = "ZA_FLOWS";
+pub const MAP_FRAGS: &str = "ZA_FRAGS";
+pub const MAP_ZONE_STATS: &str = "ZA_ZONESTATS";
+pub const MAP_RULE_STATS: &str = "ZA_RULESTATS";
+pub const MAP_DROP_STATS: &str = "ZA_DROPSTATS";
+pub const MAP_PASS_STATS: &str = "ZA_PASSSTATS";
+
+// Capacities.
+pub const CAP_IFACES: u32 = 1024;
+pub const CAP_ADDR4: u32 = 2 * 262_144;
+pub const CAP_ADDR6: u32 = 2 * 65_536;
+pub const CAP_RULES: u32 = 2 * 524_288;
+pub const CAP_RULEMACS: u32 = 2 * 65_536;
+pub const CAP_FLOWS: u32 = 262_144;
+pub const CAP_FRAGS: u32 = 16_384;
+pub const CAP_PORTS: u32 = SETS * 2 * PORTS;
+pub const CAP_ZONE_STATS: u32 = SETS * MAX_ZONES * MAX_ZONES * 3;
+pub const CAP_RULE_STATS: u32 = SETS * MAX_RULES;
+
+// Flow lifetimes (idle), in nanoseconds. Short for half-open and closing TCP so that a scan
+// or a torn-down connection does not hold a slot.
+pub const NS: u64 = 1_000_000_000;
+pub const FLOW_TCP_OPEN_NS: u64 = 60 * NS;
+pub const FLOW_TCP_ESTABLISHED_NS: u64 = 7_200 * NS;
+pub const FLOW_TCP_CLOSING_NS: u64 = 10 * NS;
+pub const FLOW_UDP_NS: u64 = 120 * NS;
+pub const FLOW_OTHER_NS: u64 = 30 * NS;
+pub const FRAG_NS: u64 = 30 * NS;
+
+/// Per-set configuration, `ZA_SETCONF[set]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SetConfig {
+    /// Policy generation installed in this set (monotonic, never 0 once installed).
+    pub generation: u32,
+    /// `SET_*` flags.
+    pub flags: u32,
+}
+pub const SET_VALID: u32 = 1;
+pub const SET_AUDIT: u32 = 1 << 1;
+pub const SET_INTRA_ALLOW: u32 = 1 << 2;
+pub const SET_UNKNOWN_ALLOW: u32 = 1 << 3;
+pub const SET_FRAG_ALLOW: u32 = 1 << 4;
+
+/// `ZA_IFACES` key: ingress interface and outer VLAN id (0 = untagged).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct IfaceKey {
+    pub ifindex: u32,
+    pub vlan: u16,
+    pub set: u8,
+    pub _pad: u8,
+}
+
+/// `ZA_IFACES` value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfaceInfo {
+    pub zone: u8,
+    pub _pad: [u8; 3],
+}
+
+/// LPM key data for `ZA_ADDR4` (prefix length = `ADDR_KEY_PREFIX_BITS` + address bits).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Addr4Key {
+    pub set: u8,
+    pub role: u8,
+    pub addr: [u8; 4],
+}
+
+/// LPM key data for `ZA_ADDR6`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Addr6Key {
+    pub set: u8,
+    pub role: u8,
+    pub addr: [u8; 16],
+}
+
+/// What an address is: its zone (longest zone prefix) and its class (longest prefix among
+/// zone networks and the rules' CIDRs of that role).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AddrClass {
+    pub class: u32,
+    pub zone: u8,
+    pub _pad: [u8; 3],
+}
+
+/// `ZA_RULES` key: the class tuple of a packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RuleKey {
+    pub src_class: u32,
+    pub dst_class: u32,
+    pub port_class: u16,
+    pub proto: u8,
+    pub set: u8,
+}
+
+/// `ZA_RULES` value: the rules matching a class tuple, in file order, cut after the first
+/// rule that always decides (enforcing, no MAC list). Unused slots are `u32::MAX`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RuleCands {
+    pub rules: [u32; MAX_CANDS],
+}
+pub const NO_RULE: u32 = u32::MAX;
+
+/// `ZA_RULEINFO[set * MAX_RULES + rule]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleInfo {
+    pub flags: u32,
+}
+pub const RULE_AUDIT: u32 = 1;
+pub const RULE_HAS_MACS: u32 = 1 << 1;
+
+/// `ZA_RULEMACS` key: a source MAC a rule admits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MacKey {
+    pub rule: u32,
+    pub mac: [u8; 6],
+    pub set: u8,
+    pub _pad: u8,
+}
+
+/// `ZA_FLOWS` key. Normalised so that both directions of a flow give the same key: end `a`
+/// is the smaller (address, port) pair. IPv4 addresses use the first 4 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub a: [u8; 16],
+    pub b: [u8; 16],
+    pub a_port: u16,
+    pub b_port: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// `ZA_FLOWS` value. Keeps what is needed to re-decide the flow's opening packet after a
+/// reload (ingress interface, VLAN, MAC), so the kernel can revalidate a flow of an older
+/// policy generation without help from userspace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowState {
+    pub last_seen_ns: u64,
+    pub generation: u32,
+    pub rule: u32,
+    pub orig_ifindex: u32,
+    pub orig_vlan: u16,
+    pub orig_mac: [u8; 6],
+    pub from_zone: u8,
+    pub to_zone: u8,
+    /// 1 if end `a` of the key opened the flow.
+    pub orig_is_a: u8,
+    /// `FLOW_*` flags.
+    pub flags: u8,
+}
+pub const FLOW_AUDIT: u8 = 1;
+pub const FLOW_FIN_ORIG: u8 = 1 << 1;
+pub const FLOW_FIN_REPLY: u8 = 1 << 2;
+pub const FLOW_REPLIED: u8 = 1 << 3;
+
+/// `ZA_FRAGS` key: one fragmented datagram.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub id: u32,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// `ZA_FRAGS` value: the verdict of the first fragment.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragState {
+    pub last_seen_ns: u64,
+    pub generation: u32,
+    pub rule: u32,
+    /// Source MAC of the first fragment: later fragments must come from the same host.
+    pub mac: [u8; 6],
+    pub from_zone: u8,
+    pub to_zone: u8,
+    pub flags: u8,
+    pub _pad: [u8; 7],
+}
+
+/// One per-CPU counter slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Index of a zone-pair counter.
+#[inline(always)]
+pub const fn zone_stat_index(set: u32, from: u8, to: u8, verdict: u8) -> u32 {
+    ((set * MAX_ZONES + (from as u32 % MAX_ZONES)) * MAX_ZONES + (to as u32 % MAX_ZONES)) * 3
+        + (verdict as u32 % 3)
+}
+
+/// Index of a port-class entry.
+#[inline(always)]
+pub const fn port_index(set: u32, udp: bool, port: u16) -> u32 {
+    (set * 2 + udp as u32) * PORTS + port as u32
+}
+
+const _: () = assert!(core::mem::size_of::<IfaceKey>() == 8);
+const _: () = assert!(core::mem::size_of::<Addr4Key>() == 6);
+const _: () = assert!(core::mem::size_of::<Addr6Key>() == 18);
+const _: () = assert!(core::mem::size_of::<AddrClass>() == 8);
+const _: () = assert!(core::mem::size_of::<RuleKey>() == 12);
+const _: () = assert!(core::mem::size_of::<RuleCands>() == 16);
+const _: () = assert!(core::mem::size_of::<MacKey>() == 12);
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+const _: () = assert!(core::mem::size_of::<FlowState>() == 32);
+const _: () = assert!(core::mem::size_of::<FragKey>() == 40);
+const _: () = assert!(core::mem::size_of::<FragState>() == 32);
+const _: () = assert!(core::mem::size_of::<Counter>() == 16);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all types are repr(C), Copy, with explicit padding and no invalid bit patterns.
+    unsafe impl aya::Pod for SetConfig {}
+    unsafe impl aya::Pod for IfaceKey {}
+    unsafe impl aya::Pod for IfaceInfo {}
+    unsafe impl aya::Pod for Addr4Key {}
+    unsafe impl aya::Pod for Addr6Key {}
+    unsafe impl aya::Pod for AddrClass {}
+    unsafe impl aya::Pod for RuleKey {}
+    unsafe impl aya::Pod for RuleCands {}
+    unsafe impl aya::Pod for RuleInfo {}
+    unsafe impl aya::Pod for MacKey {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowState {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragState {}
+    unsafe impl aya::Pod for Counter {}
+}
+
+/// Idle lifetime of a flow entry, shared by the kernel (expiry on lookup) and the agent
+/// (garbage collection) and the model.
+#[inline(always)]
+pub const fn flow_lifetime(proto: u8, flags: u8) -> u64 {
+    match proto {
+        PROTO_TCP => {
+            if flags & FLOW_FIN_ORIG != 0 && flags & FLOW_FIN_REPLY != 0 {
+                FLOW_TCP_CLOSING_NS
+            } else if flags & FLOW_REPLIED != 0 {
+                FLOW_TCP_ESTABLISHED_NS
+            } else {
+                FLOW_TCP_OPEN_NS
+            }
+        }
+        PROTO_UDP => FLOW_UDP_NS,
+        _ => FLOW_OTHER_NS,
+    }
+}

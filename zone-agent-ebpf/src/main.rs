@@ -1,0 +1,192 @@
+//! zone-agent's XDP program: every packet entering a zone interface of the gateway is
+//! decided here.
+//!
+//! Pipeline: parse → zone → state → rule → verdict → record. Each step returns
+//! `Result<_, DropReason>`; `classify` is the only place that turns a step's outcome into a
+//! decision and `zone_agent` the only place that turns a decision into an XDP action.
+#![no_std]
+#![no_main]
+
+mod maps;
+mod parse;
+mod record;
+mod rule;
+mod state;
+mod zone;
+
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    macros::xdp,
+    programs::XdpContext,
+};
+use zone_agent_common::*;
+
+use crate::{
+    maps::{ACTIVE, SETCONF},
+    parse::{FRAG_FIRST, FRAG_LATER, Packet},
+    zone::Zones,
+};
+
+enum Outcome {
+    Pass(PassReason),
+    Drop(DropReason),
+}
+
+struct Decision {
+    outcome: Outcome,
+    from: u8,
+    to: u8,
+    rule: u32,
+    /// Passed only because of audit mode (an audit rule, or a global-audit would-drop).
+    audit: bool,
+}
+
+impl Decision {
+    fn drop(reason: DropReason) -> Self {
+        Decision { outcome: Outcome::Drop(reason), from: 0, to: 0, rule: NO_RULE, audit: false }
+    }
+}
+
+#[xdp]
+pub fn zone_agent(ctx: XdpContext) -> u32 {
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    let set = ACTIVE.get(0).copied().unwrap_or(0) & 1;
+    let cfg = SETCONF.get(set).copied().unwrap_or_default();
+    let d = if cfg.flags & SET_VALID == 0 {
+        Decision::drop(DropReason::NoPolicy)
+    } else {
+        classify(&ctx, set, &cfg)
+    };
+    record_and_act(set, &cfg, d, len)
+}
+
+/// Precedence, first applicable wins:
+///  1. unparseable → drop (malformed / header_limit / non_ip); ARP and link-scoped ND pass;
+///  2. ingress interface/VLAN in no zone → drop unknown_interface;
+///  3. source address of another zone → drop spoofed_source (also for flow packets);
+///  4. source or destination in no zone → defaults.unknown;
+///  5. same zone on both sides → defaults.intra_zone;
+///  6. ICMP error quoting a live flow → pass related;
+///  7. packet of a live flow → pass established / reply;
+///  8. later fragment: tied to an allowed first fragment → pass; else defaults.fragments
+///     (allow = judged by port-less rules only, deny = drop fragment);
+///  9. a rule matches → pass (audit if only audit rules) and open a flow;
+/// 10. otherwise → drop mac_mismatch if a rule failed only on its MAC list, else no_rule.
+#[inline(always)]
+fn classify(ctx: &XdpContext, set: u32, cfg: &SetConfig) -> Decision {
+    let mut p = Packet::empty();
+    match parse::packet(ctx.ctx, &mut p) {
+        parse::PARSED_IP => {}
+        parse::PARSED_NEIGHBOR => {
+            return Decision {
+                outcome: Outcome::Pass(PassReason::Neighbor),
+                from: 0,
+                to: 0,
+                rule: NO_RULE,
+                audit: false,
+            };
+        }
+        r => return Decision::drop(reason(r)),
+    }
+    let ifindex = ctx.ingress_ifindex() as u32;
+    let z = match zone::resolve(set, ifindex, p.vlan, &p.t) {
+        Ok(z) => z,
+        Err(r) => return Decision::drop(r),
+    };
+    let mut d = Decision { outcome: Outcome::Drop(DropReason::NoRule), from: z.from, to: z.to, rule: NO_RULE, audit: false };
+    d.outcome = match decide(set, cfg, ifindex, &z, &p) {
+        Ok(hit) => {
+            d.rule = hit.rule;
+            d.audit = hit.audit;
+            Outcome::Pass(hit.reason)
+        }
+        Err(r) => Outcome::Drop(r),
+    };
+    d
+}
+
+#[inline(always)]
+fn decide(
+    set: u32,
+    cfg: &SetConfig,
+    ifindex: u32,
+    z: &Zones,
+    p: &Packet,
+) -> Result<state::Hit, DropReason> {
+    let gen_ = cfg.generation;
+    let pass = |reason| Ok(state::Hit { reason, rule: NO_RULE, audit: false });
+    if z.unknown() {
+        return if cfg.flags & SET_UNKNOWN_ALLOW != 0 {
+            pass(PassReason::UnknownZone)
+        } else {
+            Err(DropReason::UnknownZone)
+        };
+    }
+    if z.from == z.to {
+        return if cfg.flags & SET_INTRA_ALLOW != 0 {
+            pass(PassReason::IntraZone)
+        } else {
+            Err(DropReason::IntraZone)
+        };
+    }
+    let mut hit = state::Hit { reason: PassReason::Rule, rule: NO_RULE, audit: false };
+    if state::related(gen_, z, p, &mut hit) || state::lookup(set, gen_, z, p, &mut hit) {
+        return Ok(hit);
+    }
+    if p.frag == FRAG_LATER {
+        if let Some(hit) = state::fragment(gen_, z, p) {
+            return Ok(hit);
+        }
+        if cfg.flags & SET_FRAG_ALLOW == 0 {
+            return Err(DropReason::Fragment);
+        }
+    }
+    let mut m = rule::Match { rule: NO_RULE, audit: false };
+    let r = rule::find(set, z, &p.t, &p.src_mac, &mut m);
+    if r != 0 {
+        return Err(reason(r));
+    }
+    state::open(gen_, z, p, ifindex, &m)?;
+    if p.frag == FRAG_FIRST {
+        state::open_fragment(gen_, z, p, &m)?;
+    }
+    Ok(state::Hit { reason: PassReason::Rule, rule: m.rule, audit: m.audit })
+}
+
+/// A drop-reason number returned by a BPF sub-function; unknown numbers fail closed.
+#[inline(always)]
+fn reason(n: u32) -> DropReason {
+    DropReason::from_u8(n as u8).unwrap_or(DropReason::Malformed)
+}
+
+#[inline(always)]
+fn record_and_act(set: u32, cfg: &SetConfig, d: Decision, len: u64) -> u32 {
+    record::rule(set, d.rule, len);
+    match d.outcome {
+        Outcome::Pass(reason) => {
+            record::pass(reason, len);
+            let v = if d.audit { Verdict::Audit } else { Verdict::Allow };
+            record::zone_pair(set, d.from, d.to, v, len);
+            XDP_PASS
+        }
+        Outcome::Drop(reason) => {
+            // Global audit mode passes what policy would deny, never what could not be
+            // decided (fail closed).
+            let audited = cfg.flags & SET_AUDIT != 0 && reason.auditable();
+            record::drop(reason, audited, len);
+            if audited {
+                record::zone_pair(set, d.from, d.to, Verdict::Audit, len);
+                XDP_PASS
+            } else {
+                record::zone_pair(set, d.from, d.to, Verdict::Deny, len);
+                XDP_DROP
+            }
+        }
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

@@ -1,0 +1,43 @@
+//! Every map of the program, typed from zone-agent-common (names and sizes live there).
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+};
+use zone_agent_common::*;
+
+#[map(name = "ZA_ACTIVE")]
+pub static ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
+#[map(name = "ZA_SETCONF")]
+pub static SETCONF: Array<SetConfig> = Array::with_max_entries(SETS, 0);
+#[map(name = "ZA_IFACES")]
+pub static IFACES: HashMap<IfaceKey, IfaceInfo> = HashMap::with_max_entries(CAP_IFACES, 0);
+#[map(name = "ZA_ADDR4")]
+pub static ADDR4: LpmTrie<Addr4Key, AddrClass> = LpmTrie::with_max_entries(CAP_ADDR4, 0);
+#[map(name = "ZA_ADDR6")]
+pub static ADDR6: LpmTrie<Addr6Key, AddrClass> = LpmTrie::with_max_entries(CAP_ADDR6, 0);
+#[map(name = "ZA_PORTS")]
+pub static PORT_CLASSES: Array<u16> = Array::with_max_entries(CAP_PORTS, 0);
+// Not preallocated: sized for the largest policy, most sites use a tiny fraction.
+#[map(name = "ZA_RULES")]
+pub static RULES: HashMap<RuleKey, RuleCands> =
+    HashMap::with_max_entries(CAP_RULES, BPF_F_NO_PREALLOC);
+#[map(name = "ZA_RULEINFO")]
+pub static RULEINFO: Array<RuleInfo> = Array::with_max_entries(SETS * MAX_RULES, 0);
+#[map(name = "ZA_RULEMACS")]
+pub static RULEMACS: HashMap<MacKey, u8> =
+    HashMap::with_max_entries(CAP_RULEMACS, BPF_F_NO_PREALLOC);
+#[map(name = "ZA_FLOWS")]
+pub static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(CAP_FLOWS, 0);
+#[map(name = "ZA_FRAGS")]
+pub static FRAGS: LruHashMap<FragKey, FragState> = LruHashMap::with_max_entries(CAP_FRAGS, 0);
+#[map(name = "ZA_ZONESTATS")]
+pub static ZONE_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(CAP_ZONE_STATS, 0);
+#[map(name = "ZA_RULESTATS")]
+pub static RULE_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(CAP_RULE_STATS, 0);
+#[map(name = "ZA_DROPSTATS")]
+pub static DROP_STATS: PerCpuArray<Counter> =
+    PerCpuArray::with_max_entries(2 * DropReason::SLOTS, 0);
+#[map(name = "ZA_PASSSTATS")]
+pub static PASS_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(PassReason::SLOTS, 0);

@@ -1,0 +1,464 @@
+//! L2/VLAN/ARP/IPv4/IPv6(+extension headers)/L4 → `Packet`. All packet bounds checks live
+//! here. Contract of every step: `Ok` with what it found, or the drop reason.
+//!
+//! Offsets are kept below `MAX_L4_OFF` so that the verifier can bound every variable-offset
+//! access; a header chain longer than that is `HeaderLimit`, not a guess.
+
+use aya_ebpf::{bindings::xdp_md, programs::XdpContext};
+use zone_agent_common::*;
+
+/// 802.1Q / 802.1ad tags walked; a third tag is `HeaderLimit`.
+const VLAN_MAX_DEPTH: usize = 2;
+/// IPv6 extension headers walked before the upper-layer header; more is `HeaderLimit`.
+const IPV6_EXT_MAX: usize = 6;
+/// Largest offset of an upper-layer header we accept (keeps offsets verifier-bounded).
+const MAX_L4_OFF: usize = 512;
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const ETH_P_ARP: u16 = 0x0806;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88A8;
+
+const TCP_FIN: u8 = 0x01;
+const TCP_RST: u8 = 0x04;
+
+/// Fragment position of the packet.
+pub const FRAG_NONE: u8 = 0;
+pub const FRAG_FIRST: u8 = 1;
+pub const FRAG_LATER: u8 = 2;
+
+/// The fields of a flow-like tuple: what rules and the flow table look at.
+#[derive(Clone, Copy)]
+pub struct Tuple {
+    pub family: u8,
+    pub proto: u8,
+    /// True if `sport`/`dport` are known (TCP/UDP/ICMP header present).
+    pub l4: bool,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// TCP/UDP ports; for ICMP echo the identifier on the requester's side (see `icmp_ports`).
+    pub sport: u16,
+    pub dport: u16,
+}
+
+#[derive(Clone, Copy)]
+pub struct Packet {
+    pub src_mac: [u8; 6],
+    /// Outer VLAN id, 0 if untagged.
+    pub vlan: u16,
+    pub t: Tuple,
+    pub tcp_flags: u8,
+    /// ICMP/ICMPv6 type (0 for other protocols).
+    pub icmp_type: u8,
+    pub frag: u8,
+    pub frag_id: u32,
+    /// For an ICMP/ICMPv6 error (`has_inner`): the tuple of the quoted packet. Not an
+    /// `Option`: LLVM stores `None` with undefined payload bytes, which the verifier rejects.
+    pub inner: Tuple,
+    pub has_inner: bool,
+}
+
+
+#[inline(always)]
+fn bytes<const N: usize>(ctx: &XdpContext, off: usize) -> Result<[u8; N], DropReason> {
+    // Volatile reads: otherwise LLVM proves this check redundant from earlier length checks
+    // on IP header fields and drops it, and the verifier (which cannot follow that proof)
+    // rejects the access.
+    // SAFETY: ctx.ctx points at the kernel's xdp_md for this invocation.
+    let (start, end) = unsafe {
+        (
+            core::ptr::read_volatile(&(*ctx.ctx).data) as usize,
+            core::ptr::read_volatile(&(*ctx.ctx).data_end) as usize,
+        )
+    };
+    if off > MAX_L4_OFF + 128 || start + off + N > end {
+        return Err(DropReason::Malformed);
+    }
+    // SAFETY: bounds checked against data_end just above.
+    Ok(unsafe { core::ptr::read_unaligned((start + off) as *const [u8; N]) })
+}
+
+#[inline(always)]
+fn be16_at(ctx: &XdpContext, off: usize) -> Result<u16, DropReason> {
+    Ok(u16::from_be_bytes(bytes::<2>(ctx, off)?))
+}
+
+/// A separate BPF function (not inlined): its temporaries get their own stack frame, which
+/// keeps the whole program under the 512-byte stack limit.
+/// Results come back through `out` (the verifier does not let a BPF function return a
+/// pointer to the caller's stack, which is how a large return value would travel).
+/// Returns `PARSED_IP`, `PARSED_NEIGHBOR` or the drop reason number: plain scalars, since
+/// Rust returns even a two-byte `Result` through memory on this target.
+#[inline(never)]
+pub fn packet(raw: *mut xdp_md, out: &mut Packet) -> u32 {
+    match packet_inner(raw, out) {
+        Ok(Kind::Ip) => PARSED_IP,
+        Ok(Kind::Neighbor) => PARSED_NEIGHBOR,
+        Err(r) => r as u32,
+    }
+}
+
+pub const PARSED_IP: u32 = 0x100;
+pub const PARSED_NEIGHBOR: u32 = 0x101;
+
+#[inline(always)]
+fn packet_inner(raw: *mut xdp_md, out: &mut Packet) -> Result<Kind, DropReason> {
+    let ctx = &XdpContext::new(raw);
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    let src_mac = bytes::<6>(ctx, 6)?;
+    let (ethertype, l3, vlan) = l2(ctx)?;
+    out.src_mac = src_mac;
+    out.vlan = vlan;
+    match ethertype {
+        ETH_P_ARP => Ok(Kind::Neighbor),
+        ETH_P_IP => ipv4(ctx, l3, len, out),
+        ETH_P_IPV6 => ipv6(ctx, l3, len, out),
+        _ => Err(DropReason::NonIp),
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Neighbor,
+    Ip,
+}
+
+/// Ethernet and up to `VLAN_MAX_DEPTH` tags: (ethertype, L3 offset, outer VLAN id).
+#[inline(always)]
+fn l2(ctx: &XdpContext) -> Result<(u16, usize, u16), DropReason> {
+    let mut proto = be16_at(ctx, 12)?;
+    let mut off = ETH_HLEN;
+    let mut vlan = 0u16;
+    for depth in 0..VLAN_MAX_DEPTH {
+        if proto != ETH_P_8021Q && proto != ETH_P_8021AD {
+            return Ok((proto, off, vlan));
+        }
+        let tci = be16_at(ctx, off)?;
+        if depth == 0 {
+            vlan = tci & 0x0fff;
+        }
+        proto = be16_at(ctx, off + 2)?;
+        off += 4;
+    }
+    if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
+        return Err(DropReason::HeaderLimit);
+    }
+    Ok((proto, off, vlan))
+}
+
+#[inline(always)]
+fn ipv4(ctx: &XdpContext, l3: usize, len: u64, p: &mut Packet) -> Result<Kind, DropReason> {
+    let h = bytes::<20>(ctx, l3)?;
+    if h[0] >> 4 != 4 {
+        return Err(DropReason::Malformed);
+    }
+    let ihl = ((h[0] & 0x0f) as usize) * 4;
+    let tot_len = u16::from_be_bytes([h[2], h[3]]) as usize;
+    // ihl < 20 or a total length that does not even cover the header is malformed, and so is
+    // a datagram longer than the frame (truncated).
+    if ihl < 20 || tot_len < ihl || l3 + tot_len > (len as usize) {
+        return Err(DropReason::Malformed);
+    }
+    let frag_field = u16::from_be_bytes([h[6], h[7]]);
+    let more = frag_field & 0x2000 != 0;
+    let offset = frag_field & 0x1fff;
+    // RFC 1858: a fragment at offset 8 can only exist to overwrite the TCP header of the first.
+    if offset == 1 {
+        return Err(DropReason::Malformed);
+    }
+    p.frag = if offset != 0 {
+        FRAG_LATER
+    } else if more {
+        FRAG_FIRST
+    } else {
+        FRAG_NONE
+    };
+    p.frag_id = u16::from_be_bytes([h[4], h[5]]) as u32;
+    p.t.family = FAMILY_V4;
+    p.t.proto = h[9];
+    p.t.src[..4].copy_from_slice(&h[12..16]);
+    p.t.dst[..4].copy_from_slice(&h[16..20]);
+    if p.frag != FRAG_LATER {
+        l4_checked(ctx, p, l3 + ihl, l3 + tot_len)?;
+    }
+    Ok(Kind::Ip)
+}
+
+const NH_HOP: u8 = 0;
+const NH_ROUTING: u8 = 43;
+const NH_FRAGMENT: u8 = 44;
+const NH_AH: u8 = 51;
+const NH_DSTOPTS: u8 = 60;
+
+#[inline(always)]
+fn ipv6(ctx: &XdpContext, l3: usize, len: u64, p: &mut Packet) -> Result<Kind, DropReason> {
+    let h = bytes::<8>(ctx, l3)?;
+    if h[0] >> 4 != 6 {
+        return Err(DropReason::Malformed);
+    }
+    let payload = u16::from_be_bytes([h[4], h[5]]) as usize;
+    let end = l3 + 40 + payload;
+    if end > len as usize {
+        return Err(DropReason::Malformed);
+    }
+    p.t.family = FAMILY_V6;
+    p.t.src = bytes::<16>(ctx, l3 + 8)?;
+    p.t.dst = bytes::<16>(ctx, l3 + 24)?;
+    let hop_limit = h[7];
+    let mut off = l3 + 40;
+    let mut nh = h[6];
+    let mut walked = 0;
+    while walked < IPV6_EXT_MAX {
+        if !matches!(nh, NH_HOP | NH_ROUTING | NH_FRAGMENT | NH_AH | NH_DSTOPTS) {
+            break;
+        }
+        let r = ext_header(ctx.ctx, off, nh, p);
+        if r & EXT_ERR != 0 {
+            return Err(DropReason::from_u8(r as u8).unwrap_or(DropReason::Malformed));
+        }
+        let hlen = (r & 0xffff) as usize;
+        nh = (r >> 16) as u8;
+        off += hlen;
+        if off > MAX_L4_OFF || off > end {
+            return Err(DropReason::HeaderLimit);
+        }
+        walked += 1;
+        if p.frag == FRAG_LATER {
+            break;
+        }
+    }
+    p.t.proto = nh;
+    if p.frag == FRAG_LATER {
+        return Ok(Kind::Ip);
+    }
+    if matches!(nh, NH_HOP | NH_ROUTING | NH_FRAGMENT | NH_AH | NH_DSTOPTS) {
+        return Err(DropReason::HeaderLimit);
+    }
+    l4_checked(ctx, p, off, end)?;
+    // Neighbour discovery (RS, RA, NS, NA) passes without policy only when it cannot leave
+    // the link: hop limit 255 (RFC 4861 §7.1) and a link-local or link-scope multicast
+    // destination. A unicast NS to a global address would otherwise be routed onwards.
+    if nh == PROTO_ICMPV6 && hop_limit == 255 && link_scoped(&p.t.dst) {
+        if (133..=136).contains(&p.icmp_type) {
+            return Ok(Kind::Neighbor);
+        }
+    }
+    Ok(Kind::Ip)
+}
+
+/// fe80::/10 or ff02::/16.
+#[inline(always)]
+pub fn link_scoped(dst: &[u8; 16]) -> bool {
+    (dst[0] == 0xfe && dst[1] & 0xc0 == 0x80) || (dst[0] == 0xff && dst[1] & 0x0f == 0x02)
+}
+
+#[inline(always)]
+fn l4_checked(ctx: &XdpContext, p: &mut Packet, off: usize, end: usize) -> Result<(), DropReason> {
+    match l4(ctx.ctx, p, off, end) {
+        0 => Ok(()),
+        r => Err(DropReason::from_u8(r as u8).unwrap_or(DropReason::Malformed)),
+    }
+}
+
+const EXT_ERR: u32 = 1 << 31;
+
+/// One IPv6 extension header at `off`: returns (next header << 16 | length), or
+/// `EXT_ERR | reason`. Its own BPF function so the verifier walks its branches once per
+/// loop iteration instead of multiplying them across the chain.
+#[inline(never)]
+fn ext_header(raw: *mut xdp_md, off: usize, nh: u8, p: &mut Packet) -> u32 {
+    let ctx = &XdpContext::new(raw);
+    let e = match bytes::<8>(ctx, off) {
+        Ok(e) => e,
+        Err(r) => return EXT_ERR | r as u32,
+    };
+    let hlen = match nh {
+        NH_FRAGMENT => {
+            let fo = u16::from_be_bytes([e[2], e[3]]);
+            let offset = fo >> 3;
+            let more = fo & 1 != 0;
+            if offset == 1 {
+                return EXT_ERR | DropReason::Malformed as u32;
+            }
+            // An atomic fragment (offset 0, no more) is a whole packet (RFC 6946).
+            if offset != 0 {
+                p.frag = FRAG_LATER;
+            } else if more {
+                p.frag = FRAG_FIRST;
+            }
+            p.frag_id = u32::from_be_bytes([e[4], e[5], e[6], e[7]]);
+            8
+        }
+        NH_AH => (e[1] as u32 + 2) * 4,
+        _ => (e[1] as u32 + 1) * 8,
+    };
+    ((e[0] as u32) << 16) | hlen
+}
+
+/// Whether an ICMP(v6) type is an error that quotes the offending packet.
+#[inline(always)]
+fn icmp_error(family: u8, ty: u8) -> bool {
+    if family == FAMILY_V4 {
+        matches!(ty, 3 | 11 | 12)
+    } else {
+        matches!(ty, 1..=4)
+    }
+}
+
+/// Ports of an ICMP message for the flow table: an echo request is (id, 0) and its reply
+/// (0, id), so a reply is exactly the reverse tuple of its request.
+#[inline(always)]
+fn icmp_ports(family: u8, ty: u8, id: u16) -> (u16, u16) {
+    let (req, rep) = if family == FAMILY_V4 { (8, 0) } else { (128, 129) };
+    if ty == req {
+        (id, 0)
+    } else if ty == rep {
+        (0, id)
+    } else {
+        (0, 0)
+    }
+}
+
+/// Upper-layer header at `off`; it must lie inside the IP datagram (`end`), not in padding.
+// Own BPF function: inlined, LLVM folds the port stores into a form the verifier rejects
+// ("invalid size of register spill").
+#[inline(never)]
+fn l4(raw: *mut xdp_md, p: &mut Packet, off: usize, end: usize) -> u32 {
+    match l4_inner(&XdpContext::new(raw), p, off, end) {
+        Ok(()) => 0,
+        Err(r) => r as u32,
+    }
+}
+
+#[inline(always)]
+fn l4_inner(ctx: &XdpContext, p: &mut Packet, off: usize, end: usize) -> Result<(), DropReason> {
+    if off > MAX_L4_OFF {
+        return Err(DropReason::HeaderLimit);
+    }
+    match p.t.proto {
+        PROTO_TCP => {
+            let h = bytes::<20>(ctx, off)?;
+            let doff = ((h[12] >> 4) as usize) * 4;
+            // The whole TCP header must be in this packet: a tiny first fragment that splits it
+            // is how filters get bypassed (RFC 1858).
+            if doff < 20 || off + doff > end {
+                return Err(DropReason::Malformed);
+            }
+            p.t.sport = u16::from_be_bytes([h[0], h[1]]);
+            p.t.dport = u16::from_be_bytes([h[2], h[3]]);
+            p.tcp_flags = h[13];
+            p.t.l4 = true;
+        }
+        PROTO_UDP => {
+            let h = bytes::<8>(ctx, off)?;
+            if off + 8 > end {
+                return Err(DropReason::Malformed);
+            }
+            p.t.sport = u16::from_be_bytes([h[0], h[1]]);
+            p.t.dport = u16::from_be_bytes([h[2], h[3]]);
+            p.t.l4 = true;
+        }
+        PROTO_ICMP | PROTO_ICMPV6 => {
+            let icmp_proto = if p.t.family == FAMILY_V4 { PROTO_ICMP } else { PROTO_ICMPV6 };
+            if p.t.proto != icmp_proto {
+                // ICMPv4 inside IPv6 or the reverse: an unknown protocol for this family.
+                return Ok(());
+            }
+            let h = bytes::<8>(ctx, off)?;
+            if off + 8 > end {
+                return Err(DropReason::Malformed);
+            }
+            let (s, d) = icmp_ports(p.t.family, h[0], u16::from_be_bytes([h[4], h[5]]));
+            p.t.sport = s;
+            p.t.dport = d;
+            p.t.l4 = true;
+            p.icmp_type = h[0];
+            if icmp_error(p.t.family, h[0]) {
+                p.has_inner = quoted(ctx.ctx, p.t.family, off + 8, end, &mut p.inner);
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The tuple of the packet quoted by an ICMP error, if enough of it is there. A quote that
+/// is cut short gives `None`: the error is then judged as plain ICMP.
+// Own BPF function: keeps the verifier's path count down (only ICMP errors get here).
+#[inline(never)]
+fn quoted(raw: *mut xdp_md, family: u8, off: usize, end: usize, out: &mut Tuple) -> bool {
+    let ctx = &XdpContext::new(raw);
+    match quoted_tuple(ctx, family, off, end) {
+        Some(t) => {
+            *out = t;
+            true
+        }
+        None => false,
+    }
+}
+
+#[inline(always)]
+fn quoted_tuple(ctx: &XdpContext, family: u8, off: usize, end: usize) -> Option<Tuple> {
+    let mut t = Tuple {
+        family,
+        proto: 0,
+        l4: true,
+        src: [0; 16],
+        dst: [0; 16],
+        sport: 0,
+        dport: 0,
+    };
+    let l4off = if family == FAMILY_V4 {
+        let h = bytes::<20>(ctx, off).ok()?;
+        let ihl = ((h[0] & 0x0f) as usize) * 4;
+        if h[0] >> 4 != 4 || ihl < 20 {
+            return None;
+        }
+        t.proto = h[9];
+        t.src[..4].copy_from_slice(&h[12..16]);
+        t.dst[..4].copy_from_slice(&h[16..20]);
+        off + ihl
+    } else {
+        let h = bytes::<40>(ctx, off).ok()?;
+        if h[0] >> 4 != 6 {
+            return None;
+        }
+        t.proto = h[6];
+        t.src.copy_from_slice(&h[8..24]);
+        t.dst.copy_from_slice(&h[24..40]);
+        off + 40
+    };
+    if l4off > MAX_L4_OFF || l4off + 8 > end {
+        return None;
+    }
+    let q = bytes::<8>(ctx, l4off).ok()?;
+    match t.proto {
+        PROTO_TCP | PROTO_UDP => {
+            t.sport = u16::from_be_bytes([q[0], q[1]]);
+            t.dport = u16::from_be_bytes([q[2], q[3]]);
+        }
+        PROTO_ICMP | PROTO_ICMPV6 => {
+            let (s, d) = icmp_ports(family, q[0], u16::from_be_bytes([q[4], q[5]]));
+            t.sport = s;
+            t.dport = d;
+        }
+        _ => return None,
+    }
+    Some(t)
+}
+
+impl Packet {
+    pub const fn empty() -> Self {
+        let t = Tuple { family: 0, proto: 0, l4: false, src: [0; 16], dst: [0; 16], sport: 0, dport: 0 };
+        Packet { src_mac: [0; 6], vlan: 0, t, tcp_flags: 0, icmp_type: 0, frag: FRAG_NONE, frag_id: 0, inner: t, has_inner: false }
+    }
+
+    pub fn tcp_fin(&self) -> bool {
+        self.t.proto == PROTO_TCP && self.tcp_flags & TCP_FIN != 0
+    }
+    pub fn tcp_rst(&self) -> bool {
+        self.t.proto == PROTO_TCP && self.tcp_flags & TCP_RST != 0
+    }
+}

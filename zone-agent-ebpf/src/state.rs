@@ -1,0 +1,246 @@
+//! Flows: replies and later packets of an allowed flow pass without re-matching; ICMP errors
+//! quoting an allowed flow pass; later fragments inherit their first fragment's verdict.
+//!
+//! A flow records the policy generation that allowed it. After a reload its opening packet
+//! is re-decided here, in the kernel, against the new policy (from the ingress interface,
+//! VLAN and MAC kept in the entry): the flow survives only if the new policy still allows
+//! it, and there is no window in which a revoked flow passes.
+
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
+use zone_agent_common::*;
+
+use crate::{
+    maps::{FLOWS, FRAGS},
+    parse::{Packet, Tuple},
+    rule::{self, Match},
+    zone::{self, Zones},
+};
+
+#[inline(always)]
+pub fn now() -> u64 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// Key of the flow a tuple belongs to, and whether the tuple's source is end `a`.
+#[inline(always)]
+pub fn key(t: &Tuple) -> (FlowKey, bool) {
+    let src_is_a = (t.src, t.sport) <= (t.dst, t.dport);
+    let (a, a_port, b, b_port) = if src_is_a {
+        (t.src, t.sport, t.dst, t.dport)
+    } else {
+        (t.dst, t.dport, t.src, t.sport)
+    };
+    (FlowKey { a, b, a_port, b_port, proto: t.proto, family: t.family, _pad: [0; 2] }, src_is_a)
+}
+
+pub struct Hit {
+    pub reason: PassReason,
+    pub rule: u32,
+    pub audit: bool,
+}
+
+/// Re-decide a flow of an older generation under the active policy; updates the entry.
+#[inline(always)]
+fn revalidate(set: u32, generation: u32, k: &FlowKey, st: &mut FlowState) -> bool {
+    let (src, sport, dst, dport) = if st.orig_is_a != 0 {
+        (k.a, k.a_port, k.b, k.b_port)
+    } else {
+        (k.b, k.b_port, k.a, k.a_port)
+    };
+    let t = Tuple { family: k.family, proto: k.proto, l4: true, src, dst, sport, dport };
+    let z = match zone::resolve(set, st.orig_ifindex, st.orig_vlan, &t) {
+        Ok(z) => z,
+        Err(_) => return false,
+    };
+    if z.unknown() || z.from == z.to {
+        return false;
+    }
+    let mut m = Match { rule: NO_RULE, audit: false };
+    match rule::find(set, &z, &t, &st.orig_mac, &mut m) {
+        0 => {
+            st.generation = generation;
+            st.rule = m.rule;
+            st.from_zone = z.from;
+            st.to_zone = z.to;
+            st.flags = (st.flags & !FLOW_AUDIT) | if m.audit { FLOW_AUDIT } else { 0 };
+            true
+        }
+        _ => false,
+    }
+}
+
+/// The packet's own flow, if it has one: established (same direction) or reply.
+// Own BPF function (own stack frame), see parse::packet.
+#[inline(never)]
+pub fn lookup(set: u32, generation: u32, z: &Zones, p: &Packet, out: &mut Hit) -> bool {
+    match lookup_inner(set, generation, z, p) {
+        Some(h) => {
+            *out = h;
+            true
+        }
+        None => false,
+    }
+}
+
+#[inline(always)]
+fn lookup_inner(set: u32, generation: u32, z: &Zones, p: &Packet) -> Option<Hit> {
+    if !p.t.l4 {
+        return None;
+    }
+    let (k, src_is_a) = key(&p.t);
+    let st = FLOWS.get_ptr_mut(&k)?;
+    // SAFETY: the LRU entry may be recycled under us in theory; a torn read can only make
+    // the checks below fail (zone ids, generation), which denies: fail closed.
+    let st = unsafe { &mut *st };
+    let t = now();
+    if t.saturating_sub(st.last_seen_ns) > flow_lifetime(k.proto, st.flags) {
+        let _ = FLOWS.remove(&k);
+        return None;
+    }
+    if st.generation != generation && !revalidate(set, generation, &k, st) {
+        let _ = FLOWS.remove(&k);
+        return None;
+    }
+    let orig = (st.orig_is_a != 0) == src_is_a;
+    // A reply must come back in through the destination zone, and a later packet of the
+    // flow through the zone that opened it; anything else is not this flow.
+    let expected_zone = if orig { st.from_zone } else { st.to_zone };
+    // The opening direction must also keep its source MAC: a flow opened under a MAC-bound
+    // 特定通信 is not a way in for another host that copies its addresses.
+    if z.from != expected_zone || (orig && st.orig_mac != p.src_mac) {
+        return None;
+    }
+    st.last_seen_ns = t;
+    if p.tcp_rst() {
+        let hit = Hit { reason: dir_reason(orig), rule: st.rule, audit: st.flags & FLOW_AUDIT != 0 };
+        let _ = FLOWS.remove(&k);
+        return Some(hit);
+    }
+    if p.tcp_fin() {
+        st.flags |= if orig { FLOW_FIN_ORIG } else { FLOW_FIN_REPLY };
+    }
+    if !orig {
+        st.flags |= FLOW_REPLIED;
+    }
+    Some(Hit { reason: dir_reason(orig), rule: st.rule, audit: st.flags & FLOW_AUDIT != 0 })
+}
+
+#[inline(always)]
+fn dir_reason(orig: bool) -> PassReason {
+    if orig { PassReason::Established } else { PassReason::Reply }
+}
+
+/// An ICMP error whose quoted packet belongs to a live flow of this generation, travelling
+/// back towards the quoted packet's sender.
+// Own BPF function (own stack frame), see parse::packet.
+#[inline(never)]
+pub fn related(generation: u32, z: &Zones, p: &Packet, out: &mut Hit) -> bool {
+    match related_inner(generation, z, p) {
+        Some(h) => {
+            *out = h;
+            true
+        }
+        None => false,
+    }
+}
+
+#[inline(always)]
+fn related_inner(generation: u32, z: &Zones, p: &Packet) -> Option<Hit> {
+    if !p.has_inner {
+        return None;
+    }
+    let inner = &p.inner;
+    if inner.family != p.t.family || inner.src != p.t.dst {
+        return None;
+    }
+    let (k, inner_src_is_a) = key(inner);
+    // SAFETY: read-only use of plain data.
+    let st = unsafe { FLOWS.get(&k) }?;
+    if st.generation != generation
+        || now().saturating_sub(st.last_seen_ns) > flow_lifetime(k.proto, st.flags)
+    {
+        return None;
+    }
+    // The quoted packet went from its source to the other end; the error comes from the
+    // other end's zone.
+    let quoted_from_orig = (st.orig_is_a != 0) == inner_src_is_a;
+    let expected_zone = if quoted_from_orig { st.to_zone } else { st.from_zone };
+    if z.from != expected_zone {
+        return None;
+    }
+    Some(Hit { reason: PassReason::Related, rule: st.rule, audit: st.flags & FLOW_AUDIT != 0 })
+}
+
+/// Record a flow a rule allowed. A TCP RST opens nothing.
+#[inline(always)]
+pub fn open(
+    generation: u32,
+    z: &Zones,
+    p: &Packet,
+    ifindex: u32,
+    m: &Match,
+) -> Result<(), DropReason> {
+    if !p.t.l4 || p.tcp_rst() {
+        return Ok(());
+    }
+    let (k, src_is_a) = key(&p.t);
+    let st = FlowState {
+        last_seen_ns: now(),
+        generation,
+        rule: m.rule,
+        orig_ifindex: ifindex,
+        orig_vlan: p.vlan,
+        orig_mac: p.src_mac,
+        from_zone: z.from,
+        to_zone: z.to,
+        orig_is_a: src_is_a as u8,
+        flags: if m.audit { FLOW_AUDIT } else { 0 },
+    };
+    FLOWS.insert(&k, &st, 0).map_err(|_| DropReason::TableFull)
+}
+
+#[inline(always)]
+fn frag_key(p: &Packet) -> FragKey {
+    FragKey {
+        src: p.t.src,
+        dst: p.t.dst,
+        id: p.frag_id,
+        proto: p.t.proto,
+        family: p.t.family,
+        _pad: [0; 2],
+    }
+}
+
+/// A later fragment of a datagram whose first fragment was allowed under this generation
+/// and entered through the same zone.
+#[inline(always)]
+pub fn fragment(generation: u32, z: &Zones, p: &Packet) -> Option<Hit> {
+    let k = frag_key(p);
+    // SAFETY: read-only use of plain data.
+    let st = unsafe { FRAGS.get(&k) }?;
+    if st.generation != generation
+        || st.from_zone != z.from
+        || st.mac != p.src_mac
+        || now().saturating_sub(st.last_seen_ns) > FRAG_NS
+    {
+        return None;
+    }
+    Some(Hit { reason: PassReason::Fragment, rule: st.rule, audit: st.flags & FLOW_AUDIT != 0 })
+}
+
+/// Remember an allowed first fragment so its later fragments can be tied to it.
+#[inline(always)]
+pub fn open_fragment(generation: u32, z: &Zones, p: &Packet, m: &Match) -> Result<(), DropReason> {
+    let st = FragState {
+        last_seen_ns: now(),
+        generation,
+        rule: m.rule,
+        mac: p.src_mac,
+        from_zone: z.from,
+        to_zone: z.to,
+        flags: if m.audit { FLOW_AUDIT } else { 0 },
+        _pad: [0; 7],
+    };
+    FRAGS.insert(&frag_key(p), &st, 0).map_err(|_| DropReason::TableFull)
+}

@@ -1,0 +1,128 @@
+//! `zone-agent policy check | explain`.
+
+use std::{net::IpAddr, path::PathBuf, process::ExitCode};
+
+use anyhow::{Context as _, bail};
+
+use super::PolicyCommand;
+use crate::policy::{
+    self, compile,
+    model::{Frag, Model, Packet},
+    validate::{Environment, HostEnvironment, OfflineEnvironment},
+};
+
+#[derive(clap::Args, Debug)]
+pub struct ExplainArgs {
+    pub file: PathBuf,
+    /// Ingress interface of the gateway ("eth1", or "eth1.100" for VLAN 100 on eth1).
+    #[arg(long = "in")]
+    pub iface: String,
+    #[arg(long)]
+    pub src: IpAddr,
+    #[arg(long)]
+    pub dst: IpAddr,
+    /// tcp, udp, icmp, icmpv6, or an IP protocol number.
+    #[arg(long)]
+    pub proto: String,
+    #[arg(long)]
+    pub dport: Option<u16>,
+    #[arg(long, default_value_t = 40000)]
+    pub sport: u16,
+    /// Source MAC (for rules with a MAC list).
+    #[arg(long)]
+    pub src_mac: Option<String>,
+}
+
+pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        PolicyCommand::Check { file, offline } => check(&file, offline),
+        PolicyCommand::Explain(args) => explain(args),
+    }
+}
+
+fn check(file: &std::path::Path, offline: bool) -> anyhow::Result<ExitCode> {
+    let env: &dyn Environment = if offline { &OfflineEnvironment } else { &HostEnvironment };
+    let loaded = policy::validate::load(file, env)
+        .and_then(|(p, w)| compile::compile(&p).map(|c| (p, w, c)));
+    match loaded {
+        Ok((p, warnings, c)) => {
+            for w in &warnings {
+                eprintln!("{w}");
+            }
+            println!(
+                "{}: OK — {} zones, {} rules, {} data-path entries{}",
+                file.display(),
+                p.zones.len(),
+                p.rules.len(),
+                c.entries(),
+                if warnings.is_empty() { String::new() } else { format!(", {} warnings", warnings.len()) }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(diags) => {
+            eprintln!("{diags}");
+            let n = diags.0.iter().filter(|d| matches!(d.severity, policy::diagnostic::Severity::Error)).count();
+            eprintln!("{}: {} error(s); the policy was not applied", file.display(), n);
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+fn parse_proto(s: &str) -> anyhow::Result<u8> {
+    Ok(match s.to_ascii_lowercase().as_str() {
+        "tcp" => 6,
+        "udp" => 17,
+        "icmp" => 1,
+        "icmpv6" => 58,
+        n => n.parse::<u8>().with_context(|| format!("unknown protocol {s:?}: use tcp, udp, icmp, icmpv6 or a number"))?,
+    })
+}
+
+pub fn parse_mac(s: &str) -> anyhow::Result<[u8; 6]> {
+    let parts: Vec<&str> = s.split([':', '-']).collect();
+    if parts.len() != 6 {
+        bail!("bad MAC {s:?}: expected six hex octets like 52:54:00:12:34:56");
+    }
+    let mut mac = [0u8; 6];
+    for (i, p) in parts.iter().enumerate() {
+        mac[i] = u8::from_str_radix(p, 16).with_context(|| format!("bad MAC {s:?}"))?;
+    }
+    Ok(mac)
+}
+
+fn explain(a: ExplainArgs) -> anyhow::Result<ExitCode> {
+    let (policy, _) = policy::validate::load(&a.file, &OfflineEnvironment).map_err(|d| anyhow::anyhow!("{d}"))?;
+    let (ifname, vlan) = match a.iface.split_once('.') {
+        Some((n, v)) => (n.to_string(), v.parse::<u16>().with_context(|| format!("bad VLAN in {:?}", a.iface))?),
+        None => (a.iface.clone(), 0),
+    };
+    let proto = parse_proto(&a.proto)?;
+    if a.src.is_ipv4() != a.dst.is_ipv4() {
+        bail!("--src and --dst must be the same address family");
+    }
+    let ports = matches!(proto, 6 | 17);
+    if ports && a.dport.is_none() {
+        bail!("--dport is required for tcp and udp");
+    }
+    let icmp = (proto == 1 && a.src.is_ipv4()) || (proto == 58 && a.src.is_ipv6());
+    let p = Packet {
+        ifname,
+        vlan,
+        src_mac: a.src_mac.as_deref().map(parse_mac).transpose()?.unwrap_or([0x02, 0, 0, 0, 0, 1]),
+        src: a.src,
+        dst: a.dst,
+        proto,
+        l4: ports || icmp,
+        sport: if ports { a.sport } else { 0 },
+        dport: a.dport.unwrap_or(0),
+        tcp_flags: if proto == 6 { 0x02 } else { 0 },
+        frag: Frag::None,
+        frag_id: 0,
+        inner: None,
+        len: 64,
+    };
+    let model = Model::new(policy.clone());
+    let d = model.explain(&p);
+    println!("{}", policy::explain::render(&policy, &p, &d));
+    Ok(ExitCode::SUCCESS)
+}

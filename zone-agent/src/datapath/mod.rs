@@ -1,0 +1,139 @@
+//! The data path: load the embedded XDP object, attach it, install compiled policies into
+//! the inactive set and flip (`apply`), and read counters (`stats`). The only aya user.
+
+mod apply;
+mod attach;
+pub mod stats;
+
+use std::collections::BTreeMap;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray},
+    programs::Xdp,
+};
+use zone_agent_common::*;
+
+pub use attach::XdpMode;
+
+/// The XDP object, built by build.rs.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/zone-agent-ebpf.o"));
+pub const PROGRAM: &str = "zone_agent";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("this binary was built without its XDP program (ZONE_AGENT_SKIP_EBPF=1); rebuild with `cargo xtask build`")]
+    NoObject,
+    #[error("loading the XDP object failed")]
+    Load(#[source] aya::EbpfError),
+    #[error("the XDP program was rejected by the kernel (verifier log above)")]
+    Program(#[source] aya::programs::ProgramError),
+    #[error("map {0} is missing from the XDP object")]
+    MissingMap(&'static str),
+    #[error("map {name}: {source}")]
+    Map { name: &'static str, #[source] source: aya::maps::MapError },
+    #[error("interface {0} not found")]
+    NoInterface(String),
+    #[error("attaching XDP to {iface} in {mode} mode failed: {source}")]
+    Attach { iface: String, mode: &'static str, #[source] source: aya::programs::ProgramError },
+}
+
+pub(crate) fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
+    move |source| DatapathError::Map { name, source }
+}
+
+/// Typed handles on every map.
+pub struct Maps {
+    pub active: Array<MapData, u32>,
+    pub setconf: Array<MapData, SetConfig>,
+    pub ifaces: HashMap<MapData, IfaceKey, IfaceInfo>,
+    pub addr4: LpmTrie<MapData, Addr4Key, AddrClass>,
+    pub addr6: LpmTrie<MapData, Addr6Key, AddrClass>,
+    pub ports: Array<MapData, u16>,
+    pub rules: HashMap<MapData, RuleKey, RuleCands>,
+    pub rule_info: Array<MapData, RuleInfo>,
+    pub rule_macs: HashMap<MapData, MacKey, u8>,
+    pub flows: HashMap<MapData, FlowKey, FlowState>,
+    pub frags: HashMap<MapData, FragKey, FragState>,
+    pub zone_stats: PerCpuArray<MapData, Counter>,
+    pub rule_stats: PerCpuArray<MapData, Counter>,
+    pub drop_stats: PerCpuArray<MapData, Counter>,
+    pub pass_stats: PerCpuArray<MapData, Counter>,
+}
+
+pub struct Datapath {
+    ebpf: Ebpf,
+    pub maps: Maps,
+    /// Attached interfaces by name.
+    links: BTreeMap<String, attach::Attached>,
+    /// Set the program reads (0/1) and the generation installed there.
+    pub active_set: u32,
+    pub generation: u32,
+}
+
+impl Datapath {
+    /// Loads the program and creates its maps (no policy yet: the program drops everything
+    /// with `no_policy` until the first `apply`, and it is not attached anywhere yet).
+    pub fn load() -> Result<Self, DatapathError> {
+        if OBJECT.is_empty() {
+            return Err(DatapathError::NoObject);
+        }
+        let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(DatapathError::Load)?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(PROGRAM)
+            .ok_or(DatapathError::MissingMap("program zone_agent"))?
+            .try_into()
+            .map_err(DatapathError::Program)?;
+        prog.load().map_err(DatapathError::Program)?;
+        let maps = Maps::take(&mut ebpf)?;
+        Ok(Datapath { ebpf, maps, links: BTreeMap::new(), active_set: 0, generation: 0 })
+    }
+
+    /// The loaded program, for attaching or BPF_PROG_TEST_RUN.
+    pub fn program(&self) -> &Xdp {
+        self.ebpf
+            .program(PROGRAM)
+            .and_then(|p| <&Xdp>::try_from(p).ok())
+            .expect("program loaded in Datapath::load")
+    }
+
+    pub fn program_mut(&mut self) -> &mut Xdp {
+        self.ebpf
+            .program_mut(PROGRAM)
+            .and_then(|p| <&mut Xdp>::try_from(p).ok())
+            .expect("program loaded in Datapath::load")
+    }
+
+    pub fn attached(&self) -> impl Iterator<Item = (&String, &'static str)> {
+        self.links.iter().map(|(n, a)| (n, a.mode))
+    }
+}
+
+impl Maps {
+    fn take(ebpf: &mut Ebpf) -> Result<Self, DatapathError> {
+        fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+            ebpf: &mut Ebpf,
+            name: &'static str,
+        ) -> Result<T, DatapathError> {
+            let map = ebpf.take_map(name).ok_or(DatapathError::MissingMap(name))?;
+            T::try_from(map).map_err(map_err(name))
+        }
+        Ok(Maps {
+            active: take(ebpf, MAP_ACTIVE)?,
+            setconf: take(ebpf, MAP_SETCONF)?,
+            ifaces: take(ebpf, MAP_IFACES)?,
+            addr4: take(ebpf, MAP_ADDR4)?,
+            addr6: take(ebpf, MAP_ADDR6)?,
+            ports: take(ebpf, MAP_PORTS)?,
+            rules: take(ebpf, MAP_RULES)?,
+            rule_info: take(ebpf, MAP_RULEINFO)?,
+            rule_macs: take(ebpf, MAP_RULEMACS)?,
+            flows: take(ebpf, MAP_FLOWS)?,
+            frags: take(ebpf, MAP_FRAGS)?,
+            zone_stats: take(ebpf, MAP_ZONE_STATS)?,
+            rule_stats: take(ebpf, MAP_RULE_STATS)?,
+            drop_stats: take(ebpf, MAP_DROP_STATS)?,
+            pass_stats: take(ebpf, MAP_PASS_STATS)?,
+        })
+    }
+}

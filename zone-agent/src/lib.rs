@@ -1,0 +1,11 @@
+//! zone-agent: policy → XDP enforcement between the segments of 三層の対策.
+//!
+//! The modules mirror the data path: `policy` (parse → validate → compile, plus the
+//! reference `model`), `datapath` (load, attach, atomic swap; the only aya user), and
+//! `telemetry` (counters → Prometheus).
+
+pub mod agent;
+pub mod cli;
+pub mod datapath;
+pub mod policy;
+pub mod telemetry;

@@ -1,0 +1,14 @@
+//! Policy: parse (TOML with locations) → validate (complete, located diagnostics) →
+//! compile (maps). `model` is the plain-Rust statement of the semantics.
+
+pub mod compile;
+pub mod diagnostic;
+pub mod explain;
+pub mod frame;
+pub mod model;
+pub mod parse;
+pub mod types;
+pub mod validate;
+
+pub use diagnostic::{Diagnostic, Diagnostics};
+pub use types::*;

@@ -1,0 +1,84 @@
+//! Every Prometheus name the agent exports, defined here only.
+
+use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use zone_agent_common::{DropReason, PassReason};
+
+use super::{Telemetry, Totals};
+use crate::datapath::{Datapath, DatapathError};
+
+fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    reg.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn gauge(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    reg.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+/// Renders the current counters (live sets + retired totals) as Prometheus text.
+pub fn render(dp: &Datapath, t: &Telemetry) -> Result<String, DatapathError> {
+    let mut live = Totals::default();
+    for set in 0..2u32 {
+        if let Some(names) = &t.sets[set as usize] {
+            live.add_set(names, &dp.set_counters(set, names.rules.len())?);
+        }
+    }
+    let totals = t.retired.merged(&live);
+    let global = dp.global_counters()?;
+    let reg = Registry::new();
+
+    let packets = counter(&reg, "zone_agent_packets_total", "Packets decided, by source zone, destination zone and verdict.", &["from_zone", "to_zone", "verdict"]);
+    let bytes = counter(&reg, "zone_agent_bytes_total", "Bytes decided, by source zone, destination zone and verdict.", &["from_zone", "to_zone", "verdict"]);
+    for ((from, to, v), c) in &totals.zones {
+        packets.with_label_values(&[from, to, v]).inc_by(c.packets);
+        bytes.with_label_values(&[from, to, v]).inc_by(c.bytes);
+    }
+    let rp = counter(&reg, "zone_agent_rule_packets_total", "Packets counted to a rule (first matching rule in file order).", &["rule"]);
+    let rb = counter(&reg, "zone_agent_rule_bytes_total", "Bytes counted to a rule.", &["rule"]);
+    // Every rule of the active policy appears, also at zero, so dashboards see unused rules.
+    if let Some(names) = &t.sets[dp.active_set as usize] {
+        for r in &names.rules {
+            rp.with_label_values(&[r]).inc_by(0);
+            rb.with_label_values(&[r]).inc_by(0);
+        }
+    }
+    for (rule, c) in &totals.rules {
+        rp.with_label_values(&[rule]).inc_by(c.packets);
+        rb.with_label_values(&[rule]).inc_by(c.bytes);
+    }
+    let drops = counter(&reg, "zone_agent_drops_total", "Packets dropped, by reason.", &["reason"]);
+    for (r, c) in &global.drops {
+        drops.with_label_values(&[DropReason::label(*r)]).inc_by(c.packets);
+    }
+    let audit = counter(&reg, "zone_agent_audit_passes_total", "Packets audit mode passed that enforcement would drop, by reason.", &["reason"]);
+    for (r, c) in &global.audit_drops {
+        audit.with_label_values(&[DropReason::label(*r)]).inc_by(c.packets);
+    }
+    let passes = counter(&reg, "zone_agent_passes_total", "Packets passed, by reason.", &["reason"]);
+    for (r, c) in &global.passes {
+        passes.with_label_values(&[PassReason::label(*r)]).inc_by(c.packets);
+    }
+    let usage = dp.map_usage();
+    let entries = gauge(&reg, "zone_agent_map_entries", "Entries in a data-path table (both policy sets).", &["map"]);
+    let capacity = gauge(&reg, "zone_agent_map_capacity", "Capacity of a data-path table.", &["map"]);
+    for (name, n, cap) in &usage {
+        entries.with_label_values(&[name]).set(*n as i64);
+        capacity.with_label_values(&[name]).set(*cap as i64);
+    }
+    let flows = IntGauge::new("zone_agent_flows_active", "Flows in the flow table.").expect("valid");
+    reg.register(Box::new(flows.clone())).expect("unique");
+    flows.set(usage.iter().find(|u| u.0 == "flows").map(|u| u.1 as i64).unwrap_or(0));
+    let generation = IntGauge::new("zone_agent_policy_generation", "Generation of the enforcing policy (1 = first load).").expect("valid");
+    reg.register(Box::new(generation.clone())).expect("unique");
+    generation.set(t.generation as i64);
+    let reloads = counter(&reg, "zone_agent_policy_reloads_total", "Policy reloads, by result.", &["result"]);
+    reloads.with_label_values(&["success"]).inc_by(t.reloads_ok);
+    reloads.with_label_values(&["error"]).inc_by(t.reloads_error);
+
+    let mut buf = Vec::new();
+    TextEncoder::new().encode(&reg.gather(), &mut buf).expect("encode to memory");
+    Ok(String::from_utf8(buf).expect("prometheus text is UTF-8"))
+}

@@ -1,0 +1,87 @@
+//! Telemetry: the kernel's per-CPU counters, folded across policy generations by name, and
+//! exported in the Prometheus text format (`metrics`, `server`).
+
+pub mod metrics;
+pub mod server;
+
+use std::collections::BTreeMap;
+
+use zone_agent_common::{Counter, Verdict};
+
+use crate::{datapath::stats::SetCounters, policy::Policy};
+
+/// Names needed to label one policy set's counters.
+#[derive(Clone, Debug, Default)]
+pub struct SetNames {
+    /// Zone names by data-path id (index 0 = "none").
+    pub zones: Vec<String>,
+    /// Rule names by rule id.
+    pub rules: Vec<String>,
+}
+
+impl SetNames {
+    pub fn of(p: &Policy) -> Self {
+        let mut zones = vec!["none".to_string()];
+        zones.extend(p.zones.iter().map(|z| z.name.clone()));
+        SetNames { zones, rules: p.rules.iter().map(|r| r.name.clone()).collect() }
+    }
+
+    fn zone(&self, id: u8) -> String {
+        self.zones.get(id as usize).cloned().unwrap_or_else(|| "none".into())
+    }
+}
+
+/// Labelled totals.
+#[derive(Clone, Debug, Default)]
+pub struct Totals {
+    pub zones: BTreeMap<(String, String, &'static str), Counter>,
+    pub rules: BTreeMap<String, Counter>,
+}
+
+impl Totals {
+    pub fn add_set(&mut self, names: &SetNames, c: &SetCounters) {
+        for (from, to, v, n) in &c.zones {
+            add(self.zones.entry((names.zone(*from), names.zone(*to), Verdict::label(*v))).or_default(), n);
+        }
+        for (i, n) in c.rules.iter().enumerate() {
+            if let Some(name) = names.rules.get(i) {
+                add(self.rules.entry(name.clone()).or_default(), n);
+            }
+        }
+    }
+
+    pub fn merged(&self, other: &Totals) -> Totals {
+        let mut t = self.clone();
+        for (k, n) in &other.zones {
+            add(t.zones.entry(k.clone()).or_default(), n);
+        }
+        for (k, n) in &other.rules {
+            add(t.rules.entry(k.clone()).or_default(), n);
+        }
+        t
+    }
+}
+
+fn add(a: &mut Counter, b: &Counter) {
+    a.packets += b.packets;
+    a.bytes += b.bytes;
+}
+
+/// What the agent knows beyond the maps: names per set, totals of retired sets, reloads.
+#[derive(Debug, Default)]
+pub struct Telemetry {
+    pub sets: [Option<SetNames>; 2],
+    pub retired: Totals,
+    pub reloads_ok: u64,
+    pub reloads_error: u64,
+    pub generation: u32,
+}
+
+impl Telemetry {
+    /// Called before `set` is overwritten: its final counts move to the retired totals.
+    pub fn retire(&mut self, set: u32, counters: &SetCounters) {
+        if let Some(names) = self.sets[set as usize].take() {
+            self.retired.add_set(&names, counters);
+        }
+    }
+}
