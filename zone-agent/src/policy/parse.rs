@@ -496,62 +496,41 @@ fn zone(index: usize, loc: Loc, entries: &[Entry], sink: &mut Sink<'_>) -> ZoneD
             }
         });
 
-    let mut interfaces = List::default();
-    if let Some((list_loc, items)) = t.list("interfaces", true, sink) {
-        interfaces.loc = list_loc;
-        for (item_loc, s) in t.strings(items, "interfaces", list_loc, sink) {
-            match interface(s) {
-                Ok((name, suffix_vlan)) => interfaces.items.push(At {
-                    // An explicit ".N" suffix names its own VLAN; the zone's `vlan` fills in
-                    // for plain names only.
+    let interfaces = t.list("interfaces", true, "strings", sink, |v| {
+        text(v).map(interface)
+    });
+    let interfaces = List {
+        loc: interfaces.loc,
+        items: interfaces
+            .items
+            .into_iter()
+            .map(
+                |At {
+                     value: (name, tag),
+                     loc,
+                 }| At {
+                    // An explicit ".N" suffix names its own VLAN; the zone's `vlan` fills in for
+                    // plain names only.
                     value: ZoneIface {
                         name,
-                        vlan: suffix_vlan.or(vlan),
-                        loc: item_loc,
+                        vlan: tag.or(vlan),
+                        loc,
                     },
-                    loc: item_loc,
-                }),
-                Err(p) => sink.error(
-                    item_loc,
-                    format!("{} in {what} field `interfaces`", p.message),
-                    p.help,
-                ),
-            }
-        }
-    }
-
-    let mut networks = List::default();
-    // Without `networks` (or with an unusable one) the zone's address space is not known.
-    let mut networks_complete = false;
-    if let Some((list_loc, items)) = t.list("networks", true, sink) {
-        networks.loc = list_loc;
-        let strings = t.strings(items, "networks", list_loc, sink);
-        networks_complete = strings.len() == items.len();
-        for (item_loc, s) in strings {
-            match cidr(s) {
-                Ok(net) => networks.items.push(At {
-                    value: net,
-                    loc: item_loc,
-                }),
-                Err(p) => {
-                    sink.error(
-                        item_loc,
-                        format!("{} in {what} field `networks`", p.message),
-                        p.help,
-                    );
-                    // The canonical network of `10.10.0.1/16` is clearly what was meant:
-                    // keep it so that checks against this zone stay meaningful.
-                    match p.canonical {
-                        Some(net) => networks.items.push(At {
-                            value: net,
-                            loc: item_loc,
-                        }),
-                        None => networks_complete = false,
-                    }
-                }
-            }
-        }
-    }
+                    loc,
+                },
+            )
+            .collect(),
+    };
+    // `10.10.0.1/16` evidently means 10.10.0.0/16: kept (and reported) so that the zone's
+    // address space stays known. Otherwise a bad network leaves it unknown.
+    let (networks, networks_complete) = t.list_fixing(
+        "networks",
+        true,
+        "strings",
+        sink,
+        |v| text(v).map(cidr),
+        |p| p.canonical,
+    );
 
     let criticality = t
         .choice("criticality", CRITICALITIES, false, sink)
@@ -586,53 +565,22 @@ fn rule(index: usize, loc: Loc, entries: &[Entry], sink: &mut Sink<'_>) -> RuleD
     let to = t.string("to", true, sink);
     let protocol = t.choice("protocol", PROTOCOLS, true, sink);
 
-    let mut ports = List::default();
-    if let Some((list_loc, items)) = t.list("ports", false, sink) {
-        ports.loc = list_loc;
-        for item in items {
-            let item_loc = t.loc_of(&item.span, list_loc, sink);
-            let parsed = match &item.value {
-                Value::String(s) => port_range(s),
-                Value::Integer(n) => port(*n, &n.to_string()).map(|p| PortRange { lo: p, hi: p }),
-                other => {
-                    t.wrong_type_item("ports", "a port string or integer", other, item_loc, sink);
-                    continue;
-                }
-            };
-            match parsed {
-                Ok(range) => ports.items.push(At {
-                    value: range,
-                    loc: item_loc,
-                }),
-                Err(p) => sink.error(
-                    item_loc,
-                    format!("{} in {what} field `ports`", p.message),
-                    p.help,
-                ),
-            }
-        }
-    }
-
-    let sources = t.cidr_list("sources", sink);
-    let destinations = t.cidr_list("destinations", sink);
-
-    let mut source_macs = List::default();
-    if let Some((list_loc, items)) = t.list("source_macs", false, sink) {
-        source_macs.loc = list_loc;
-        for (item_loc, s) in t.strings(items, "source_macs", list_loc, sink) {
-            match mac(s) {
-                Ok(m) => source_macs.items.push(At {
-                    value: m,
-                    loc: item_loc,
-                }),
-                Err(p) => sink.error(
-                    item_loc,
-                    format!("{} in {what} field `source_macs`", p.message),
-                    p.help,
-                ),
-            }
-        }
-    }
+    let ports = t.list(
+        "ports",
+        false,
+        "port strings or integers",
+        sink,
+        |v| match v {
+            Value::String(s) => Some(port_range(s)),
+            Value::Integer(n) => Some(port(*n, &n.to_string()).map(|p| PortRange { lo: p, hi: p })),
+            _ => None,
+        },
+    );
+    let sources = t.list("sources", false, "strings", sink, |v| text(v).map(cidr));
+    let destinations = t.list("destinations", false, "strings", sink, |v| {
+        text(v).map(cidr)
+    });
+    let source_macs = t.list("source_macs", false, "strings", sink, |v| text(v).map(mac));
 
     let mode = t
         .choice("mode", MODES, false, sink)
@@ -795,25 +743,6 @@ impl<'n> Table<'n> {
         );
     }
 
-    fn wrong_type_item(
-        &self,
-        key: &str,
-        expected: &str,
-        found: &Value,
-        loc: Loc,
-        sink: &mut Sink<'_>,
-    ) {
-        sink.error(
-            loc,
-            format!(
-                "items of `{key}` in {} must be {expected}, not {}",
-                self.what,
-                found.kind()
-            ),
-            format!("for example: {}", example(key)),
-        );
-    }
-
     fn string(&self, key: &str, required: bool, sink: &mut Sink<'_>) -> Option<At<String>> {
         let e = self.get(key, required, sink)?;
         match &e.node.value {
@@ -962,71 +891,97 @@ impl<'n> Table<'n> {
         tables
     }
 
-    /// An array value: where it is and its items. Required lists must also be non-empty.
-    fn list(&self, key: &str, required: bool, sink: &mut Sink<'_>) -> Option<(Loc, &'n [Node])> {
-        let e = self.get(key, required, sink)?;
-        let loc = self.value_loc(e, sink);
-        match &e.node.value {
-            Value::Array(items) => {
-                if items.is_empty() && required {
+    /// The items of array `key`, each read by `item` and kept with its location. `item` returns
+    /// `None` for an item of the wrong type (reported as not being `expected`); a [`Problem`] is
+    /// reported where the item is. Required lists must also be non-empty.
+    fn list<T>(
+        &self,
+        key: &str,
+        required: bool,
+        expected: &str,
+        sink: &mut Sink<'_>,
+        item: impl Fn(&Value) -> Option<Result<T, Problem>>,
+    ) -> List<T> {
+        self.list_fixing(key, required, expected, sink, item, |_| None)
+            .0
+    }
+
+    /// [`Table::list`] that keeps `fix(problem)` in place of a bad item when there is an evident
+    /// fix, so that later checks stay meaningful. Also says whether every item was usable.
+    fn list_fixing<T>(
+        &self,
+        key: &str,
+        required: bool,
+        expected: &str,
+        sink: &mut Sink<'_>,
+        item: impl Fn(&Value) -> Option<Result<T, Problem>>,
+        fix: impl Fn(&Problem) -> Option<T>,
+    ) -> (List<T>, bool) {
+        let mut list = List::default();
+        let Some(e) = self.get(key, required, sink) else {
+            return (list, !required);
+        };
+        list.loc = self.value_loc(e, sink);
+        let Value::Array(nodes) = &e.node.value else {
+            self.wrong_type(e, "an array", sink);
+            return (list, false);
+        };
+        if nodes.is_empty() && required {
+            sink.error(
+                list.loc,
+                format!("`{key}` in {} must not be empty", self.what),
+                format!("list at least one, for example: {}", example(key)),
+            );
+        }
+        let mut complete = true;
+        for node in nodes {
+            let loc = self.loc_of(&node.span, list.loc, sink);
+            let problem = match item(&node.value) {
+                Some(Ok(value)) => {
+                    list.items.push(At { value, loc });
+                    continue;
+                }
+                Some(Err(problem)) => problem,
+                None => {
                     sink.error(
                         loc,
-                        format!("`{key}` in {} must not be empty", self.what),
-                        format!("list at least one, for example: {}", example(key)),
+                        format!(
+                            "items of `{key}` in {} must be {expected}, not {}",
+                            self.what,
+                            node.value.kind()
+                        ),
+                        format!("for example: {}", example(key)),
                     );
+                    complete = false;
+                    continue;
                 }
-                Some((loc, items.as_slice()))
+            };
+            match fix(&problem) {
+                Some(value) => list.items.push(At { value, loc }),
+                None => complete = false,
             }
-            _ => {
-                self.wrong_type(e, "an array", sink);
-                None
-            }
+            sink.error(
+                loc,
+                format!("{} in {} field `{key}`", problem.message, self.what),
+                problem.help,
+            );
         }
+        (list, complete)
     }
+}
 
-    /// The string items of an array (each with its location); other items are reported.
-    fn strings(
-        &self,
-        items: &'n [Node],
-        key: &str,
-        list_loc: Loc,
-        sink: &mut Sink<'_>,
-    ) -> Vec<(Loc, &'n str)> {
-        let mut out = Vec::with_capacity(items.len());
-        for item in items {
-            let loc = self.loc_of(&item.span, list_loc, sink);
-            match &item.value {
-                Value::String(s) => out.push((loc, s.as_str())),
-                other => self.wrong_type_item(key, "strings", other, loc, sink),
-            }
-        }
-        out
-    }
-
-    fn cidr_list(&self, key: &str, sink: &mut Sink<'_>) -> List<IpNet> {
-        let mut list = List::default();
-        let Some((list_loc, items)) = self.list(key, false, sink) else {
-            return list;
-        };
-        list.loc = list_loc;
-        for (loc, s) in self.strings(items, key, list_loc, sink) {
-            match cidr(s) {
-                Ok(net) => list.items.push(At { value: net, loc }),
-                Err(p) => sink.error(
-                    loc,
-                    format!("{} in {} field `{key}`", p.message, self.what),
-                    p.help,
-                ),
-            }
-        }
-        list
+/// The text of a string item (`None` for other types).
+fn text(v: &Value) -> Option<&str> {
+    match v {
+        Value::String(s) => Some(s),
+        _ => None,
     }
 }
 
 // === Single values ===
 
 /// Why one value is wrong. `canonical` is the network the user evidently meant, when there is
-/// one (host bits set).
+/// one (a network with host bits set).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Problem {
     pub message: String,

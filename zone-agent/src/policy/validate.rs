@@ -417,45 +417,7 @@ fn rules(docs: &[RuleDoc], zones: &ZoneIndex<'_>, sink: &mut Sink<'_>) -> Vec<Ru
                 *u = true;
             }
         }
-        if let (Some(f), Some(t), Some(to_name)) = (from, to, &r.to)
-            && f == t
-        {
-            sink.error(
-                to_name.loc,
-                format!(
-                    "{} has the same zone \"{}\" in `from` and `to`",
-                    r.what, to_name.value
-                ),
-                "traffic inside a zone is governed by [defaults] intra_zone; rules allow traffic \
-                 between two different zones",
-            );
-        }
-
-        if let Some(p) = &r.protocol {
-            if !p.value.has_ports() && !r.ports.items.is_empty() {
-                sink.error(
-                    r.ports.loc,
-                    format!("`ports` only apply to tcp and udp, but {} has protocol \"{}\"", r.what, p.value.label()),
-                    "remove `ports`, or set protocol = \"tcp\" or \"udp\" (write one rule per protocol)",
-                );
-            }
-            check_families(r, p, sink);
-        }
-
-        // With a zone network left out, an address's zone could be misjudged: report only
-        // the network problem until it is fixed.
-        if zones.exact {
-            if let Some(f) = from {
-                for net in &r.sources.items {
-                    check_inside(zones, net, f, "source", "from", &r.what, sink);
-                }
-            }
-            if let Some(t) = to {
-                for net in &r.destinations.items {
-                    check_inside(zones, net, t, "destination", "to", &r.what, sink);
-                }
-            }
-        }
+        check_rule(r, from, to, zones, sink);
 
         let (Some(from), Some(to), Some(protocol)) = (from, to, &r.protocol) else {
             continue;
@@ -502,6 +464,55 @@ fn rules(docs: &[RuleDoc], zones: &ZoneIndex<'_>, sink: &mut Sink<'_>) -> Vec<Ru
         warn_unused(zones, &used, sink);
     }
     out
+}
+
+/// What a rule says, given the zones it names (`None`: unknown, reported already).
+fn check_rule(
+    r: &RuleDoc,
+    from: Option<usize>,
+    to: Option<usize>,
+    zones: &ZoneIndex<'_>,
+    sink: &mut Sink<'_>,
+) {
+    if let (Some(f), Some(t), Some(to_name)) = (from, to, &r.to)
+        && f == t
+    {
+        sink.error(
+            to_name.loc,
+            format!(
+                "{} has the same zone \"{}\" in `from` and `to`",
+                r.what, to_name.value
+            ),
+            "traffic inside a zone is governed by [defaults] intra_zone; rules allow traffic \
+             between two different zones",
+        );
+    }
+
+    if let Some(p) = &r.protocol {
+        if !p.value.has_ports() && !r.ports.items.is_empty() {
+            sink.error(
+                r.ports.loc,
+                format!("`ports` only apply to tcp and udp, but {} has protocol \"{}\"", r.what, p.value.label()),
+                "remove `ports`, or set protocol = \"tcp\" or \"udp\" (write one rule per protocol)",
+            );
+        }
+        check_families(r, p, sink);
+    }
+
+    // With a zone network left out, an address's zone could be misjudged: report only
+    // the network problem until it is fixed.
+    if zones.exact {
+        if let Some(f) = from {
+            for net in &r.sources.items {
+                check_inside(zones, net, f, "source", "from", &r.what, sink);
+            }
+        }
+        if let Some(t) = to {
+            for net in &r.destinations.items {
+                check_inside(zones, net, t, "destination", "to", &r.what, sink);
+            }
+        }
+    }
 }
 
 fn warn_identical(r: &RuleDoc, first: &Rule, sink: &mut Sink<'_>) {
