@@ -247,74 +247,44 @@ impl Lab {
 
         // Made from inside the gateway namespace with the peer placed straight into the host
         // namespace: neither end ever exists in the namespace the test runs in.
-        let mut add = vec!["link", "add", spec.gw_iface.as_str()];
-        if !spec.gw_mac.is_empty() {
-            add.extend(["address", spec.gw_mac.as_str()]);
-        }
-        add.extend(["type", "veth", "peer", "name", "eth0"]);
-        if !spec.mac.is_empty() {
-            add.extend(["address", spec.mac.as_str()]);
-        }
-        add.extend(["netns", ns.as_str()]);
-        self.ip(&gw, &add);
-        self.ip(&ns, &["link", "set", "eth0", "up"]);
-        self.ip(&gw, &["link", "set", &spec.gw_iface, "up"]);
+        let gw_if_name = &spec.gw_iface;
+        let gw_addr = opt("address", &spec.gw_mac);
+        let addr = opt("address", &spec.mac);
+        self.ip_line(
+            &gw,
+            &format!("link add {gw_if_name} {gw_addr} type veth peer name eth0 {addr} netns {ns}"),
+        );
+        self.ip_line(&ns, "link set eth0 up");
+        self.ip_line(&gw, &format!("link set {gw_if_name} up"));
 
         let (host_if, gw_if) = match spec.vlan {
             None => ("eth0".to_owned(), spec.gw_iface.clone()),
             Some(v) => {
                 let host_if = format!("eth0.{v}");
-                let gw_if = format!("{}.{v}", spec.gw_iface);
-                let id = v.to_string();
-                for (side, parent, name) in [(&ns, "eth0", &host_if), (&gw, &spec.gw_iface, &gw_if)]
-                {
-                    self.ip(
+                let gw_if = format!("{gw_if_name}.{v}");
+                for (side, parent, name) in [(&ns, "eth0", &host_if), (&gw, gw_if_name, &gw_if)] {
+                    self.ip_line(
                         side,
-                        &[
-                            "link", "add", "link", parent, "name", name, "type", "vlan", "id", &id,
-                        ],
+                        &format!("link add link {parent} name {name} type vlan id {v}"),
                     );
-                    self.ip(side, &["link", "set", name, "up"]);
+                    self.ip_line(side, &format!("link set {name} up"));
                 }
                 (host_if, gw_if)
             }
         };
 
-        self.ip(&ns, &["addr", "add", &spec.v4, "dev", &host_if]);
-        self.ip(&gw, &["addr", "add", &spec.gw_v4, "dev", &gw_if]);
-        self.ip(
-            &ns,
-            &[
-                "route",
-                "add",
-                "default",
-                "via",
-                &gw_v4.to_string(),
-                "dev",
-                &host_if,
-            ],
-        );
+        self.ip_line(&ns, &format!("addr add {} dev {host_if}", spec.v4));
+        self.ip_line(&gw, &format!("addr add {} dev {gw_if}", spec.gw_v4));
+        self.ip_line(&ns, &format!("route add default via {gw_v4} dev {host_if}"));
         if has_v6 {
-            self.ip(
-                &ns,
-                &["-6", "addr", "add", &spec.v6, "dev", &host_if, "nodad"],
-            );
-            self.ip(
+            self.ip_line(&ns, &format!("-6 addr add {} dev {host_if} nodad", spec.v6));
+            self.ip_line(
                 &gw,
-                &["-6", "addr", "add", &spec.gw_v6, "dev", &gw_if, "nodad"],
+                &format!("-6 addr add {} dev {gw_if} nodad", spec.gw_v6),
             );
-            self.ip(
+            self.ip_line(
                 &ns,
-                &[
-                    "-6",
-                    "route",
-                    "add",
-                    "default",
-                    "via",
-                    &gw_v6.to_string(),
-                    "dev",
-                    &host_if,
-                ],
+                &format!("-6 route add default via {gw_v6} dev {host_if}"),
             );
         }
 
@@ -440,6 +410,12 @@ impl Lab {
         host_cmd_ok("ip", &argv)
     }
 
+    /// [`Lab::ip`] with the arguments given as one whitespace-separated line.
+    pub fn ip_line(&self, ns: &str, line: &str) -> String {
+        let args: Vec<&str> = line.split_whitespace().collect();
+        self.ip(ns, &args)
+    }
+
     /// Writes sysctls inside `ns` (`net.ipv4.ip_forward` → `/proc/sys/net/ipv4/ip_forward`).
     pub fn sysctls(&self, ns: &str, settings: &[(&str, &str)]) {
         let script: Vec<String> = settings
@@ -471,19 +447,9 @@ impl Lab {
 
     /// Adds a permanent neighbour entry (used by [`crate::add_addr`] and [`Lab::add_host`]).
     pub(crate) fn neigh(&self, ns: &str, dev: &str, addr: IpAddr, mac: &str) {
-        self.ip(
+        self.ip_line(
             ns,
-            &[
-                "neigh",
-                "replace",
-                &addr.to_string(),
-                "lladdr",
-                mac,
-                "dev",
-                dev,
-                "nud",
-                "permanent",
-            ],
+            &format!("neigh replace {addr} lladdr {mac} dev {dev} nud permanent"),
         );
     }
 
@@ -661,6 +627,15 @@ pub fn vlan_supported() -> bool {
         let present = || Path::new("/proc/net/vlan").exists();
         present() || (host_cmd("modprobe", &["-q", "8021q"]).is_some() && present())
     })
+}
+
+/// `"<key> <value>"`, or nothing when `value` is empty (an optional `ip` argument).
+fn opt(key: &str, value: &str) -> String {
+    if value.is_empty() {
+        String::new()
+    } else {
+        format!("{key} {value}")
+    }
 }
 
 /// True when some namespace already starts with `<prefix>-` (a stale or foreign lab).

@@ -6,7 +6,7 @@
 //! Every address is private or a documentation prefix and lives only inside the lab's
 //! namespaces; nothing is created in, or attached to, the host's own network namespace.
 //! `--no-agent` runs the same traffic without the agent (everything must then pass), which
-//! checks the lab itself.
+//! checks the lab itself. `ZONE_AGENT_BIN=<path>` runs that binary instead of building one.
 
 use std::fmt;
 use std::fs;
@@ -120,10 +120,17 @@ pub fn run(ws: &Workspace, args: &Args) -> Result<()> {
         );
     }
     setup::run(ws)?;
-    let agent = if args.no_agent {
-        None
-    } else {
-        Some(build::agent(ws, true)?)
+    let agent = match std::env::var_os(zone_agent_lab::AGENT_BIN_ENV) {
+        _ if args.no_agent => None,
+        Some(bin) => {
+            println!(
+                "    using {}={}",
+                zone_agent_lab::AGENT_BIN_ENV,
+                bin.to_string_lossy()
+            );
+            Some(std::path::PathBuf::from(bin))
+        }
+        None => Some(build::agent(ws, true)?),
     };
     on_interrupt_stop_between_steps()?;
     // The lab panics on a broken lab (with the command and its output); its Drop still tears
@@ -298,7 +305,7 @@ fn demo(args: &Args, agent_bin: Option<&Path>) -> Result<()> {
     );
 
     if let (Some(agent), Some(bin)) = (agent.as_mut(), agent_bin) {
-        show_metrics(&lab);
+        show_metrics(&lab, &mut report);
         step("demo: zone-agent policy explain");
         explain(&lab, bin, &policy, &lg, &my, 443);
         explain(&lab, bin, &policy, &lg, &my, 22);
@@ -415,23 +422,31 @@ fn start_agent(lab: &Lab, bin: &Path, policy: &Path) -> Result<ChildGuard> {
     let mut agent = lab.spawn(gw, &argv, &lab.log_path("zone-agent"));
     let started = Instant::now();
     loop {
-        if let Some(status) = agent.exited() {
-            bail!(
-                "zone-agent exited ({status}) before serving metrics; its log:\n{}",
-                agent.log_text()
-            );
-        }
-        if scrape::metrics(lab, gw, METRICS_ADDR).is_some() {
+        let failure = if let Some(status) = agent.exited() {
+            format!("zone-agent exited ({status}) before serving metrics")
+        } else if scrape::metrics(lab, gw, METRICS_ADDR).is_some() {
             break;
-        }
-        if started.elapsed() > AGENT_READY {
-            bail!(
-                "zone-agent did not answer http://{METRICS_ADDR}/metrics within {AGENT_READY:?}; its log:\n{}",
-                agent.log_text()
-            );
-        }
-        check_interrupt()?;
-        std::thread::sleep(Duration::from_millis(100));
+        } else if started.elapsed() > AGENT_READY {
+            format!(
+                "zone-agent did not answer http://{METRICS_ADDR}/metrics within {AGENT_READY:?}"
+            )
+        } else {
+            check_interrupt()?;
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        };
+        // The lab dir goes with the lab: keep the whole log where the user can read it.
+        let saved = std::env::temp_dir().join("zone-agent-demo-agent.log");
+        let kept = fs::copy(agent.log(), &saved).is_ok();
+        bail!(
+            "{failure}; its log{}:\n{}",
+            if kept {
+                format!(" (all of it in {})", saved.display())
+            } else {
+                String::new()
+            },
+            excerpt(&agent.log_text(), 8, 12)
+        );
     }
     println!(
         "    zone-agent is up after {:.1} s (pid {}, log {})",
@@ -442,16 +457,55 @@ fn start_agent(lab: &Lab, bin: &Path, policy: &Path) -> Result<ChildGuard> {
     Ok(agent)
 }
 
-fn show_metrics(lab: &Lab) {
+/// Prints the `zone_agent_*` samples and checks the exposition with `promtool check metrics`.
+fn show_metrics(lab: &Lab, report: &mut Report) {
     step(&format!(
         "demo: zone_agent_* metrics (curl http://{METRICS_ADDR}/metrics in the gateway)"
     ));
     let Some(text) = scrape::metrics(lab, lab.gateway(), METRICS_ADDR) else {
-        println!("    (no answer from the metrics endpoint)");
+        report.check("GET /metrics after the traffic", false, "an answer");
         return;
     };
     for line in text.lines().filter(|l| l.starts_with("zone_agent_")) {
         println!("    {line}");
+    }
+    match promtool_check(&text) {
+        Ok(()) => report.check("promtool check metrics", true, "no problems"),
+        Err(problems) => {
+            for line in problems.lines() {
+                println!("    | {line}");
+            }
+            report.check("promtool check metrics", false, "no problems");
+        }
+    }
+}
+
+/// `promtool check metrics` on `text`: its complaints on failure.
+fn promtool_check(text: &str) -> std::result::Result<(), String> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|err| format!("cannot run promtool: {err}"))?;
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    let written = stdin.write_all(text.as_bytes());
+    drop(stdin);
+    let out = child
+        .wait_with_output()
+        .map_err(|err| format!("promtool: {err}"))?;
+    written.map_err(|err| format!("writing to promtool: {err}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
     }
 }
 
@@ -482,26 +536,32 @@ fn explain(lab: &Lab, bin: &Path, policy: &Path, from: &Host, to: &Host, port: u
 /// `--keep`: leaves everything running and writes a teardown script.
 fn keep(lab: &mut Lab, agent: Option<ChildGuard>, servers: Servers) {
     lab.keep();
-    let mut pids: Vec<u32> = servers.others.into_iter().map(ChildGuard::detach).collect();
-    pids.push(servers.inet_dns.detach());
+    for server in servers.others.into_iter().chain([servers.inet_dns]) {
+        server.detach();
+    }
     if let Some(agent) = agent {
-        pids.push(agent.detach());
+        println!("    zone-agent keeps running as pid {}", agent.detach());
     }
-    let pid_list: Vec<String> = pids.iter().map(u32::to_string).collect();
-    let mut script = format!(
-        "#!/bin/sh\n# Tears down the lab kept by `cargo xtask demo --keep`.\nkill {} 2>/dev/null\n",
-        pid_list.join(" ")
+    // Processes are found by namespace, not by pid: a pid may name another process by the
+    // time the script runs. SIGTERM first (the agent detaches cleanly), SIGKILL after 3 s.
+    let namespaces: Vec<&str> = lab.namespaces().iter().rev().map(String::as_str).collect();
+    let dir = lab.dir().display();
+    let script = format!(
+        r#"#!/bin/sh
+# Tears down the lab kept by `cargo xtask demo --keep`.
+namespaces="{ns}"
+for ns in $namespaces; do ip netns pids "$ns" | xargs -r kill; done
+for ns in $namespaces; do
+    i=0
+    while [ -n "$(ip netns pids "$ns")" ] && [ "$i" -lt 30 ]; do sleep 0.1; i=$((i + 1)); done
+    ip netns pids "$ns" | xargs -r kill -9
+    ip netns delete "$ns"
+done
+umount {dir}/bpffs 2>/dev/null
+rm -rf {dir}
+"#,
+        ns = namespaces.join(" ")
     );
-    for ns in lab.namespaces().iter().rev() {
-        script.push_str(&format!(
-            "ip netns pids {ns} | xargs -r kill -9\nip netns delete {ns}\n"
-        ));
-    }
-    script.push_str(&format!(
-        "umount {}/bpffs 2>/dev/null\nrm -rf {}\n",
-        lab.dir().display(),
-        lab.dir().display()
-    ));
     let teardown = lab.dir().join("teardown.sh");
     if let Err(err) = fs::write(&teardown, script) {
         eprintln!("xtask: cannot write {}: {err}", teardown.display());
@@ -527,6 +587,19 @@ fn print_output(out: &std::process::Output) {
     {
         println!("    | {line}");
     }
+}
+
+/// The first `head` and last `tail` lines of `text` (a verifier log can be megabytes).
+fn excerpt(text: &str, head: usize, tail: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    if lines.len() <= head + tail {
+        return lines.join("\n");
+    }
+    let omitted = format!("[... {} lines omitted ...]", lines.len() - head - tail);
+    let mut out: Vec<&str> = lines[..head].to_vec();
+    out.push(&omitted);
+    out.extend_from_slice(&lines[lines.len() - tail..]);
+    out.join("\n")
 }
 
 fn s(path: &Path) -> &str {
@@ -588,7 +661,7 @@ impl Report {
         self.checks += 1;
         let ok = seen == expected;
         println!(
-            "  {} {seen:<7}  {what:<56} expected {expected} ({why})",
+            "  {} {seen:<7}  {what:<62} expected {expected} ({why})",
             if ok { "ok  " } else { "FAIL" }
         );
         if !ok {
@@ -643,6 +716,16 @@ mod tests {
         assert!(Verdict::of_count(3, 3) == Verdict::Allowed);
         assert!(Verdict::of_count(0, 3) == Verdict::Blocked);
         assert!(Verdict::of_count(1, 3) == Verdict::Partial);
+    }
+
+    #[test]
+    fn excerpt_keeps_head_and_tail() {
+        let text: String = (1..=10).map(|i| format!("{i}\n")).collect();
+        assert_eq!(
+            excerpt(&text, 2, 2),
+            "1\n2\n[... 6 lines omitted ...]\n9\n10"
+        );
+        assert_eq!(excerpt("a\nb", 2, 2), "a\nb");
     }
 
     #[test]

@@ -177,6 +177,8 @@ fn bpf_linker(ws: &Workspace, sysroot: &Path) -> Result<()> {
     install.env("LLVM_PREFIX", &prefix).args([
         "+nightly",
         "install",
+        // --force: a bpf-linker that exists but cannot run must be replaced, not kept.
+        "--force",
         "bpf-linker",
         "--version",
         "^0.13",
@@ -187,7 +189,7 @@ fn bpf_linker(ws: &Workspace, sysroot: &Path) -> Result<()> {
     exec(&mut install).with_context(|| {
         format!(
             "installing bpf-linker failed; it needs crates.io access and a C toolchain (apt-get install build-essential); \
-             retry by hand with: LLVM_PREFIX={} cargo +nightly install bpf-linker --version ^0.13 --no-default-features --features {feature}",
+             retry by hand with: LLVM_PREFIX={} cargo +nightly install --force bpf-linker --version ^0.13 --no-default-features --features {feature}",
             prefix.display()
         )
     })?;
