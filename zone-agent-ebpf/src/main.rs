@@ -22,9 +22,8 @@ use aya_ebpf::{
 use zone_agent_common::*;
 
 use crate::{
-    maps::{ACTIVE, SETCONF},
-    parse::{FRAG_FIRST, FRAG_LATER, Packet},
-    zone::Zones,
+    maps::{ACTIVE, SCRATCH, SETCONF, Scratch},
+    parse::{FRAG_FIRST, FRAG_LATER},
 };
 
 enum Outcome {
@@ -52,10 +51,12 @@ pub fn zone_agent(ctx: XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
     let set = ACTIVE.get(0).copied().unwrap_or(0) & 1;
     let cfg = SETCONF.get(set).copied().unwrap_or_default();
-    let d = if cfg.flags & SET_VALID == 0 {
-        Decision::drop(DropReason::NoPolicy)
-    } else {
-        classify(&ctx, set, &cfg)
+    let d = match SCRATCH.get_ptr_mut(0) {
+        _ if cfg.flags & SET_VALID == 0 => Decision::drop(DropReason::NoPolicy),
+        // SAFETY: this CPU's slot, used by this invocation only (XDP does not nest).
+        Some(s) => classify(&ctx, set, &cfg, unsafe { &mut *s }),
+        // Index 0 of a one-slot array always exists; fail closed all the same.
+        None => Decision::drop(DropReason::NoPolicy),
     };
     record_and_act(set, &cfg, d, len)
 }
@@ -73,9 +74,9 @@ pub fn zone_agent(ctx: XdpContext) -> u32 {
 ///  9. a rule matches → pass (audit if only audit rules) and open a flow;
 /// 10. otherwise → drop mac_mismatch if a rule failed only on its MAC list, else no_rule.
 #[inline(always)]
-fn classify(ctx: &XdpContext, set: u32, cfg: &SetConfig) -> Decision {
-    let mut p = Packet::empty();
-    match parse::packet(ctx.ctx, &mut p) {
+fn classify(ctx: &XdpContext, set: u32, cfg: &SetConfig, s: &mut Scratch) -> Decision {
+    s.p.reset();
+    match parse::packet(ctx.ctx, &mut s.p) {
         parse::PARSED_IP => {}
         parse::PARSED_NEIGHBOR => {
             return Decision {
@@ -89,68 +90,64 @@ fn classify(ctx: &XdpContext, set: u32, cfg: &SetConfig) -> Decision {
         r => return Decision::drop(reason(r)),
     }
     let ifindex = ctx.ingress_ifindex() as u32;
-    let z = match zone::resolve(set, ifindex, p.vlan, &p.t) {
+    s.z = match zone::resolve(set, ifindex, s.p.vlan, &s.p.t) {
         Ok(z) => z,
         Err(r) => return Decision::drop(r),
     };
-    let mut d = Decision { outcome: Outcome::Drop(DropReason::NoRule), from: z.from, to: z.to, rule: NO_RULE, audit: false };
-    d.outcome = match decide(set, cfg, ifindex, &z, &p) {
-        Ok(hit) => {
-            d.rule = hit.rule;
-            d.audit = hit.audit;
-            Outcome::Pass(hit.reason)
-        }
+    let outcome = match decide(set, cfg, ifindex, s) {
+        Ok(()) => Outcome::Pass(s.hit.reason),
         Err(r) => Outcome::Drop(r),
     };
-    d
+    let (rule, audit) = match outcome {
+        Outcome::Pass(_) => (s.hit.rule, s.hit.audit),
+        Outcome::Drop(_) => (NO_RULE, false),
+    };
+    Decision { outcome, from: s.z.from, to: s.z.to, rule, audit }
 }
 
+/// Steps 4–10 of `classify`; on `Ok` the pass is described in `hit`.
 #[inline(always)]
-fn decide(
-    set: u32,
-    cfg: &SetConfig,
-    ifindex: u32,
-    z: &Zones,
-    p: &Packet,
-) -> Result<state::Hit, DropReason> {
+fn decide(set: u32, cfg: &SetConfig, ifindex: u32, s: &mut Scratch) -> Result<(), DropReason> {
     let gen_ = cfg.generation;
-    let pass = |reason| Ok(state::Hit { reason, rule: NO_RULE, audit: false });
-    if z.unknown() {
+    if s.z.unknown() {
         return if cfg.flags & SET_UNKNOWN_ALLOW != 0 {
-            pass(PassReason::UnknownZone)
+            s.hit = state::Hit::plain(PassReason::UnknownZone);
+            Ok(())
         } else {
             Err(DropReason::UnknownZone)
         };
     }
-    if z.from == z.to {
+    if s.z.from == s.z.to {
         return if cfg.flags & SET_INTRA_ALLOW != 0 {
-            pass(PassReason::IntraZone)
+            s.hit = state::Hit::plain(PassReason::IntraZone);
+            Ok(())
         } else {
             Err(DropReason::IntraZone)
         };
     }
-    let mut hit = state::Hit { reason: PassReason::Rule, rule: NO_RULE, audit: false };
-    if state::related(gen_, z, p, &mut hit) || state::lookup(set, gen_, z, p, &mut hit) {
-        return Ok(hit);
+    if state::related(gen_, s) || state::lookup(set, gen_, s) {
+        return Ok(());
     }
+    let Scratch { p, z, hit, m, .. } = s;
     if p.frag == FRAG_LATER {
-        if let Some(hit) = state::fragment(gen_, z, p) {
-            return Ok(hit);
+        if let Some(h) = state::fragment(gen_, z, p) {
+            *hit = h;
+            return Ok(());
         }
         if cfg.flags & SET_FRAG_ALLOW == 0 {
             return Err(DropReason::Fragment);
         }
     }
-    let mut m = rule::Match { rule: NO_RULE, audit: false };
-    let r = rule::find(set, z, &p.t, &p.src_mac, &mut m);
+    let r = rule::find(set, z, &p.t, &p.src_mac, m);
     if r != 0 {
         return Err(reason(r));
     }
-    state::open(gen_, z, p, ifindex, &m)?;
+    state::open(gen_, z, p, ifindex, m)?;
     if p.frag == FRAG_FIRST {
-        state::open_fragment(gen_, z, p, &m)?;
+        state::open_fragment(gen_, z, p, m)?;
     }
-    Ok(state::Hit { reason: PassReason::Rule, rule: m.rule, audit: m.audit })
+    *hit = state::Hit { reason: PassReason::Rule, rule: m.rule, audit: m.audit };
+    Ok(())
 }
 
 /// A drop-reason number returned by a BPF sub-function; unknown numbers fail closed.

@@ -7,6 +7,13 @@ use aya_ebpf::{
 };
 use zone_agent_common::*;
 
+use crate::{
+    parse::{Packet, Tuple},
+    rule::Match,
+    state::Hit,
+    zone::Zones,
+};
+
 #[map(name = "ZA_ACTIVE")]
 pub static ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
 #[map(name = "ZA_SETCONF")]
@@ -41,3 +48,32 @@ pub static DROP_STATS: PerCpuArray<Counter> =
     PerCpuArray::with_max_entries(2 * DropReason::SLOTS, 0);
 #[map(name = "ZA_PASSSTATS")]
 pub static PASS_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(PassReason::SLOTS, 0);
+
+/// Working memory of one invocation: the parsed packet and the results the BPF
+/// sub-functions hand back.
+///
+/// Why a map and not the stack: the verifier tracks constants stored on the stack, so every
+/// exit path of a sub-function (each writing different constants into its out-parameter)
+/// would continue through the rest of the program as a separate state, and the path count
+/// multiplies stage by stage past the 1M-instruction limit. Map-value contents are not
+/// tracked, so the paths merge again at each return. A per-CPU array lookup with a
+/// constant index is inlined by the kernel and costs about a nanosecond.
+pub struct Scratch {
+    pub p: Packet,
+    pub z: Zones,
+    pub hit: Hit,
+    pub m: Match,
+    /// Flow-table key of the packet.
+    pub key: FlowKey,
+    pub re: Revalidation,
+}
+
+/// A flow's opening packet re-decided after a reload (`state::revalidate`).
+pub struct Revalidation {
+    pub t: Tuple,
+    pub z: Zones,
+    pub m: Match,
+}
+
+#[map(name = "ZA_SCRATCH")]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);

@@ -450,9 +450,11 @@ fn quoted_tuple(ctx: &XdpContext, family: u8, off: usize, end: usize) -> Option<
 }
 
 impl Packet {
-    pub const fn empty() -> Self {
-        let t = Tuple { family: 0, proto: 0, l4: false, src: [0; 16], dst: [0; 16], sport: 0, dport: 0 };
-        Packet { src_mac: [0; 6], vlan: 0, t, tcp_flags: 0, icmp_type: 0, frag: FRAG_NONE, frag_id: 0, inner: t, has_inner: false }
+    /// Back to "nothing parsed" (all zero: no VLAN, `FRAG_NONE`, no L4, no quote), in place:
+    /// building a fresh `Packet` and copying it would take its size in stack.
+    pub fn reset(&mut self) {
+        // SAFETY: every field is an integer, a byte array or a bool, for which 0 is valid.
+        unsafe { core::ptr::write_bytes(self as *mut Packet, 0, 1) }
     }
 
     pub fn tcp_fin(&self) -> bool {

@@ -10,7 +10,7 @@ use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use zone_agent_common::*;
 
 use crate::{
-    maps::{FLOWS, FRAGS},
+    maps::{FLOWS, FRAGS, Revalidation, Scratch},
     parse::{Packet, Tuple},
     rule::{self, Match},
     zone::{self, Zones},
@@ -40,30 +40,37 @@ pub struct Hit {
     pub audit: bool,
 }
 
+impl Hit {
+    /// A pass that no rule is behind (defaults, neighbour discovery).
+    pub fn plain(reason: PassReason) -> Self {
+        Hit { reason, rule: NO_RULE, audit: false }
+    }
+}
+
 /// Re-decide a flow of an older generation under the active policy; updates the entry.
+/// `w` is working memory for the opening packet's tuple and zones (see `maps::Scratch`).
 #[inline(always)]
-fn revalidate(set: u32, generation: u32, k: &FlowKey, st: &mut FlowState) -> bool {
+fn revalidate(set: u32, generation: u32, k: &FlowKey, st: &mut FlowState, w: &mut Revalidation) -> bool {
     let (src, sport, dst, dport) = if st.orig_is_a != 0 {
         (k.a, k.a_port, k.b, k.b_port)
     } else {
         (k.b, k.b_port, k.a, k.a_port)
     };
-    let t = Tuple { family: k.family, proto: k.proto, l4: true, src, dst, sport, dport };
-    let z = match zone::resolve(set, st.orig_ifindex, st.orig_vlan, &t) {
+    w.t = Tuple { family: k.family, proto: k.proto, l4: true, src, dst, sport, dport };
+    w.z = match zone::resolve(set, st.orig_ifindex, st.orig_vlan, &w.t) {
         Ok(z) => z,
         Err(_) => return false,
     };
-    if z.unknown() || z.from == z.to {
+    if w.z.unknown() || w.z.from == w.z.to {
         return false;
     }
-    let mut m = Match { rule: NO_RULE, audit: false };
-    match rule::find(set, &z, &t, &st.orig_mac, &mut m) {
+    match rule::find(set, &w.z, &w.t, &st.orig_mac, &mut w.m) {
         0 => {
             st.generation = generation;
-            st.rule = m.rule;
-            st.from_zone = z.from;
-            st.to_zone = z.to;
-            st.flags = (st.flags & !FLOW_AUDIT) | if m.audit { FLOW_AUDIT } else { 0 };
+            st.rule = w.m.rule;
+            st.from_zone = w.z.from;
+            st.to_zone = w.z.to;
+            st.flags = (st.flags & !FLOW_AUDIT) | if w.m.audit { FLOW_AUDIT } else { 0 };
             true
         }
         _ => false,
@@ -73,10 +80,11 @@ fn revalidate(set: u32, generation: u32, k: &FlowKey, st: &mut FlowState) -> boo
 /// The packet's own flow, if it has one: established (same direction) or reply.
 // Own BPF function (own stack frame), see parse::packet.
 #[inline(never)]
-pub fn lookup(set: u32, generation: u32, z: &Zones, p: &Packet, out: &mut Hit) -> bool {
-    match lookup_inner(set, generation, z, p) {
+pub fn lookup(set: u32, generation: u32, s: &mut Scratch) -> bool {
+    let Scratch { p, z, hit, key: k, re, .. } = s;
+    match lookup_inner(set, generation, z, p, k, re) {
         Some(h) => {
-            *out = h;
+            *hit = h;
             true
         }
         None => false,
@@ -84,22 +92,31 @@ pub fn lookup(set: u32, generation: u32, z: &Zones, p: &Packet, out: &mut Hit) -
 }
 
 #[inline(always)]
-fn lookup_inner(set: u32, generation: u32, z: &Zones, p: &Packet) -> Option<Hit> {
+fn lookup_inner(
+    set: u32,
+    generation: u32,
+    z: &Zones,
+    p: &Packet,
+    k: &mut FlowKey,
+    re: &mut Revalidation,
+) -> Option<Hit> {
     if !p.t.l4 {
         return None;
     }
-    let (k, src_is_a) = key(&p.t);
-    let st = FLOWS.get_ptr_mut(&k)?;
+    let src_is_a;
+    (*k, src_is_a) = key(&p.t);
+    let k = &*k;
+    let st = FLOWS.get_ptr_mut(k)?;
     // SAFETY: the LRU entry may be recycled under us in theory; a torn read can only make
     // the checks below fail (zone ids, generation), which denies: fail closed.
     let st = unsafe { &mut *st };
     let t = now();
     if t.saturating_sub(st.last_seen_ns) > flow_lifetime(k.proto, st.flags) {
-        let _ = FLOWS.remove(&k);
+        let _ = FLOWS.remove(k);
         return None;
     }
-    if st.generation != generation && !revalidate(set, generation, &k, st) {
-        let _ = FLOWS.remove(&k);
+    if st.generation != generation && !revalidate(set, generation, k, st, re) {
+        let _ = FLOWS.remove(k);
         return None;
     }
     let orig = (st.orig_is_a != 0) == src_is_a;
@@ -114,7 +131,7 @@ fn lookup_inner(set: u32, generation: u32, z: &Zones, p: &Packet) -> Option<Hit>
     st.last_seen_ns = t;
     if p.tcp_rst() {
         let hit = Hit { reason: dir_reason(orig), rule: st.rule, audit: st.flags & FLOW_AUDIT != 0 };
-        let _ = FLOWS.remove(&k);
+        let _ = FLOWS.remove(k);
         return Some(hit);
     }
     if p.tcp_fin() {
@@ -135,10 +152,10 @@ fn dir_reason(orig: bool) -> PassReason {
 /// back towards the quoted packet's sender.
 // Own BPF function (own stack frame), see parse::packet.
 #[inline(never)]
-pub fn related(generation: u32, z: &Zones, p: &Packet, out: &mut Hit) -> bool {
-    match related_inner(generation, z, p) {
+pub fn related(generation: u32, s: &mut Scratch) -> bool {
+    match related_inner(generation, &s.z, &s.p) {
         Some(h) => {
-            *out = h;
+            s.hit = h;
             true
         }
         None => false,

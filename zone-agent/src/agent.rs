@@ -91,7 +91,10 @@ impl Agent {
         // New interfaces first: until the flip they drop (no zone in the old policy).
         self.dp.attach_all(&wanted, self.xdp_mode)?;
         let set = self.dp.next_set();
-        let retiring = self.dp.set_counters(set, self.telemetry.sets[set as usize].as_ref().map_or(0, |n| n.rules.len()))?;
+        let retiring = match &self.telemetry.sets[set as usize] {
+            Some(n) => self.dp.set_counters(set, n.zones.len(), n.rules.len())?,
+            None => Default::default(),
+        };
         self.telemetry.retire(set, &retiring);
         let generation = self.dp.apply(&compiled, ifindex)?;
         self.telemetry.sets[set as usize] = Some(SetNames::of(&policy));

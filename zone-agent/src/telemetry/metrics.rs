@@ -23,7 +23,7 @@ pub fn render(dp: &Datapath, t: &Telemetry) -> Result<String, DatapathError> {
     let mut live = Totals::default();
     for set in 0..2u32 {
         if let Some(names) = &t.sets[set as usize] {
-            live.add_set(names, &dp.set_counters(set, names.rules.len())?);
+            live.add_set(names, &dp.set_counters(set, names.zones.len(), names.rules.len())?);
         }
     }
     let totals = t.retired.merged(&live);
