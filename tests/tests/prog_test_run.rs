@@ -358,6 +358,22 @@ fn run_stateful(h: &mut Harness) {
     h.expect("v6 later fragment", "zlg", &Frame::new(a6, b6).v6_frag(3, false, 99).proto(6, 16).bytes(), "pass:fragment");
     h.expect("v6 untied fragment", "zlg", &Frame::new(a6, b6).v6_frag(3, false, 98).proto(6, 16).bytes(), "drop:fragment");
     h.expect("v6 atomic fragment", "zlg", &Frame::new(a6, b6).v6_frag(0, false, 97).tcp(40005, 443, SYN).bytes(), "pass:rule");
+    // A first fragment that passes as a flow's reply also ties its later fragments.
+    h.expect("dns query 2", "zlg", &Frame::new(a, ip("198.51.100.7")).udp(41002, 53).bytes(), "pass:rule");
+    let big_answer = Frame::new(ip("198.51.100.7"), a).udp(53, 41002).payload(16).v4_frag(0, true, 777);
+    h.expect("fragmented answer, first", "zinet", &big_answer.bytes(), "pass:reply");
+    h.expect("fragmented answer, later", "zinet", &Frame::new(ip("198.51.100.7"), a).proto(17, 32).v4_frag(5, false, 777).bytes(), "pass:fragment");
+    // IPv6: destination options after the fragment header; later fragments only show 60.
+    let first6 = Frame::new(a6, b6).v6_frag(0, true, 555).v6_ext(60, 0).tcp(40006, 443, SYN).payload(16);
+    h.expect("v6 first fragment, dst-opts after frag", "zlg", &first6.bytes(), "pass:rule");
+    h.expect("v6 later fragment, dst-opts after frag", "zlg", &Frame::new(a6, b6).v6_frag(3, false, 555).proto(60, 16).bytes(), "pass:fragment");
+    // Only echo request/reply are ICMP flows: an allowed timestamp request opens nothing,
+    // so the same shape in the other direction is not a "reply".
+    h.expect("icmp timestamp", "zlg", &Frame::new(a, b).icmp(13, 0, 0).bytes(), "pass:rule");
+    h.expect("icmp timestamp again", "zlg", &Frame::new(a, b).icmp(13, 0, 0).bytes(), "pass:rule");
+    h.expect("icmp timestamp back", "zmyn", &Frame::new(b, a).icmp(14, 0, 0).bytes(), "drop:no_rule");
+    h.expect("icmpv6 type 200", "zlg", &Frame::new(a6, b6).icmp(200, 0, 0).bytes(), "pass:rule");
+    h.expect("icmpv6 type 201 back", "zmyn", &Frame::new(b6, a6).icmp(201, 0, 0).bytes(), "drop:no_rule");
     // Header shapes.
     h.expect("ipv4 options", "zlg", &Frame::new(a, b).options(10).tcp(40006, 443, SYN).bytes(), "pass:rule");
     h.expect("ipv4 options, forbidden port", "zlg", &Frame::new(a, b).options(10).tcp(40007, 23, SYN).bytes(), "drop:no_rule");
@@ -444,9 +460,22 @@ fn reload_revalidates_flows() {
 fn per_packet_cost() {
     // Not a benchmark (see `cargo xtask bench`); prints the cost so a run shows its order.
     in_private_netns(|| {
-        let h = Harness::new(&policy_text("enforce", "deny", None));
+        let mut h = Harness::new(&policy_text("enforce", "deny", None));
         let (a, b) = (ip("10.20.5.10"), ip("10.10.9.20"));
+        {
+            let f = Frame::new(a, b).tcp(40000, 443, SYN).bytes();
+            let mut ctx = [0u8; 24];
+            ctx[4..8].copy_from_slice(&(f.len() as u32).to_ne_bytes());
+            ctx[12..16].copy_from_slice(&ifindex("zlg").to_ne_bytes());
+            let r = h.dp.floor_program().unwrap().test_run(TestRunOptions { data_in: Some(&f), ctx_in: Some(&ctx), repeat: 100_000, ..Default::default() }).unwrap();
+            eprintln!("floor: {} ns/packet", r.duration.as_nanos());
+        }
         for (what, iface, f) in [
+            ("non-ip", "zlg", frames::non_ip()),
+            ("arp", "zlg", frames::arp()),
+            ("unknown iface", "ztrunk", Frame::new(a, b).tcp(40000, 443, SYN).bytes()),
+            ("spoofed", "zmyn", Frame::new(a, b).tcp(40000, 443, SYN).bytes()),
+            ("intra", "zlg", Frame::new(a, ip("10.20.0.1")).tcp(40000, 443, SYN).bytes()),
             ("allowed", "zlg", Frame::new(a, b).tcp(40000, 443, SYN).bytes()),
             ("denied", "zlg", Frame::new(a, b).tcp(40000, 23, SYN).bytes()),
         ] {

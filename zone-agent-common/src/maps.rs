@@ -36,6 +36,13 @@ pub const PROTO_ICMPV6: u8 = 58;
 pub const PROTO_OTHER: u8 = 255;
 pub const PROTO_CLASSES: [u8; 5] = [PROTO_TCP, PROTO_UDP, PROTO_ICMP, PROTO_ICMPV6, PROTO_OTHER];
 
+/// ICMP echo types: the only ICMP messages that are flows (see `flowable` in the data path
+/// and the model).
+pub const ICMP_ECHO_REPLY: u8 = 0;
+pub const ICMP_ECHO_REQUEST: u8 = 8;
+pub const ICMPV6_ECHO_REQUEST: u8 = 128;
+pub const ICMPV6_ECHO_REPLY: u8 = 129;
+
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
 

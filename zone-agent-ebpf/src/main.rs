@@ -23,7 +23,8 @@ use zone_agent_common::*;
 
 use crate::{
     maps::{ACTIVE, SCRATCH, SETCONF, Scratch},
-    parse::{FRAG_FIRST, FRAG_LATER},
+    parse::FRAG_LATER,
+    zone::Zones,
 };
 
 enum Outcome {
@@ -61,6 +62,12 @@ pub fn zone_agent(ctx: XdpContext) -> u32 {
     record_and_act(set, &cfg, d, len)
 }
 
+/// The cost floor for benchmarks: an XDP program that does nothing but drop. Never attached.
+#[xdp]
+pub fn zone_agent_floor(_ctx: XdpContext) -> u32 {
+    XDP_DROP
+}
+
 /// Precedence, first applicable wins:
 ///  1. unparseable → drop (malformed / header_limit / non_ip); ARP and link-scoped ND pass;
 ///  2. ingress interface/VLAN in no zone → drop unknown_interface;
@@ -73,6 +80,12 @@ pub fn zone_agent(ctx: XdpContext) -> u32 {
 ///     (allow = judged by port-less rules only, deny = drop fragment);
 ///  9. a rule matches → pass (audit if only audit rules) and open a flow;
 /// 10. otherwise → drop mac_mismatch if a rule failed only on its MAC list, else no_rule.
+///
+/// Step 7 runs first, right after the ingress zone (the fast path: no address lookups for
+/// packets of live flows). That gives the same verdicts as the order above: a flow entry of
+/// the active generation was opened (or revalidated) for these very addresses and is only
+/// found when the packet enters through the zone its end belongs to, so steps 3–5 would
+/// pass it; and ICMP errors (step 6) never have a flow of their own.
 #[inline(always)]
 fn classify(ctx: &XdpContext, set: u32, cfg: &SetConfig, s: &mut Scratch) -> Decision {
     s.p.reset();
@@ -90,10 +103,11 @@ fn classify(ctx: &XdpContext, set: u32, cfg: &SetConfig, s: &mut Scratch) -> Dec
         r => return Decision::drop(reason(r)),
     }
     let ifindex = ctx.ingress_ifindex() as u32;
-    s.z = match zone::resolve(set, ifindex, s.p.vlan, &s.p.t) {
+    let from = match zone::ingress(set, ifindex, s.p.vlan) {
         Ok(z) => z,
         Err(r) => return Decision::drop(r),
     };
+    s.z = Zones::ingress_only(from);
     let outcome = match decide(set, cfg, ifindex, s) {
         Ok(()) => Outcome::Pass(s.hit.reason),
         Err(r) => Outcome::Drop(r),
@@ -105,10 +119,15 @@ fn classify(ctx: &XdpContext, set: u32, cfg: &SetConfig, s: &mut Scratch) -> Dec
     Decision { outcome, from: s.z.from, to: s.z.to, rule, audit }
 }
 
-/// Steps 4–10 of `classify`; on `Ok` the pass is described in `hit`.
+/// Steps 3–10 of `classify` (7 first); on `Ok` the pass is described in `s.hit`, and
+/// `s.z` holds the zones either way.
 #[inline(always)]
 fn decide(set: u32, cfg: &SetConfig, ifindex: u32, s: &mut Scratch) -> Result<(), DropReason> {
     let gen_ = cfg.generation;
+    if state::lookup(set, gen_, s) {
+        return state::follow_first_fragment(gen_, s);
+    }
+    s.z = zone::addresses(set, s.z.from, &s.p.t)?;
     if s.z.unknown() {
         return if cfg.flags & SET_UNKNOWN_ALLOW != 0 {
             s.hit = state::Hit::plain(PassReason::UnknownZone);
@@ -125,8 +144,8 @@ fn decide(set: u32, cfg: &SetConfig, ifindex: u32, s: &mut Scratch) -> Result<()
             Err(DropReason::IntraZone)
         };
     }
-    if state::related(gen_, s) || state::lookup(set, gen_, s) {
-        return Ok(());
+    if state::related(gen_, s) {
+        return state::follow_first_fragment(gen_, s);
     }
     let Scratch { p, z, hit, m, .. } = s;
     if p.frag == FRAG_LATER {
@@ -143,11 +162,8 @@ fn decide(set: u32, cfg: &SetConfig, ifindex: u32, s: &mut Scratch) -> Result<()
         return Err(reason(r));
     }
     state::open(gen_, z, p, ifindex, m)?;
-    if p.frag == FRAG_FIRST {
-        state::open_fragment(gen_, z, p, m)?;
-    }
     *hit = state::Hit { reason: PassReason::Rule, rule: m.rule, audit: m.audit };
-    Ok(())
+    state::follow_first_fragment(gen_, s)
 }
 
 /// A drop-reason number returned by a BPF sub-function; unknown numbers fail closed.

@@ -11,7 +11,7 @@ use zone_agent_common::*;
 
 use crate::{
     maps::{FLOWS, FRAGS, Revalidation, Scratch},
-    parse::{Packet, Tuple},
+    parse::{FRAG_FIRST, Packet, Tuple},
     rule::{self, Match},
     zone::{self, Zones},
 };
@@ -80,14 +80,32 @@ fn revalidate(set: u32, generation: u32, k: &FlowKey, st: &mut FlowState, w: &mu
 /// The packet's own flow, if it has one: established (same direction) or reply.
 // Own BPF function (own stack frame), see parse::packet.
 #[inline(never)]
+/// Only `s.z.from` needs to be known; on a hit `s.z.to` is set to the zone the packet goes
+/// to (the flow's other end).
 pub fn lookup(set: u32, generation: u32, s: &mut Scratch) -> bool {
     let Scratch { p, z, hit, key: k, re, .. } = s;
     match lookup_inner(set, generation, z, p, k, re) {
-        Some(h) => {
+        Some((h, to)) => {
             *hit = h;
+            z.to = to;
             true
         }
         None => false,
+    }
+}
+
+/// Whether a packet belongs in the flow table: TCP, UDP and ICMP echo request/reply with
+/// their header. Other ICMP messages have no identifier to tell flows apart; they pass as
+/// related (errors quoting a flow) or by rule, never as a flow of their own.
+#[inline(always)]
+fn flowable(p: &Packet) -> bool {
+    if !p.t.l4 {
+        return false;
+    }
+    match p.t.proto {
+        PROTO_ICMP => matches!(p.icmp_type, ICMP_ECHO_REPLY | ICMP_ECHO_REQUEST),
+        PROTO_ICMPV6 => matches!(p.icmp_type, ICMPV6_ECHO_REQUEST | ICMPV6_ECHO_REPLY),
+        _ => true,
     }
 }
 
@@ -99,8 +117,8 @@ fn lookup_inner(
     p: &Packet,
     k: &mut FlowKey,
     re: &mut Revalidation,
-) -> Option<Hit> {
-    if !p.t.l4 {
+) -> Option<(Hit, u8)> {
+    if !flowable(p) {
         return None;
     }
     let src_is_a;
@@ -129,10 +147,11 @@ fn lookup_inner(
         return None;
     }
     st.last_seen_ns = t;
+    let to = if orig { st.to_zone } else { st.from_zone };
+    let hit = Hit { reason: dir_reason(orig), rule: st.rule, audit: st.flags & FLOW_AUDIT != 0 };
     if p.tcp_rst() {
-        let hit = Hit { reason: dir_reason(orig), rule: st.rule, audit: st.flags & FLOW_AUDIT != 0 };
         let _ = FLOWS.remove(k);
-        return Some(hit);
+        return Some((hit, to));
     }
     if p.tcp_fin() {
         st.flags |= if orig { FLOW_FIN_ORIG } else { FLOW_FIN_REPLY };
@@ -140,7 +159,7 @@ fn lookup_inner(
     if !orig {
         st.flags |= FLOW_REPLIED;
     }
-    Some(Hit { reason: dir_reason(orig), rule: st.rule, audit: st.flags & FLOW_AUDIT != 0 })
+    Some((hit, to))
 }
 
 #[inline(always)]
@@ -198,7 +217,7 @@ pub fn open(
     ifindex: u32,
     m: &Match,
 ) -> Result<(), DropReason> {
-    if !p.t.l4 || p.tcp_rst() {
+    if !flowable(p) || p.tcp_rst() {
         return Ok(());
     }
     let (k, src_is_a) = key(&p.t);
@@ -217,13 +236,17 @@ pub fn open(
     FLOWS.insert(&k, &st, 0).map_err(|_| DropReason::TableFull)
 }
 
+/// Fragments of one datagram: (source, destination, identification) and, for IPv4, the
+/// protocol (RFC 791). IPv6 leaves the protocol out (RFC 8200 §4.5 makes the identification
+/// unique per address pair): a later fragment only shows the fragment header's next header,
+/// which is not the upper-layer protocol when more extension headers follow it.
 #[inline(always)]
 fn frag_key(p: &Packet) -> FragKey {
     FragKey {
         src: p.t.src,
         dst: p.t.dst,
         id: p.frag_id,
-        proto: p.t.proto,
+        proto: if p.t.family == FAMILY_V4 { p.t.proto } else { 0 },
         family: p.t.family,
         _pad: [0; 2],
     }
@@ -246,18 +269,22 @@ pub fn fragment(generation: u32, z: &Zones, p: &Packet) -> Option<Hit> {
     Some(Hit { reason: PassReason::Fragment, rule: st.rule, audit: st.flags & FLOW_AUDIT != 0 })
 }
 
-/// Remember an allowed first fragment so its later fragments can be tied to it.
+/// After a pass (`s.hit`, zones in `s.z`): a first fragment is remembered so that its later
+/// fragments can be tied to it, whatever let it pass (a rule, its flow, a related error).
 #[inline(always)]
-pub fn open_fragment(generation: u32, z: &Zones, p: &Packet, m: &Match) -> Result<(), DropReason> {
+pub fn follow_first_fragment(generation: u32, s: &Scratch) -> Result<(), DropReason> {
+    if s.p.frag != FRAG_FIRST {
+        return Ok(());
+    }
     let st = FragState {
         last_seen_ns: now(),
         generation,
-        rule: m.rule,
-        mac: p.src_mac,
-        from_zone: z.from,
-        to_zone: z.to,
-        flags: if m.audit { FLOW_AUDIT } else { 0 },
+        rule: s.hit.rule,
+        mac: s.p.src_mac,
+        from_zone: s.z.from,
+        to_zone: s.z.to,
+        flags: if s.hit.audit { FLOW_AUDIT } else { 0 },
         _pad: [0; 7],
     };
-    FRAGS.insert(&frag_key(p), &st, 0).map_err(|_| DropReason::TableFull)
+    FRAGS.insert(&frag_key(&s.p), &st, 0).map_err(|_| DropReason::TableFull)
 }

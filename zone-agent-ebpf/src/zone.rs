@@ -22,6 +22,11 @@ pub struct Zones {
 }
 
 impl Zones {
+    /// Only the ingress zone known yet (addresses not looked up).
+    pub fn ingress_only(from: u8) -> Self {
+        Zones { from, src_zone: NO_ZONE, to: NO_ZONE, src_class: 0, dst_class: 0 }
+    }
+
     pub fn unknown(&self) -> bool {
         self.src_zone == NO_ZONE || self.to == NO_ZONE
     }
@@ -56,7 +61,12 @@ pub fn addr(set: u32, role: u8, family: u8, a: &[u8; 16]) -> AddrClass {
 /// Zones of a tuple that entered on (`ifindex`, `vlan`).
 #[inline(always)]
 pub fn resolve(set: u32, ifindex: u32, vlan: u16, t: &Tuple) -> Result<Zones, DropReason> {
-    let from = ingress(set, ifindex, vlan)?;
+    addresses(set, ingress(set, ifindex, vlan)?, t)
+}
+
+/// Zones and classes of a tuple's addresses, for a packet that came from zone `from`.
+#[inline(always)]
+pub fn addresses(set: u32, from: u8, t: &Tuple) -> Result<Zones, DropReason> {
     let src = addr(set, ROLE_SRC, t.family, &t.src);
     if src.zone != NO_ZONE && src.zone != from {
         return Err(DropReason::SpoofedSource);

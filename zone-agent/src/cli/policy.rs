@@ -116,6 +116,12 @@ fn explain(a: ExplainArgs) -> anyhow::Result<ExitCode> {
         sport: if ports { a.sport } else { 0 },
         dport: a.dport.unwrap_or(0),
         tcp_flags: if proto == 6 { 0x02 } else { 0 },
+        // An ICMP packet is explained as an echo request.
+        icmp_type: match proto {
+            _ if !icmp => 0,
+            1 => zone_agent_common::ICMP_ECHO_REQUEST,
+            _ => zone_agent_common::ICMPV6_ECHO_REQUEST,
+        },
         frag: Frag::None,
         frag_id: 0,
         inner: None,

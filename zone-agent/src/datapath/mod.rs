@@ -19,6 +19,7 @@ pub use attach::XdpMode;
 /// The XDP object, built by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/zone-agent-ebpf.o"));
 pub const PROGRAM: &str = "zone_agent";
+pub const FLOOR_PROGRAM: &str = "zone_agent_floor";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
@@ -102,6 +103,21 @@ impl Datapath {
             .program_mut(PROGRAM)
             .and_then(|p| <&mut Xdp>::try_from(p).ok())
             .expect("program loaded in Datapath::load")
+    }
+
+    /// The object's reference program that only returns XDP_DROP, loaded on demand: the
+    /// floor that `cargo xtask bench` measures the real program against.
+    pub fn floor_program(&mut self) -> Result<&Xdp, DatapathError> {
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(FLOOR_PROGRAM)
+            .ok_or(DatapathError::MissingMap("program zone_agent_floor"))?
+            .try_into()
+            .map_err(DatapathError::Program)?;
+        if prog.fd().is_err() {
+            prog.load().map_err(DatapathError::Program)?;
+        }
+        Ok(prog)
     }
 
     pub fn attached(&self) -> impl Iterator<Item = (&String, &'static str)> {

@@ -129,6 +129,7 @@ pub fn parse(frame: &[u8], ifname: &str) -> Result<Parsed, DropReason> {
         sport: 0,
         dport: 0,
         tcp_flags: 0,
+        icmp_type: 0,
         frag: Frag::None,
         frag_id: 0,
         inner: None,
@@ -297,6 +298,7 @@ fn l4(f: &Frame, p: &mut Packet, off: usize, end: usize) -> Result<(), DropReaso
             }
             (p.sport, p.dport) = icmp_ports(is_v4, h[0], be16(h, 4));
             p.l4 = true;
+            p.icmp_type = h[0];
             if icmp_error(is_v4, h[0]) {
                 p.inner = quoted(f, is_v4, off + 8, end);
             }

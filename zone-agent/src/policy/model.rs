@@ -30,7 +30,8 @@ use std::net::IpAddr;
 
 use zone_agent_common::{
     Counter, DropReason, FLOW_OTHER_NS, FLOW_TCP_CLOSING_NS, FLOW_TCP_ESTABLISHED_NS,
-    FLOW_TCP_OPEN_NS, FLOW_UDP_NS, FRAG_NS, PassReason, Verdict,
+    FLOW_TCP_OPEN_NS, FLOW_UDP_NS, FRAG_NS, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST,
+    ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, PassReason, Verdict,
 };
 
 use super::types::{Action, Mac, Mode, Policy, Protocol, Rule};
@@ -87,6 +88,8 @@ pub struct Packet {
     pub sport: u16,
     pub dport: u16,
     pub tcp_flags: u8,
+    /// ICMP/ICMPv6 type when `l4` and `proto` is the family's ICMP, else 0.
+    pub icmp_type: u8,
     pub frag: Frag,
     /// IPv4 identification or IPv6 fragment-header identification.
     pub frag_id: u32,
@@ -98,11 +101,11 @@ pub struct Packet {
 
 impl Packet {
     /// A whole, unfragmented packet with its L4 header known when `proto` has one in this
-    /// family (TCP, UDP, ICMP for IPv4, ICMPv6 for IPv6). Handy for tests and `explain`.
+    /// family (TCP, UDP, ICMP for IPv4, ICMPv6 for IPv6; ICMP is an echo request). Handy for
+    /// tests and `explain`.
     pub fn new(ifname: &str, src: IpAddr, dst: IpAddr, proto: u8, sport: u16, dport: u16) -> Packet {
-        let l4 = matches!(proto, PROTO_TCP | PROTO_UDP)
-            || (proto == PROTO_ICMP && src.is_ipv4())
-            || (proto == PROTO_ICMPV6 && src.is_ipv6());
+        let icmp = (proto == PROTO_ICMP && src.is_ipv4()) || (proto == PROTO_ICMPV6 && src.is_ipv6());
+        let l4 = matches!(proto, PROTO_TCP | PROTO_UDP) || icmp;
         Packet {
             ifname: ifname.to_string(),
             vlan: 0,
@@ -114,11 +117,41 @@ impl Packet {
             sport: if l4 { sport } else { 0 },
             dport: if l4 { dport } else { 0 },
             tcp_flags: 0,
+            icmp_type: match proto {
+                _ if !icmp => 0,
+                PROTO_ICMP => ICMP_ECHO_REQUEST,
+                _ => ICMPV6_ECHO_REQUEST,
+            },
             frag: Frag::None,
             frag_id: 0,
             inner: None,
             len: 64,
         }
+    }
+
+    /// Whether the packet belongs in the flow table: TCP, UDP and ICMP echo request/reply
+    /// with their header. Other ICMP messages have no identifier to tell flows apart; they
+    /// pass as related (errors quoting a flow) or by rule, never as a flow of their own.
+    pub fn flowable(&self) -> bool {
+        if !self.has_l4() {
+            return false;
+        }
+        match self.proto {
+            PROTO_ICMP if self.src.is_ipv4() => matches!(self.icmp_type, ICMP_ECHO_REPLY | ICMP_ECHO_REQUEST),
+            PROTO_ICMPV6 if self.src.is_ipv6() => {
+                matches!(self.icmp_type, ICMPV6_ECHO_REQUEST | ICMPV6_ECHO_REPLY)
+            }
+            _ => true,
+        }
+    }
+
+    /// Key of the datagram a fragment belongs to: (source, destination, identification) and,
+    /// for IPv4, the protocol (RFC 791). IPv6 leaves the protocol out (RFC 8200 §4.5: the
+    /// identification is unique per address pair); a later fragment only shows the fragment
+    /// header's next header, not the upper-layer protocol when more extension headers follow.
+    fn frag_key(&self) -> FragKey {
+        let proto = if self.src.is_ipv4() { self.proto } else { 0 };
+        FragKey { src: self.src, dst: self.dst, id: self.frag_id, proto }
     }
 
     pub fn tuple(&self) -> Tuple {
@@ -620,6 +653,9 @@ impl Model {
                         Hit { reason: PassReason::Rule, rule: m.rule, audit: m.audit }
                     }),
                 };
+                if let Ok(h) = &hit {
+                    self.follow_first_fragment(p, &z, h, now_ns);
+                }
                 d.apply(hit);
                 d
             }
@@ -647,8 +683,14 @@ impl Model {
     /// decision skeleton (zones filled in).
     fn gates(&self, p: &Packet) -> Result<(Decision, Zones), Decision> {
         // 2, 3.
-        let z = resolve(&self.policy, &p.ifname, p.vlan, p.src, p.dst)
-            .map_err(|r| Decision::early(Outcome::Drop(r)))?;
+        let z = resolve(&self.policy, &p.ifname, p.vlan, p.src, p.dst).map_err(|r| {
+            let mut d = Decision::early(Outcome::Drop(r));
+            // A spoofed packet is counted to the zone it came in from.
+            if r == DropReason::SpoofedSource {
+                d.from = ingress_zone(&self.policy, &p.ifname, p.vlan);
+            }
+            d
+        })?;
         let mut d = Decision {
             outcome: Outcome::Drop(DropReason::NoRule),
             from: z.from,
@@ -716,7 +758,7 @@ impl Model {
 
     /// Step 7.
     fn lookup(&mut self, p: &Packet, z: &Zones, now: u64) -> Option<Hit> {
-        if !p.has_l4() {
+        if !p.flowable() {
             return None;
         }
         let key = FlowKey::new(p.proto, (p.src, p.sport), (p.dst, p.dport));
@@ -770,8 +812,7 @@ impl Model {
 
     /// Step 8, the tied half.
     fn fragment(&self, p: &Packet, z: &Zones, now: u64) -> Option<Hit> {
-        let key = FragKey { src: p.src, dst: p.dst, id: p.frag_id, proto: p.proto };
-        let e = self.frags.get(&key)?;
+        let e = self.frags.get(&p.frag_key())?;
         if e.generation != self.generation
             || e.from != z.from
             || e.mac != p.src_mac
@@ -790,10 +831,10 @@ impl Model {
         find_rule(&self.policy, &RuleInput::of(p, z.from, z.to))
     }
 
-    /// After a rule match: open a flow (L4 known, not a TCP RST) and, for a first fragment,
-    /// a fragment entry. Like the kernel's inserts, these replace an entry with the same key.
+    /// After a rule match: open a flow (flowable, not a TCP RST). Like the kernel's insert,
+    /// this replaces an entry with the same key.
     fn open(&mut self, p: &Packet, z: &Zones, m: &RuleMatch, now: u64) {
-        if p.has_l4() && !p.tcp_rst() {
+        if p.flowable() && !p.tcp_rst() {
             let key = FlowKey::new(p.proto, (p.src, p.sport), (p.dst, p.dport));
             self.flows.insert(
                 key,
@@ -815,19 +856,26 @@ impl Model {
                 },
             );
         }
-        if p.frag == Frag::First {
-            self.frags.insert(
-                FragKey { src: p.src, dst: p.dst, id: p.frag_id, proto: p.proto },
-                FragEntry {
-                    mac: p.src_mac,
-                    from: z.from,
-                    rule: m.rule,
-                    audit: m.audit,
-                    generation: self.generation,
-                    first_seen: now,
-                },
-            );
+    }
+
+    /// After any pass: a first fragment is remembered so that its later fragments can be
+    /// tied to it, whatever let it pass (a rule, its flow, a related error). Like the
+    /// kernel's insert, this replaces an entry with the same key.
+    fn follow_first_fragment(&mut self, p: &Packet, z: &Zones, h: &Hit, now: u64) {
+        if p.frag != Frag::First {
+            return;
         }
+        self.frags.insert(
+            p.frag_key(),
+            FragEntry {
+                mac: p.src_mac,
+                from: z.from,
+                rule: h.rule,
+                audit: h.audit,
+                generation: self.generation,
+                first_seen: now,
+            },
+        );
     }
 }
 
@@ -1017,12 +1065,12 @@ mod tests {
     // ---- step 3: spoofed source -------------------------------------------------------
 
     #[test]
-    fn spoofed_source_recorded_without_zones() {
+    fn spoofed_source_recorded_to_its_ingress_zone() {
         let mut m = Model::new(policy());
         let d = m.decide(&tcp("eth2", "10.10.1.1", 1, "10.20.1.1", 2, TCP_SYN), T0);
         drop(&d, DropReason::SpoofedSource);
-        assert_eq!((d.from, d.to), (0, 0));
-        assert_eq!(m.counters().zone_pair(0, 0, Verdict::Deny).packets, 1);
+        assert_eq!((d.from, d.to), (LGWAN, 0));
+        assert_eq!(m.counters().zone_pair(LGWAN, 0, Verdict::Deny).packets, 1);
     }
 
     #[test]
@@ -1574,14 +1622,16 @@ mod tests {
     }
 
     #[test]
-    fn first_fragment_inside_an_existing_flow_opens_no_fragment_entry() {
-        // Mirrors the data path: a first fragment that passes as Established/Reply leaves no
-        // fragment entry, so its later fragments are judged as untied (see the report).
+    fn first_fragment_inside_an_existing_flow_ties_its_later_fragments() {
+        // A first fragment that passes as Established/Reply opens a fragment entry too, so
+        // its later fragments follow it (a large DNS answer, say) instead of being dropped.
         let mut m = Model::new(policy());
         pass(&m.decide(&dns_frag(Frag::None, 0), T0), PassReason::Rule);
         pass(&m.decide(&dns_frag(Frag::First, 3), T0), PassReason::Established);
-        assert_eq!(m.fragments(), 0);
-        drop(&m.decide(&dns_frag(Frag::Later, 3), T0), DropReason::Fragment);
+        assert_eq!(m.fragments(), 1);
+        pass(&m.decide(&dns_frag(Frag::Later, 3), T0), PassReason::Fragment);
+        // Another datagram's later fragment is still untied.
+        drop(&m.decide(&dns_frag(Frag::Later, 4), T0), DropReason::Fragment);
     }
 
     #[test]
@@ -1592,6 +1642,39 @@ mod tests {
         let later = frag(on("eth2", 0, PROTO_TCP, "fd20::5", 0, "fd10::9", 0), Frag::Later, 0x1234_5678);
         let d = m.decide(&later, T0);
         assert_eq!((d.outcome, d.rule), (Outcome::Pass(PassReason::Fragment), Some(8)));
+    }
+
+    #[test]
+    fn ipv6_later_fragments_are_tied_whatever_their_next_header() {
+        // The first fragment walks a destination-options header after the fragment header
+        // and finds TCP; its later fragments only show the fragment header's next header.
+        let mut m = Model::new(policy());
+        let first = frag(on("eth2", 0, PROTO_TCP, "fd20::5", 40000, "fd10::9", 22), Frag::First, 77);
+        pass(&m.decide(&first, T0), PassReason::Rule);
+        let later = frag(on("eth2", 0, 60, "fd20::5", 0, "fd10::9", 0), Frag::Later, 77);
+        pass(&m.decide(&later, T0), PassReason::Fragment);
+        // IPv4 keeps the protocol in the key.
+        let first = frag(on("eth2", 0, PROTO_UDP, "10.20.1.1", 5000, "8.8.8.8", 53), Frag::First, 78);
+        pass(&m.decide(&first, T0), PassReason::Rule);
+        let later = frag(on("eth2", 0, PROTO_TCP, "10.20.1.1", 0, "8.8.8.8", 0), Frag::Later, 78);
+        drop(&m.decide(&later, T0), DropReason::Fragment);
+    }
+
+    #[test]
+    fn only_icmp_echo_is_a_flow() {
+        let mut m = Model::new(policy());
+        let mut ts = on("eth2", 0, PROTO_ICMP, "10.20.1.1", 0, "10.10.9.9", 0);
+        ts.icmp_type = 13; // timestamp request
+        pass(&m.decide(&ts, T0), PassReason::Rule);
+        assert_eq!(m.flows(), 0);
+        let mut back = on("eth1", 0, PROTO_ICMP, "10.10.9.9", 0, "10.20.1.1", 0);
+        back.icmp_type = 14;
+        drop(&m.decide(&back, T0), DropReason::NoRule);
+        // An echo request does open a flow, and its reply passes by it.
+        pass(&m.decide(&on("eth2", 0, PROTO_ICMP, "10.20.1.1", 9, "10.10.9.9", 0), T0), PassReason::Rule);
+        let mut reply = on("eth1", 0, PROTO_ICMP, "10.10.9.9", 0, "10.20.1.1", 9);
+        reply.icmp_type = 0;
+        pass(&m.decide(&reply, T0), PassReason::Reply);
     }
 
     // ---- reload -----------------------------------------------------------------------
@@ -1747,7 +1830,7 @@ mod tests {
         assert_eq!(c.rule(0), Counter { packets: 2, bytes: 140 });
         assert_eq!(c.zone_pair(LGWAN, MYNUMBER, Verdict::Allow), Counter { packets: 1, bytes: 74 });
         assert_eq!(c.zone_pair(MYNUMBER, LGWAN, Verdict::Allow), Counter { packets: 1, bytes: 66 });
-        assert_eq!(c.zone_pair(0, 0, Verdict::Deny).packets, 1);
+        assert_eq!(c.zone_pair(LGWAN, 0, Verdict::Deny).packets, 1);
         assert_eq!(c.zone_pair(0, 0, Verdict::Allow), Counter { packets: 1, bytes: 42 });
         assert_eq!(c.pass(PassReason::Rule).packets, 1);
         assert_eq!(c.pass(PassReason::Reply).packets, 1);
