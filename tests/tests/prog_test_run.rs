@@ -455,35 +455,3 @@ fn reload_revalidates_flows() {
         h.finish();
     });
 }
-
-#[test]
-fn per_packet_cost() {
-    // Not a benchmark (see `cargo xtask bench`); prints the cost so a run shows its order.
-    in_private_netns(|| {
-        let mut h = Harness::new(&policy_text("enforce", "deny", None));
-        let (a, b) = (ip("10.20.5.10"), ip("10.10.9.20"));
-        {
-            let f = Frame::new(a, b).tcp(40000, 443, SYN).bytes();
-            let mut ctx = [0u8; 24];
-            ctx[4..8].copy_from_slice(&(f.len() as u32).to_ne_bytes());
-            ctx[12..16].copy_from_slice(&ifindex("zlg").to_ne_bytes());
-            let r = h.dp.floor_program().unwrap().test_run(TestRunOptions { data_in: Some(&f), ctx_in: Some(&ctx), repeat: 100_000, ..Default::default() }).unwrap();
-            eprintln!("floor: {} ns/packet", r.duration.as_nanos());
-        }
-        for (what, iface, f) in [
-            ("non-ip", "zlg", frames::non_ip()),
-            ("arp", "zlg", frames::arp()),
-            ("unknown iface", "ztrunk", Frame::new(a, b).tcp(40000, 443, SYN).bytes()),
-            ("spoofed", "zmyn", Frame::new(a, b).tcp(40000, 443, SYN).bytes()),
-            ("intra", "zlg", Frame::new(a, ip("10.20.0.1")).tcp(40000, 443, SYN).bytes()),
-            ("allowed", "zlg", Frame::new(a, b).tcp(40000, 443, SYN).bytes()),
-            ("denied", "zlg", Frame::new(a, b).tcp(40000, 23, SYN).bytes()),
-        ] {
-            let mut ctx = [0u8; 24];
-            ctx[4..8].copy_from_slice(&(f.len() as u32).to_ne_bytes());
-            ctx[12..16].copy_from_slice(&ifindex(iface).to_ne_bytes());
-            let r = h.dp.program().test_run(TestRunOptions { data_in: Some(&f), ctx_in: Some(&ctx), repeat: 100_000, ..Default::default() }).unwrap();
-            eprintln!("{what}: {} ns/packet (BPF_PROG_TEST_RUN, repeat 100000)", r.duration.as_nanos());
-        }
-    });
-}

@@ -4,7 +4,9 @@
 //! - `build`: setup, then `target/release/zone-agent` with the eBPF object embedded.
 //! - `test`:  setup + build, unit tests, then the privileged namespace suites under `unshare`.
 //! - `demo`:  setup + build, then a three-zone lab with the agent enforcing a policy.
+//! - `bench`: setup, then the per-packet cost of the XDP program into BENCHMARKS.md.
 
+mod bench;
 mod build;
 mod demo;
 mod setup;
@@ -38,6 +40,8 @@ enum Task {
     Test(test::Args),
     /// Setup + build, then run the three-zone demo in network namespaces (root).
     Demo(demo::Args),
+    /// Setup, then measure the XDP program's per-packet cost and write BENCHMARKS.md (root).
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +52,7 @@ fn main() -> ExitCode {
         Task::Build(args) => build::run(&ws, &args).map(|_| ()),
         Task::Test(args) => test::run(&ws, &args),
         Task::Demo(args) => demo::run(&ws, &args),
+        Task::Bench(args) => bench::run(&ws, &args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
