@@ -394,7 +394,14 @@ fn run_stateful(h: &mut Harness) {
     // Intra-zone and unknown.
     h.expect("intra zone", "zlg", &Frame::new(a, ip("10.20.0.1")).tcp(40012, 22, SYN).bytes(), "pass:intra_zone");
     h.expect("link-local src is internet's ::/0", "zinet", &Frame::new(ip("fe80::5"), b6).tcp(40013, 443, SYN).bytes(), "drop:no_rule");
-    h.expect("link-local dst", "zlg", &Frame::new(a6, ip("fe80::1")).tcp(40014, 22, SYN).bytes(), "drop:no_rule");
+    // Link-scoped addresses belong to the ingress link: intra-zone, never a rule's.
+    h.expect("link-local dst", "zlg", &Frame::new(a6, ip("fe80::1")).tcp(40014, 22, SYN).bytes(), "pass:intra_zone");
+    let mld = Frame::new(ip("fe80::ff:fe00:2010"), ip("ff02::16")).icmp(143, 0, 0).hop_limit(1);
+    h.expect("MLDv2 report from link-local", "zlg", &mld.bytes(), "pass:intra_zone");
+    h.expect("MLDv2 report on the internet link", "zinet", &mld.bytes(), "pass:intra_zone");
+    h.expect("DHCP discover", "zlg", &Frame::new(ip("0.0.0.0"), ip("255.255.255.255")).udp(68, 67).bytes(), "pass:intra_zone");
+    h.expect("link-local multicast v4", "zmyn", &Frame::new(b, ip("224.0.0.251")).udp(5353, 5353).bytes(), "pass:intra_zone");
+    h.expect("link-local source to another zone", "zlg", &Frame::new(ip("fe80::5"), b6).icmp(128, 0, 5).bytes(), "drop:no_rule");
     // TCP teardown: RST ends the flow, its reply is then denied.
     h.expect("syn 2", "zlg", &Frame::new(a, b).tcp(40020, 8000, SYN).bytes(), "pass:rule");
     h.expect("rst", "zmyn", &Frame::new(b, a).tcp(8000, 40020, RST).bytes(), "pass:reply");

@@ -8,7 +8,9 @@
 #![no_std]
 
 pub mod maps;
+pub mod scope;
 pub mod verdict;
 
 pub use maps::*;
+pub use scope::*;
 pub use verdict::*;

@@ -65,13 +65,24 @@ pub fn resolve(set: u32, ifindex: u32, vlan: u16, t: &Tuple) -> Result<Zones, Dr
 }
 
 /// Zones and classes of a tuple's addresses, for a packet that came from zone `from`.
+/// A link-scoped address (see `zone_agent_common::scope`) is in the ingress zone, in no
+/// rule's class (class 0).
 #[inline(always)]
 pub fn addresses(set: u32, from: u8, t: &Tuple) -> Result<Zones, DropReason> {
-    let src = addr(set, ROLE_SRC, t.family, &t.src);
+    let link = AddrClass { class: 0, zone: from, _pad: [0; 3] };
+    let src = if link_scoped_src(t.family, &t.src) {
+        link
+    } else {
+        addr(set, ROLE_SRC, t.family, &t.src)
+    };
     if src.zone != NO_ZONE && src.zone != from {
         return Err(DropReason::SpoofedSource);
     }
-    let dst = addr(set, ROLE_DST, t.family, &t.dst);
+    let dst = if link_scoped_dst(t.family, &t.dst) {
+        link
+    } else {
+        addr(set, ROLE_DST, t.family, &t.dst)
+    };
     Ok(Zones {
         from,
         src_zone: src.zone,

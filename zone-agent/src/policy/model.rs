@@ -340,11 +340,30 @@ fn resolve(policy: &Policy, ifname: &str, vlan: u16, src: IpAddr, dst: IpAddr) -
     if from == 0 {
         return Err(DropReason::UnknownInterface);
     }
-    let src_zone = addr_zone(policy, src);
+    // Link-scoped addresses belong to the ingress link (zone_agent_common::scope).
+    let src_zone = if link_scoped(src, true) { from } else { addr_zone(policy, src) };
     if src_zone != 0 && src_zone != from {
         return Err(DropReason::SpoofedSource);
     }
-    Ok(Zones { from, src_zone, to: addr_zone(policy, dst) })
+    let to = if link_scoped(dst, false) { from } else { addr_zone(policy, dst) };
+    Ok(Zones { from, src_zone, to })
+}
+
+/// `zone_agent_common::scope` on an `IpAddr` (as a source if `src`, else as a destination).
+pub fn link_scoped(a: IpAddr, src: bool) -> bool {
+    let (family, bytes) = match a {
+        IpAddr::V4(v4) => {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&v4.octets());
+            (zone_agent_common::FAMILY_V4, b)
+        }
+        IpAddr::V6(v6) => (zone_agent_common::FAMILY_V6, v6.octets()),
+    };
+    if src {
+        zone_agent_common::link_scoped_src(family, &bytes)
+    } else {
+        zone_agent_common::link_scoped_dst(family, &bytes)
+    }
 }
 
 /// What a rule is compared against.
@@ -424,7 +443,9 @@ pub fn check_rule(rule: &Rule, x: &RuleInput) -> RuleCheck {
             || (x.l4
                 && matches!(x.proto, PROTO_TCP | PROTO_UDP)
                 && rule.ports.iter().any(|r| r.contains(x.dport))),
-        source: rule.sources.is_empty() || rule.sources.iter().any(|n| n.contains(&x.src)),
+        // Rules are for routed traffic: a link-scoped source matches none.
+        source: !link_scoped(x.src, true)
+            && (rule.sources.is_empty() || rule.sources.iter().any(|n| n.contains(&x.src))),
         destination: rule.destinations.is_empty()
             || rule.destinations.iter().any(|n| n.contains(&x.dst)),
         mac: rule.source_macs.is_empty() || rule.source_macs.contains(&x.mac),
