@@ -2,6 +2,7 @@
 //! flows, and detach cleanly on SIGTERM/SIGINT.
 
 use std::{
+    io::IsTerminal as _,
     process::ExitCode,
     sync::{Arc, Mutex},
     time::Duration,
@@ -24,6 +25,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: under systemd (journald) or with stderr sent to a file,
+        // escape codes would end up in the log text.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     std::fs::create_dir_all(&args.state_dir)
         .with_context(|| format!("creating state dir {}", args.state_dir.display()))?;
