@@ -217,9 +217,7 @@ impl Harness {
     }
 
     fn model(&mut self, iface: &str, frame: &[u8]) -> (u32, String, Option<usize>) {
-        let (ifname, vlan_iface) = (iface, ());
-        let _ = vlan_iface;
-        let d = match mframe::parse(frame, ifname) {
+        let d = match mframe::parse(frame, iface) {
             Ok(mframe::Parsed::Neighbor) => return (2, "pass:neighbor".into(), None),
             Ok(mframe::Parsed::Ip(p)) => self.model.decide(&p, monotonic_coarse_ns()),
             Err(r) => return self.drop_result(r, None),
