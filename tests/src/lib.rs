@@ -25,7 +25,8 @@ pub use child::ChildGuard;
 pub use lab::{Host, HostSpec, Lab, vlan_supported};
 pub use nix::sys::signal::Signal;
 pub use traffic::{
-    add_addr, ping, port_scan, set_mac, tcp_connect, tcp_listen, udp_echo, udp_exchange,
+    ContinuousSummary, add_addr, continuous, continuous_summary, ping, port_scan, set_mac,
+    tcp_connect, tcp_echo, tcp_listen, udp_echo, udp_exchange,
 };
 
 /// Environment variable that keeps labs (namespaces, temp dir, children) after the test.

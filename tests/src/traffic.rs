@@ -143,6 +143,109 @@ for i in range(count):
 print(got)
 "#;
 
+const TCP_ECHO_PY: &str = r#"
+import socket, sys, threading
+addr, port = sys.argv[1], int(sys.argv[2])
+fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
+srv = socket.socket(fam, socket.SOCK_STREAM)
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind((addr, port))
+srv.listen(512)
+print(f"listening {addr} {port}", flush=True)
+def echo(conn):
+    try:
+        while True:
+            data = conn.recv(65536)
+            if not data:
+                break
+            conn.sendall(data)
+    except OSError:
+        pass
+    finally:
+        conn.close()
+while True:
+    conn, peer = srv.accept()
+    print(f"accept {peer[0]} {peer[1]}", flush=True)
+    threading.Thread(target=echo, args=(conn,), daemon=True).start()
+"#;
+
+/// Continuous traffic for `seconds`: one long-lived TCP connection exchanging a numbered line
+/// every 20 ms, a new TCP connection every 100 ms, and a numbered UDP datagram every 5 ms,
+/// each echoed by the far end. Prints one summary line of counts at the end.
+const CONTINUOUS_PY: &str = r#"
+import socket, sys, threading, time
+dst, tport, uport, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+fam = socket.AF_INET6 if ":" in dst else socket.AF_INET
+end = time.monotonic() + seconds
+r = {"stream_sent": 0, "stream_ok": 0, "stream_errors": 0, "conn_ok": 0, "conn_failed": 0,
+     "udp_sent": 0, "udp_echoed": 0}
+errors = []
+def stream():
+    try:
+        s = socket.create_connection((dst, tport), timeout=3)
+    except OSError as e:
+        r["stream_errors"] += 1; errors.append(f"stream connect: {e}"); return
+    f = s.makefile("rwb")
+    i = 0
+    while time.monotonic() < end:
+        line = f"seq {i}\n".encode()
+        try:
+            s.settimeout(3)
+            f.write(line); f.flush(); r["stream_sent"] += 1
+            back = f.readline()
+        except OSError as e:
+            r["stream_errors"] += 1; errors.append(f"stream {i}: {e}"); return
+        if back == line:
+            r["stream_ok"] += 1
+        else:
+            r["stream_errors"] += 1; errors.append(f"stream {i}: got {back!r}"); return
+        i += 1
+        time.sleep(0.02)
+    s.close()
+def conns():
+    i = 0
+    while time.monotonic() < end:
+        try:
+            c = socket.create_connection((dst, tport), timeout=3)
+            c.settimeout(3)
+            c.sendall(b"hello\n")
+            if c.recv(64) == b"hello\n":
+                r["conn_ok"] += 1
+            else:
+                r["conn_failed"] += 1; errors.append(f"conn {i}: no echo")
+            c.close()
+        except OSError as e:
+            r["conn_failed"] += 1; errors.append(f"conn {i}: {e}")
+        i += 1
+        time.sleep(0.1)
+def udp():
+    u = socket.socket(fam, socket.SOCK_DGRAM)
+    u.connect((dst, uport))
+    u.settimeout(0.005)
+    seen = set()
+    i = 0
+    while time.monotonic() < end:
+        u.send(f"u {i}".encode()); r["udp_sent"] += 1; i += 1
+        try:
+            while True:
+                seen.add(u.recv(64))
+        except (socket.timeout, BlockingIOError):
+            pass
+    drain = time.monotonic() + 1.5
+    while time.monotonic() < drain:
+        try:
+            seen.add(u.recv(64))
+        except (socket.timeout, BlockingIOError):
+            pass
+    r["udp_echoed"] = len(seen)
+ts = [threading.Thread(target=t) for t in (stream, conns, udp)]
+for t in ts: t.start()
+for t in ts: t.join()
+for e in errors[:20]:
+    print("error:", e, flush=True)
+print("summary " + " ".join(f"{k}={v}" for k, v in r.items()), flush=True)
+"#;
+
 const PORT_SCAN_PY: &str = r#"
 import errno, selectors, socket, sys, time
 dst, timeout = sys.argv[1], float(sys.argv[2])
@@ -190,6 +293,65 @@ pub fn tcp_listen(lab: &Lab, host: &Host, port: u16, v6: bool) -> ChildGuard {
 /// log has a `recv <ip> <port> <len>` line per datagram.
 pub fn udp_echo(lab: &Lab, host: &Host, port: u16, v6: bool) -> ChildGuard {
     serve(lab, host, port, v6, "udp", UDP_ECHO_PY, "-lunH")
+}
+
+/// Starts a TCP server on `host:port` that echoes what each connection sends (a thread per
+/// connection); returns once it listens. Logs `accept <ip> <port>` per connection.
+pub fn tcp_echo(lab: &Lab, host: &Host, port: u16, v6: bool) -> ChildGuard {
+    serve(lab, host, port, v6, "tcpecho", TCP_ECHO_PY, "-ltnH")
+}
+
+/// Counts of a [`continuous`] run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ContinuousSummary {
+    /// Lines sent / echoed intact on the long-lived connection, and errors (reset, timeout).
+    pub stream_sent: u64,
+    pub stream_ok: u64,
+    pub stream_errors: u64,
+    /// New connections that completed an echo / that failed.
+    pub conn_ok: u64,
+    pub conn_failed: u64,
+    /// Datagrams sent / distinct datagrams echoed back.
+    pub udp_sent: u64,
+    pub udp_echoed: u64,
+    /// The client's error lines, for failure messages.
+    pub errors: Vec<String>,
+}
+
+/// Starts continuous allowed traffic from `from` to `to` for `seconds` (see `CONTINUOUS_PY`):
+/// a TCP echo server must listen on `tcp_port` ([`tcp_echo`]) and a UDP echo server on
+/// `udp_port` ([`udp_echo`]). Wait for the guard to exit, then read [`continuous_summary`].
+pub fn continuous(lab: &Lab, from: &Host, to: IpAddr, tcp_port: u16, udp_port: u16, seconds: u32) -> ChildGuard {
+    let py = crate::python();
+    let log = lab.log_path(&format!("{}-continuous-{to}", from.ns));
+    let (to_s, tp, up, secs) = (to.to_string(), tcp_port.to_string(), udp_port.to_string(), seconds.to_string());
+    lab.spawn(&from.ns, &[&py, "-u", "-c", CONTINUOUS_PY, &to_s, &tp, &up, &secs], &log)
+}
+
+/// The summary a finished [`continuous`] run printed; panics (with its log) if there is none.
+pub fn continuous_summary(run: &ChildGuard) -> ContinuousSummary {
+    let log = run.log_text();
+    let line = log
+        .lines()
+        .find_map(|l| l.strip_prefix("summary "))
+        .unwrap_or_else(|| panic!("the continuous-traffic client printed no summary:\n{log}"));
+    let mut s = ContinuousSummary::default();
+    for kv in line.split_whitespace() {
+        let (k, v) = kv.split_once('=').expect("key=value");
+        let v: u64 = v.parse().expect("a count");
+        match k {
+            "stream_sent" => s.stream_sent = v,
+            "stream_ok" => s.stream_ok = v,
+            "stream_errors" => s.stream_errors = v,
+            "conn_ok" => s.conn_ok = v,
+            "conn_failed" => s.conn_failed = v,
+            "udp_sent" => s.udp_sent = v,
+            "udp_echoed" => s.udp_echoed = v,
+            _ => {}
+        }
+    }
+    s.errors = log.lines().filter_map(|l| l.strip_prefix("error: ")).map(str::to_string).collect();
+    s
 }
 
 /// Connects from `from` to `to:port`: true iff the handshake completed and the server's line

@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use zone_agent_lab::{
-    ChildGuard, Host, HostSpec, Lab, Signal, add_addr, agent_bin, scrape, set_mac, tcp_connect,
-    tcp_listen, udp_echo, udp_exchange, wait_until,
+    ChildGuard, Host, HostSpec, Lab, Signal, add_addr, agent_bin, continuous, continuous_summary,
+    scrape, set_mac, tcp_connect, tcp_echo, tcp_listen, udp_echo, udp_exchange, wait_until,
 };
 
 /// Where the agent serves metrics, inside the gateway namespace (each lab has its own).
@@ -264,18 +264,32 @@ fn write_policy(path: &Path, text: &str) {
     fs::rename(&tmp, path).unwrap_or_else(|e| panic!("cannot rename to {}: {e}", path.display()));
 }
 
+/// The agent's state dir in a lab (admin socket, saved telemetry).
+fn state_dir(lab: &Lab) -> PathBuf {
+    lab.dir().join("state")
+}
+
+/// The agent's pin dir in a lab. `ip netns exec` remounts /sys, so /sys/fs/bpf is no bpffs in
+/// there: the lab's own.
+fn pin_dir(lab: &Lab) -> PathBuf {
+    lab.bpffs().join("zone-agent")
+}
+
 /// Starts `zone-agent run` in the gateway namespace (as `cargo xtask demo` does) and waits
 /// until it answers /metrics, which it only does once the policy is applied and attached.
 fn start_agent(lab: &Lab, policy: &Path) -> ChildGuard {
+    start_agent_with(lab, policy, None)
+}
+
+/// [`start_agent`] with a `--config` file.
+fn start_agent_with(lab: &Lab, policy: &Path, config: Option<&Path>) -> ChildGuard {
     let bin = agent_bin();
     let gw = lab.gateway();
-    let state = lab.dir().join("state");
+    let state = state_dir(lab);
     fs::create_dir_all(&state).expect("state dir");
-    // `ip netns exec` remounts /sys, so /sys/fs/bpf is no bpffs in there: the lab's own.
-    let pins = lab.bpffs().join("zone-agent");
-    fs::create_dir_all(&pins).expect("pin dir");
+    let pins = pin_dir(lab);
     let s = |p: &Path| p.to_str().expect("UTF-8 path").to_owned();
-    let argv = [
+    let mut argv = vec![
         s(&bin),
         "run".into(),
         "--policy".into(),
@@ -287,6 +301,9 @@ fn start_agent(lab: &Lab, policy: &Path) -> ChildGuard {
         "--pin-dir".into(),
         s(&pins),
     ];
+    if let Some(c) = config {
+        argv.extend(["--config".into(), s(c)]);
+    }
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     let mut agent = lab.spawn(gw, &argv, &lab.log_path("zone-agent"));
     let started = Instant::now();
@@ -1181,18 +1198,14 @@ fn audit_rule_passes_its_traffic_as_audit() {
     }
 }
 
-/// SIGTERM: the agent exits 0 within a few seconds and leaves no XDP program on the gateway's
-/// interfaces (the gateway then routes unfiltered, which the blocked port shows).
+/// SIGTERM: the agent exits 0 within a few seconds and the policy keeps enforcing (the
+/// gates never open because the daemon stopped). `zone-agent detach` is the one way to
+/// remove it: afterwards no XDP program and no pin is left, and the gateway routes
+/// unfiltered, which the formerly blocked port shows.
 #[test]
-fn sigterm_detaches_and_exits_zero() {
+fn sigterm_keeps_enforcing_until_detach() {
     let mut env = Env::new("sigterm", &policy("enforce"));
-    let my_tcp = tcp_servers(&env, &env.my, &[8443]);
-    for iface in ZONE_IFACES {
-        assert!(
-            xdp_attached(&env, iface),
-            "no XDP program on {iface} while the agent runs"
-        );
-    }
+    let my_tcp = tcp_servers(&env, &env.my, &[8443, 22]);
     assert_tcp_blocked(
         &env,
         tcp(&env.lg, &env.my, 8443, false),
@@ -1214,13 +1227,28 @@ fn sigterm_detaches_and_exits_zero() {
         env.agent.log_text()
     );
     eprintln!("agent stopped {:?} after SIGTERM", started.elapsed());
+    assert_enforcing_without_agent(&env, &my_tcp[0][0], &my_tcp[0][1]);
+
+    let out = env.lab.run(env.gw(), &[
+        agent_bin().to_str().unwrap(),
+        "detach",
+        "--pin-dir",
+        pin_dir(&env.lab).to_str().unwrap(),
+        "--state-dir",
+        state_dir(&env.lab).to_str().unwrap(),
+    ]);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "zone-agent detach failed: {said}");
     for iface in ZONE_IFACES {
+        assert!(said.contains(iface), "detach does not name {iface}: {said}");
         assert!(
             !xdp_attached(&env, iface),
-            "an XDP program is still attached to {iface}:\n{}",
+            "an XDP program is still attached to {iface} after detach:\n{}",
             env.lab.ip(env.gw(), &["-d", "link", "show", "dev", iface])
         );
     }
+    let left: Vec<_> = walk(&pin_dir(&env.lab));
+    assert!(left.is_empty(), "pins left after detach: {left:?}");
     for v6 in [false, true] {
         assert_tcp_passes(
             &env,
@@ -1228,6 +1256,248 @@ fn sigterm_detaches_and_exits_zero() {
             &my_tcp[usize::from(v6)][0],
         );
     }
+}
+
+/// Every file below `dir` (pins are files on the bpffs).
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// With no agent running: XDP is still on every zone interface, the forbidden connection
+/// (lgwan -> mynumber:8443) is still blocked and never reaches `blocked_server`, and an
+/// allowed one (admin-ssh, lgwan -> mynumber:22) still passes.
+#[track_caller]
+fn assert_enforcing_without_agent(env: &Env, blocked_server: &ChildGuard, ssh_server: &ChildGuard) {
+    for iface in ZONE_IFACES {
+        assert!(
+            xdp_attached(env, iface),
+            "XDP left {iface} when the agent stopped:\n{}",
+            env.lab.ip(env.gw(), &["-d", "link", "show", "dev", iface])
+        );
+    }
+    let t = tcp(&env.lg, &env.my, 8443, false);
+    let seen = seen_from(blocked_server, t.src_addr());
+    assert!(!t.connect(env, T_FAIL), "{t} passed while the agent was down: the gate opened");
+    assert_eq!(seen_from(blocked_server, t.src_addr()), seen, "{t}: the server saw the SYN");
+    let ok = tcp(&env.lg, &env.my, 22, false);
+    let seen = seen_from(ssh_server, ok.src_addr());
+    assert!(ok.connect(env, T), "{ok} (allowed) failed while the agent was down");
+    assert_eq!(seen_from(ssh_server, ok.src_addr()), seen + 1, "{ok}: the server logged it");
+}
+
+/// The ids of the XDP programs `ip -d link show` reports on a gateway interface.
+fn xdp_prog_ids(env: &Env, iface: &str) -> Vec<u32> {
+    let out = env.lab.ip(env.gw(), &["-d", "link", "show", "dev", iface]);
+    let words: Vec<&str> = out.split_whitespace().collect();
+    let mut ids = Vec::new();
+    for (i, w) in words.iter().enumerate() {
+        if w.starts_with("prog/xdp") && words.get(i + 1) == Some(&"id") {
+            if let Some(id) = words.get(i + 2).and_then(|x| x.parse().ok()) {
+                ids.push(id);
+            }
+        }
+    }
+    ids
+}
+
+/// True if the kernel still has a BPF program with this id.
+fn program_exists(id: u32) -> bool {
+    aya::programs::loaded_programs().filter_map(Result::ok).any(|p| p.id() == id)
+}
+
+/// `zone-agent <cmd> --json` against the lab's agent, parsed.
+fn admin_json(env: &Env, cmd: &str) -> serde_json::Value {
+    let out = env.lab.run(env.gw(), &[
+        agent_bin().to_str().unwrap(),
+        cmd,
+        "--json",
+        "--state-dir",
+        state_dir(&env.lab).to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "zone-agent {cmd} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("zone-agent {cmd} --json: {e}"))
+}
+
+/// The policy plus a UDP service lgwan -> mynumber (for continuous UDP traffic).
+fn policy_with_udp(mode: &str) -> String {
+    policy(mode)
+        + r#"
+[[rules]]
+name = "relay-udp"
+from = "lgwan"
+to = "mynumber"
+protocol = "udp"
+ports = ["5353"]
+sources = ["10.20.0.10/32", "fd20::10/128"]
+"#
+}
+
+#[track_caller]
+fn assert_nothing_lost(s: &zone_agent_lab::ContinuousSummary, what: &str) {
+    eprintln!("{what}: {s:?}");
+    assert!(s.stream_sent > 100 && s.conn_ok > 20 && s.udp_sent > 500, "{what}: too little traffic to mean anything: {s:?}");
+    assert_eq!(s.stream_errors, 0, "{what}: the long-lived connection broke: {:?}", s.errors);
+    assert_eq!(s.stream_ok, s.stream_sent, "{what}: lines lost on the long-lived connection");
+    assert_eq!(s.conn_failed, 0, "{what}: new connections failed: {:?}", s.errors);
+    assert_eq!(s.udp_echoed, s.udp_sent, "{what}: UDP datagrams lost");
+}
+
+/// kill -9 of the agent with traffic flowing: the forbidden stays blocked, the allowed keeps
+/// passing (a long-lived connection, new connections, a UDP stream), XDP stays attached.
+/// The restarted agent adopts the pinned state: one program per interface (the new one,
+/// swapped into the same links; the old program is gone from the kernel), the established
+/// connection survives (flows kept), the counters continue where they were.
+#[test]
+fn kill9_keeps_enforcing_and_restart_adopts() {
+    let mut env = Env::new("kill9", &policy_with_udp("enforce"));
+    let my_tcp = tcp_servers(&env, &env.my, &[8443, 22]);
+    let _echo = tcp_echo(&env.lab, &env.my, 443, false);
+    let _uecho = udp_echo(&env.lab, &env.my, 5353, false);
+    let old: Vec<u32> = ZONE_IFACES.iter().flat_map(|i| xdp_prog_ids(&env, i)).collect();
+    assert_eq!(old.len(), 3, "one XDP program per zone interface: {old:?}");
+    assert!(old.iter().all(|&id| id == old[0]), "one program for all interfaces: {old:?}");
+
+    let run = continuous(&env.lab, &env.lg, env.my.addr(false), 443, 5353, 14);
+    wait_until(Duration::from_secs(5), "traffic flows", || {
+        env.metrics().get(RULE_PACKETS, &[("rule", "relay-udp")]) > 20.0
+    });
+    let counted = env.metrics().get(RULE_PACKETS, &[("rule", "relay-https")]);
+    env.agent.signal(Signal::SIGKILL);
+    env.agent.wait_exit(AGENT_STOP).expect("the agent dies on SIGKILL");
+    assert_enforcing_without_agent(&env, &my_tcp[0][0], &my_tcp[0][1]);
+
+    env.agent = start_agent(&env.lab, &env.policy);
+    let new: Vec<u32> = ZONE_IFACES.iter().flat_map(|i| xdp_prog_ids(&env, i)).collect();
+    assert_eq!(new.len(), 3, "exactly one XDP program per interface after restart: {new:?}");
+    assert!(new.iter().all(|&id| id == new[0] && id != old[0]), "the new program runs everywhere: old {old:?}, new {new:?}");
+    assert!(!program_exists(old[0]), "the old program {} is still loaded: a duplicate", old[0]);
+    let st = admin_json(&env, "status");
+    assert_eq!(st["adopted"]["generation"], 1, "status: {st}");
+    assert_eq!(st["generation"], 2, "status: {st}");
+    for i in st["interfaces"].as_array().expect("interfaces") {
+        assert_eq!(i["attach"], "adopted", "status: {st}");
+        assert_eq!(i["program_id"], new[0], "status: {st}");
+    }
+    let after = env.metrics().get(RULE_PACKETS, &[("rule", "relay-https")]);
+    assert!(after >= counted, "relay-https counted {counted} before the kill, {after} after the restart");
+
+    let mut run = run;
+    run.wait_exit(Duration::from_secs(30)).expect("the traffic client finishes");
+    assert_nothing_lost(&continuous_summary(&run), "kill -9 and restart under traffic");
+    assert_tcp_blocked(&env, tcp(&env.lg, &env.my, 8443, false), &my_tcp[0][0], "no_rule");
+}
+
+/// Twelve reloads (through `zone-agent reload`) while allowed traffic flows without pause:
+/// no datagram, no line and no connection is lost, and every reload is a new generation.
+#[test]
+fn reloads_under_continuous_traffic_lose_nothing() {
+    let base = policy_with_udp("enforce");
+    let env = Env::new("reload_load", &base);
+    let _echo = tcp_echo(&env.lab, &env.my, 443, false);
+    let _uecho = udp_echo(&env.lab, &env.my, 5353, false);
+    let run = continuous(&env.lab, &env.lg, env.my.addr(false), 443, 5353, 12);
+    wait_until(Duration::from_secs(5), "traffic flows", || {
+        env.metrics().get(RULE_PACKETS, &[("rule", "relay-udp")] ) > 20.0
+    });
+    let before = env.metrics();
+    const RELOADS: u32 = 12;
+    for i in 0..RELOADS {
+        // Each reload changes the policy (an extra rule), so each is a real new policy set.
+        let text = format!(
+            "{base}\n[[rules]]\nname = \"toggle-{i}\"\nfrom = \"lgwan\"\nto = \"internet\"\nprotocol = \"tcp\"\nports = [\"{}\"]\n",
+            8000 + i
+        );
+        write_policy(&env.policy, &text);
+        let r = admin_json(&env, "reload");
+        assert_eq!(r["result"], "success", "reload {i}: {r}");
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    let after = env.metrics();
+    let gens = after.get(GENERATION, &[]) - before.get(GENERATION, &[]);
+    assert!(gens >= f64::from(RELOADS), "{gens} new generations for {RELOADS} reloads");
+    let mut run = run;
+    run.wait_exit(Duration::from_secs(30)).expect("the traffic client finishes");
+    assert_nothing_lost(&continuous_summary(&run), &format!("{RELOADS} reloads under traffic"));
+}
+
+/// A failsafe management flow (configured for the agent, not in the policy) reaches the
+/// gateway itself from the admin host even when the policy would block it — intra-zone
+/// denied, no rule, and after a reload to a policy whose lgwan networks are wrong (the admin
+/// host's address is then in no zone). It reaches only the gateway: the same port on a host
+/// behind the gateway, another port, or another source stay blocked. `status` shows it.
+#[test]
+fn failsafe_flow_survives_a_policy_that_blocks_it() {
+    let blocking = edit(&policy("enforce"), r#"intra_zone = "allow""#, r#"intra_zone = "deny""#);
+    let mut env = Env::new("failsafe", &blocking);
+    let config = env.lab.dir().join("zone-agent.toml");
+    fs::write(
+        &config,
+        "[[failsafe]]\nname = \"ssh-admin\"\nprotocol = \"tcp\"\nports = [\"2222\"]\nsources = [\"10.20.0.10/32\"]\ninterfaces = [\"zlgw\"]\n",
+    )
+    .expect("write config");
+    env.agent.stop();
+    env.agent = start_agent_with(&env.lab, &env.policy, Some(&config));
+    // Servers on the gateway itself, on its lgwan-side and mynumber-side addresses.
+    let mut gw_lg = env.lg.clone();
+    gw_lg.ns = env.gw().to_string();
+    gw_lg.v4 = env.lg.gw_v4;
+    let mut gw_my = gw_lg.clone();
+    gw_my.v4 = env.my.gw_v4;
+    let s_lg = tcp_listen(&env.lab, &gw_lg, 2222, false);
+    let s_my = tcp_listen(&env.lab, &gw_my, 2222, false);
+    let s_other = tcp_listen(&env.lab, &gw_lg, 2223, false);
+    let behind = tcp_servers(&env, &env.my, &[2222]);
+
+    let check = |env: &Env| {
+        for server in [&s_lg, &s_my] {
+            let dst = if std::ptr::eq(server, &s_lg) { gw_lg.v4 } else { gw_my.v4 };
+            let before = env.metrics();
+            let seen = seen_from(server, env.lg.v4);
+            assert!(
+                tcp_connect(&env.lab, &env.lg, dst, 2222, Some(env.lg.v4), T),
+                "failsafe lgwan -> gateway {dst}:2222 blocked; agent log:\n{}",
+                env.agent.log_text()
+            );
+            assert_eq!(seen_from(server, env.lg.v4), seen + 1);
+            assert!(env.metrics().delta(&before, PASSES, &[("reason", "failsafe")]) >= 1.0);
+        }
+        let seen = seen_from(&s_other, env.lg.v4);
+        assert!(!tcp_connect(&env.lab, &env.lg, gw_lg.v4, 2223, Some(env.lg.v4), T_FAIL), "port 2223 is not failsafe");
+        assert_eq!(seen_from(&s_other, env.lg.v4), seen);
+        let seen = seen_from(&behind[0][0], env.lg.v4);
+        assert!(!tcp_connect(&env.lab, &env.lg, env.my.v4, 2222, Some(env.lg.v4), T_FAIL), "failsafe reached a host behind the gateway");
+        assert_eq!(seen_from(&behind[0][0], env.lg.v4), seen);
+        let seen = seen_from(&s_lg, env.inet.v4);
+        assert!(!tcp_connect(&env.lab, &env.inet, gw_lg.v4, 2222, Some(env.inet.v4), T_FAIL), "failsafe admitted a source outside its list");
+        assert_eq!(seen_from(&s_lg, env.inet.v4), seen);
+    };
+    check(&env);
+    let st = admin_json(&env, "status");
+    let fs = &st["failsafe"][0];
+    assert_eq!(fs["name"], "ssh-admin", "status: {st}");
+    assert_eq!(fs["interfaces"][0][0], "zlgw", "status: {st}");
+    assert!(fs["destinations"].as_array().unwrap().iter().any(|d| d == &serde_json::json!(gw_lg.v4.to_string())), "status: {st}");
+
+    // A mistaken policy: lgwan's networks no longer hold the admin host, whose address now
+    // falls into the internet zone (0.0.0.0/0): to the data path it is a spoofed source.
+    let wrong = edit(&blocking, r#"networks = ["10.20.0.0/16", "fd20::/48"]"#, r#"networks = ["10.20.128.0/17", "fd20::/48"]"#);
+    let wrong = edit(&wrong, r#"sources = ["10.20.0.10/32", "fd20::10/128"]"#, r#"sources = ["10.20.128.10/32", "fd20::10/128"]"#);
+    env.reload(&wrong, RELOAD_OK);
+    check(&env);
 }
 
 /// A host joining a multicast group (here: because it got another IPv6 address) sends MLDv2

@@ -5,6 +5,8 @@
 //! `ACTIVE[0]`; the program reads the active set once per packet, so a packet sees either the
 //! old or the new policy, never a mixture. The old set is only rewritten by the next reload.
 
+use crate::verdict::{DropReason, PassReason};
+
 /// Number of policy sets (double buffering).
 pub const SETS: u32 = 2;
 /// Zone ids are 1..MAX_ZONES-1; 0 means "in no zone".
@@ -62,6 +64,9 @@ pub const MAP_ZONE_STATS: &str = "ZA_ZONESTATS";
 pub const MAP_RULE_STATS: &str = "ZA_RULESTATS";
 pub const MAP_DROP_STATS: &str = "ZA_DROPSTATS";
 pub const MAP_PASS_STATS: &str = "ZA_PASSSTATS";
+pub const MAP_FAILSAFE_PORTS: &str = "ZA_FSPORTS";
+pub const MAP_FAILSAFE: &str = "ZA_FAILSAFE";
+pub const MAP_FAILSAFE_SRC: &str = "ZA_FSSRC";
 
 // Capacities.
 pub const CAP_IFACES: u32 = 1024;
@@ -74,6 +79,14 @@ pub const CAP_FRAGS: u32 = 16_384;
 pub const CAP_PORTS: u32 = SETS * 2 * PORTS;
 pub const CAP_ZONE_STATS: u32 = SETS * MAX_ZONES * MAX_ZONES * 3;
 pub const CAP_RULE_STATS: u32 = SETS * MAX_RULES;
+/// Failsafe destination port bitmap: one bit per (TCP|UDP, port), 64 per slot.
+pub const CAP_FAILSAFE_PORTS: u32 = 2 * PORTS / 64;
+/// (interface, protocol, port, local address) tuples of failsafe flows.
+pub const CAP_FAILSAFE: u32 = 4096;
+/// Source prefixes of failsafe flows.
+pub const CAP_FAILSAFE_SRC: u32 = 1024;
+/// Failsafe entries (bits of the masks in `ZA_FAILSAFE` / `ZA_FSSRC`).
+pub const MAX_FAILSAFE: usize = 32;
 
 // Flow lifetimes (idle), in nanoseconds. Short for half-open and closing TCP so that a scan
 // or a torn-down connection does not hold a slot.
@@ -258,6 +271,31 @@ pub struct Counter {
     pub bytes: u64,
 }
 
+/// `ZA_FAILSAFE` key: a management destination on the gateway itself.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FailsafeKey {
+    pub ifindex: u32,
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub addr: [u8; 16],
+}
+
+/// LPM key data for `ZA_FSSRC` (prefix length = 8 + address bits).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FailsafeSrcKey {
+    pub family: u8,
+    pub addr: [u8; 16],
+}
+
+/// Word and bit of a failsafe port in `ZA_FSPORTS`.
+#[inline(always)]
+pub const fn failsafe_port_slot(udp: bool, port: u16) -> (u32, u64) {
+    ((udp as u32) * (PORTS / 64) + (port as u32) / 64, 1u64 << (port % 64))
+}
+
 /// Index of a zone-pair counter.
 #[inline(always)]
 pub const fn zone_stat_index(set: u32, from: u8, to: u8, verdict: u8) -> u32 {
@@ -283,6 +321,87 @@ const _: () = assert!(core::mem::size_of::<FlowState>() == 32);
 const _: () = assert!(core::mem::size_of::<FragKey>() == 40);
 const _: () = assert!(core::mem::size_of::<FragState>() == 32);
 const _: () = assert!(core::mem::size_of::<Counter>() == 16);
+const _: () = assert!(core::mem::size_of::<FailsafeKey>() == 24);
+const _: () = assert!(core::mem::size_of::<FailsafeSrcKey>() == 17);
+
+/// Version of the meaning of the maps' contents. Bump it whenever a change keeps a map's
+/// sizes but changes what its bytes mean (a flag, a key normalisation, an index formula):
+/// pinned maps of another ABI are never reused (`abi_fingerprint`).
+pub const ABI_VERSION: u32 = 1;
+
+/// Layout of one map that outlives the agent (pinned).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapLayout {
+    pub name: &'static str,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+}
+
+const fn layout<K, V>(name: &'static str, max_entries: u32) -> MapLayout {
+    MapLayout {
+        name,
+        key_size: core::mem::size_of::<K>() as u32,
+        value_size: core::mem::size_of::<V>() as u32,
+        max_entries,
+    }
+}
+
+/// An LPM trie's key is a 4-byte prefix length followed by the data.
+const fn lpm_layout<K, V>(name: &'static str, max_entries: u32) -> MapLayout {
+    let mut l = layout::<K, V>(name, max_entries);
+    l.key_size += 4;
+    l
+}
+
+/// Every map that is pinned, with the layout the XDP program was built for. LPM keys carry
+/// a 4-byte prefix length in front of their data. (`ZA_SCRATCH` is per invocation and
+/// not pinned.)
+pub const PINNED_MAPS: [MapLayout; 18] = [
+    layout::<u32, u32>(MAP_ACTIVE, 1),
+    layout::<u32, SetConfig>(MAP_SETCONF, SETS),
+    layout::<IfaceKey, IfaceInfo>(MAP_IFACES, CAP_IFACES),
+    lpm_layout::<Addr4Key, AddrClass>(MAP_ADDR4, CAP_ADDR4),
+    lpm_layout::<Addr6Key, AddrClass>(MAP_ADDR6, CAP_ADDR6),
+    layout::<u32, u16>(MAP_PORTS, CAP_PORTS),
+    layout::<RuleKey, RuleCands>(MAP_RULES, CAP_RULES),
+    layout::<u32, RuleInfo>(MAP_RULEINFO, SETS * MAX_RULES),
+    layout::<MacKey, u8>(MAP_RULEMACS, CAP_RULEMACS),
+    layout::<FlowKey, FlowState>(MAP_FLOWS, CAP_FLOWS),
+    layout::<FragKey, FragState>(MAP_FRAGS, CAP_FRAGS),
+    layout::<u32, Counter>(MAP_ZONE_STATS, CAP_ZONE_STATS),
+    layout::<u32, Counter>(MAP_RULE_STATS, CAP_RULE_STATS),
+    layout::<u32, Counter>(MAP_DROP_STATS, 2 * DropReason::SLOTS),
+    layout::<u32, Counter>(MAP_PASS_STATS, PassReason::SLOTS),
+    layout::<u32, u64>(MAP_FAILSAFE_PORTS, CAP_FAILSAFE_PORTS),
+    layout::<FailsafeKey, u32>(MAP_FAILSAFE, CAP_FAILSAFE),
+    lpm_layout::<FailsafeSrcKey, u32>(MAP_FAILSAFE_SRC, CAP_FAILSAFE_SRC),
+];
+
+/// FNV-1a over `ABI_VERSION` and `PINNED_MAPS`: pinned state is only adopted by an agent
+/// with the same fingerprint; any other is replaced.
+pub const fn abi_fingerprint() -> u64 {
+    const fn eat(mut h: u64, bytes: &[u8]) -> u64 {
+        let mut i = 0;
+        while i < bytes.len() {
+            h ^= bytes[i] as u64;
+            h = h.wrapping_mul(0x100_0000_01b3);
+            i += 1;
+        }
+        h
+    }
+    let mut h = eat(0xcbf2_9ce4_8422_2325, &ABI_VERSION.to_le_bytes());
+    let mut i = 0;
+    while i < PINNED_MAPS.len() {
+        let m = &PINNED_MAPS[i];
+        h = eat(h, m.name.as_bytes());
+        h = eat(h, &m.key_size.to_le_bytes());
+        h = eat(h, &m.value_size.to_le_bytes());
+        h = eat(h, &m.max_entries.to_le_bytes());
+        i += 1;
+    }
+    h
+}
 
 #[cfg(feature = "user")]
 mod pod {
@@ -303,6 +422,8 @@ mod pod {
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragState {}
     unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for FailsafeKey {}
+    unsafe impl aya::Pod for FailsafeSrcKey {}
 }
 
 /// Idle lifetime of a flow entry, shared by the kernel (expiry on lookup) and the agent

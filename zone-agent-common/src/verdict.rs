@@ -139,11 +139,14 @@ pub enum PassReason {
     Fragment = 6,
     /// `defaults.unknown = "allow"`.
     UnknownZone = 7,
+    /// A failsafe management flow to the gateway itself (agent configuration, not policy).
+    Failsafe = 8,
 }
 
 impl PassReason {
-    pub const SLOTS: u32 = 8;
-    pub const ALL: [PassReason; 8] = [
+    /// Counter slots (room for reasons added later without changing the map's size).
+    pub const SLOTS: u32 = 16;
+    pub const ALL: [PassReason; 9] = [
         PassReason::Rule,
         PassReason::Established,
         PassReason::Reply,
@@ -152,6 +155,7 @@ impl PassReason {
         PassReason::Neighbor,
         PassReason::Fragment,
         PassReason::UnknownZone,
+        PassReason::Failsafe,
     ];
 
     pub const fn label(self) -> &'static str {
@@ -164,6 +168,7 @@ impl PassReason {
             PassReason::Neighbor => "neighbor",
             PassReason::Fragment => "fragment",
             PassReason::UnknownZone => "unknown_zone",
+            PassReason::Failsafe => "failsafe",
         }
     }
 }

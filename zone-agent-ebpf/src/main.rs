@@ -7,6 +7,7 @@
 #![no_std]
 #![no_main]
 
+mod failsafe;
 mod maps;
 mod parse;
 mod record;
@@ -69,6 +70,7 @@ pub fn zone_agent_floor(_ctx: XdpContext) -> u32 {
 }
 
 /// Precedence, first applicable wins:
+///  0. a failsafe management flow to the gateway itself → pass failsafe (agent config);
 ///  1. unparseable → drop (malformed / header_limit / non_ip); ARP and link-scoped ND pass;
 ///  2. ingress interface/VLAN in no zone → drop unknown_interface;
 ///  3. source address of another zone → drop spoofed_source (also for flow packets);
@@ -103,6 +105,17 @@ fn classify(ctx: &XdpContext, set: u32, cfg: &SetConfig, s: &mut Scratch) -> Dec
         r => return Decision::drop(reason(r)),
     }
     let ifindex = ctx.ingress_ifindex() as u32;
+    // Step 0 needs the parsed tuple, so it runs right after parsing; a packet that cannot be
+    // parsed is never failsafe.
+    if failsafe::matches(ifindex, &s.p) {
+        return Decision {
+            outcome: Outcome::Pass(PassReason::Failsafe),
+            from: 0,
+            to: 0,
+            rule: NO_RULE,
+            audit: false,
+        };
+    }
     let from = match zone::ingress(set, ifindex, s.p.vlan) {
         Ok(z) => z,
         Err(r) => return Decision::drop(r),

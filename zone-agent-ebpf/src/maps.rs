@@ -49,6 +49,17 @@ pub static DROP_STATS: PerCpuArray<Counter> =
 #[map(name = "ZA_PASSSTATS")]
 pub static PASS_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(PassReason::SLOTS, 0);
 
+// Failsafe management flows: written from the agent's configuration, not from a policy set,
+// so no policy (or a mistake in one) changes them.
+#[map(name = "ZA_FSPORTS")]
+pub static FAILSAFE_PORTS: Array<u64> = Array::with_max_entries(CAP_FAILSAFE_PORTS, 0);
+#[map(name = "ZA_FAILSAFE")]
+pub static FAILSAFE: HashMap<FailsafeKey, u32> =
+    HashMap::with_max_entries(CAP_FAILSAFE, BPF_F_NO_PREALLOC);
+#[map(name = "ZA_FSSRC")]
+pub static FAILSAFE_SRC: LpmTrie<FailsafeSrcKey, u32> =
+    LpmTrie::with_max_entries(CAP_FAILSAFE_SRC, BPF_F_NO_PREALLOC);
+
 /// Working memory of one invocation: the parsed packet and the results the BPF
 /// sub-functions hand back.
 ///

@@ -1,5 +1,9 @@
 //! The running agent: policy (load → compile) → datapath (apply, attach) → telemetry.
 //! `run` drives it; this module holds the steps so that start and reload read the same way.
+//!
+//! Enforcement outlives the agent: links and maps are pinned, so a stop, a crash or a
+//! `kill -9` leaves the last policy enforcing. `start` adopts what it finds pinned (same
+//! maps: flows and counters kept; the new program swapped into each link atomically).
 
 use std::{
     collections::BTreeSet,
@@ -10,9 +14,11 @@ use anyhow::Context as _;
 use tracing::{error, info, warn};
 
 use crate::{
-    datapath::{Datapath, XdpMode},
+    config::Settings,
+    datapath::{Adoption, Datapath, XdpMode},
+    failsafe,
     policy::{self, Diagnostics, Policy, compile::Compiled, validate::HostEnvironment},
-    telemetry::{SetNames, Telemetry},
+    telemetry::{SetNames, Telemetry, persist},
 };
 
 pub struct Agent {
@@ -22,6 +28,11 @@ pub struct Agent {
     pub policy_path: PathBuf,
     /// The text of the last policy file read (loaded or rejected), to notice changes.
     pub last_text: Option<String>,
+    pub settings: Settings,
+    /// Failsafe flows as installed.
+    pub failsafe: Vec<failsafe::Resolved>,
+    /// What was found pinned at start.
+    pub adoption: Adoption,
     xdp_mode: XdpMode,
 }
 
@@ -47,42 +58,125 @@ pub fn ifindex(name: &str) -> Option<u32> {
 }
 
 impl Agent {
-    /// Loads the program, installs the policy, then attaches: no interface ever runs the
-    /// program without a complete policy behind it.
-    pub fn start(path: &Path, xdp_mode: XdpMode) -> anyhow::Result<Agent> {
-        let text = std::fs::read_to_string(path).ok();
-        let (policy, compiled) = prepare(path).map_err(|d| anyhow::anyhow!("{d}"))
-            .with_context(|| format!("policy {} rejected", path.display()))?;
-        let mut dp = Datapath::load().context("loading the XDP program")?;
+    /// Loads (or adopts) the program and its pinned maps, installs the policy, then
+    /// attaches: no interface ever runs the program without a complete policy behind it.
+    pub fn start(settings: Settings) -> anyhow::Result<Agent> {
+        let path = settings.policy.clone();
+        let text = std::fs::read_to_string(&path).ok();
+        let (policy, compiled) = prepare(&path).map_err(|d| anyhow::anyhow!("{d}")).with_context(|| {
+            format!(
+                "policy {} rejected (a policy pinned under {} by an earlier run, if any, keeps enforcing)",
+                path.display(),
+                settings.pin_dir.display()
+            )
+        })?;
+        std::fs::create_dir_all(&settings.state_dir)
+            .with_context(|| format!("creating state dir {}", settings.state_dir.display()))?;
+        let (dp, adoption) = Datapath::load_pinned(&settings.pin_dir).context("loading the XDP program")?;
         let mut telemetry = Telemetry::default();
-        let set = dp.next_set();
-        let generation = dp.apply(&compiled, ifindex).context("installing the policy")?;
-        telemetry.sets[set as usize] = Some(SetNames::of(&policy));
-        telemetry.generation = generation;
+        if adoption.generation > 0 {
+            let gens = [dp.set_generation(0), dp.set_generation(1)];
+            match persist::restore(&settings.state_dir, gens, &mut telemetry) {
+                Ok(()) => {}
+                Err(e) => warn!("counters of the adopted policy cannot be labelled ({e}); they restart from zero"),
+            }
+            info!(generation = adoption.generation, pin_dir = %settings.pin_dir.display(), "adopting the pinned enforcement state");
+        }
+        for r in &adoption.replaced {
+            warn!(old = %r, "pinned state of an incompatible build: replacing it atomically (its flows and counters are not carried over)");
+        }
+        telemetry.generation = dp.generation;
+        let mut agent = Agent {
+            dp,
+            telemetry,
+            policy: policy.clone(),
+            policy_path: path.clone(),
+            last_text: text,
+            failsafe: Vec::new(),
+            adoption,
+            xdp_mode: settings.xdp_mode,
+            settings,
+        };
         let wanted = interfaces(&policy);
-        if let Err(e) = dp.attach_all(&wanted, xdp_mode) {
-            let _ = dp.detach_all();
+        agent.install_failsafe(&wanted).context("installing the failsafe flows")?;
+        let generation = agent.install(&policy, &compiled).context("installing the policy")?;
+        if let Err(e) = agent.dp.attach_all(&wanted, agent.xdp_mode) {
+            // Interfaces attached by this start stay pinned and enforce the new policy; the
+            // error stops the agent so that the operator sees it.
             return Err(e).context("attaching XDP");
         }
+        agent.dp.detach_others(&wanted).context("detaching interfaces no longer in the policy")?;
+        agent.dp.remove_stale_pins();
         info!(policy = %path.display(), generation, rules = policy.rules.len(), zones = policy.zones.len(), "enforcing");
-        Ok(Agent { dp, telemetry, policy, policy_path: path.to_path_buf(), last_text: text, xdp_mode })
+        Ok(agent)
+    }
+
+    /// Retires the set about to be overwritten, records the new names on disk, then applies
+    /// and flips.
+    fn install(&mut self, policy: &Policy, compiled: &Compiled) -> anyhow::Result<u32> {
+        let set = self.dp.next_set();
+        let retiring = match &self.telemetry.sets[set as usize] {
+            Some(n) => self.dp.set_counters(set, n.zones.len(), n.rules.len())?,
+            None => Default::default(),
+        };
+        self.telemetry.retire(set, &retiring);
+        let mut names = SetNames::of(policy);
+        names.generation = self.dp.generation + 1;
+        self.telemetry.sets[set as usize] = Some(names);
+        self.save();
+        match self.dp.apply(compiled, ifindex) {
+            Ok(generation) => {
+                self.telemetry.generation = generation;
+                self.policy = policy.clone();
+                Ok(generation)
+            }
+            Err(e) => {
+                self.telemetry.sets[set as usize] = None;
+                self.save();
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Binds the configured failsafe flows to this host and writes them to the data path.
+    fn install_failsafe(&mut self, zone_ifaces: &BTreeSet<String>) -> anyhow::Result<()> {
+        let resolved = failsafe::resolve(
+            &self.settings.failsafe,
+            zone_ifaces,
+            ifindex,
+            &failsafe::local_addresses(),
+        )
+        .map_err(anyhow::Error::msg)?;
+        self.dp.install_failsafe(&failsafe::tables(&resolved))?;
+        for f in &resolved {
+            info!(name = %f.name, sources = ?f.sources, ports = ?f.ports, "failsafe flow installed");
+        }
+        self.failsafe = resolved;
+        Ok(())
+    }
+
+    fn save(&self) {
+        if let Err(e) = persist::save(&self.settings.state_dir, &self.telemetry) {
+            warn!("cannot save telemetry state under {}: {e}", self.settings.state_dir.display());
+        }
     }
 
     /// Re-reads the policy file. A rejected policy changes nothing and is counted.
     pub fn reload(&mut self) -> anyhow::Result<u32> {
         self.last_text = std::fs::read_to_string(&self.policy_path).ok();
-        match self.try_reload() {
+        let r = self.try_reload();
+        match &r {
             Ok(g) => {
                 self.telemetry.reloads_ok += 1;
                 info!(generation = g, rules = self.policy.rules.len(), "policy reloaded");
-                Ok(g)
             }
             Err(e) => {
                 self.telemetry.reloads_error += 1;
                 error!("policy reload rejected, previous policy (generation {}) keeps enforcing: {e:#}", self.telemetry.generation);
-                Err(e)
             }
         }
+        self.save();
+        r
     }
 
     fn try_reload(&mut self) -> anyhow::Result<u32> {
@@ -90,17 +184,13 @@ impl Agent {
         let wanted = interfaces(&policy);
         // New interfaces first: until the flip they drop (no zone in the old policy).
         self.dp.attach_all(&wanted, self.xdp_mode)?;
-        let set = self.dp.next_set();
-        let retiring = match &self.telemetry.sets[set as usize] {
-            Some(n) => self.dp.set_counters(set, n.zones.len(), n.rules.len())?,
-            None => Default::default(),
-        };
-        self.telemetry.retire(set, &retiring);
-        let generation = self.dp.apply(&compiled, ifindex)?;
-        self.telemetry.sets[set as usize] = Some(SetNames::of(&policy));
-        self.telemetry.generation = generation;
+        let generation = self.install(&policy, &compiled)?;
         self.dp.detach_others(&wanted)?;
-        self.policy = policy;
+        // Interfaces may have come or gone: rebind the failsafe flows. Failing that keeps
+        // the ones installed (the policy itself is already in force).
+        if let Err(e) = self.install_failsafe(&wanted) {
+            error!("failsafe flows not updated, the previous ones stay: {e:#}");
+        }
         Ok(generation)
     }
 
@@ -109,9 +199,16 @@ impl Agent {
         std::fs::read_to_string(&self.policy_path).ok() != self.last_text
     }
 
+    /// The agent is exiting. Enforcement stays pinned, unless `fail_open_on_exit`.
     pub fn shutdown(&mut self) {
-        if let Err(e) = self.dp.detach_all() {
-            error!("detaching XDP on shutdown: {e:#}");
+        self.save();
+        if self.settings.fail_open_on_exit {
+            error!("fail_open_on_exit is set: detaching XDP, the zone gates are OPEN until the agent runs again");
+            if let Err(e) = self.dp.detach_all() {
+                error!("detaching XDP on exit: {e:#}");
+            }
+        } else {
+            info!(pin_dir = %self.settings.pin_dir.display(), "exiting; the policy stays enforcing (pinned). `zone-agent detach` removes it");
         }
     }
 }

@@ -2,10 +2,14 @@
 //!
 //! The modules mirror the data path: `policy` (parse → validate → compile, plus the
 //! reference `model`), `datapath` (load, attach, atomic swap; the only aya user), and
-//! `telemetry` (counters → Prometheus).
+//! `telemetry` (counters → Prometheus); `config` and `failsafe` (agent settings,
+//! management flows), `admin` (the local admin socket).
 
+pub mod admin;
 pub mod agent;
 pub mod cli;
+pub mod config;
 pub mod datapath;
+pub mod failsafe;
 pub mod policy;
 pub mod telemetry;

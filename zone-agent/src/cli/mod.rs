@@ -1,5 +1,6 @@
 //! Command line (SPEC §4): `args` here, one file per subcommand.
 
+pub mod admin;
 pub mod policy;
 pub mod run;
 
@@ -29,25 +30,64 @@ pub enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Show what the running agent enforces (interfaces, policy, failsafe flows, tables).
+    Status(AdminArgs),
+    /// List the flows in the running agent's flow table.
+    Flows(AdminArgs),
+    /// Ask the running agent to reload its policy file now.
+    Reload(AdminArgs),
+    /// Remove zone-agent from every interface and delete its pinned programs and maps: the
+    /// one explicit way to stop enforcement (stopping or killing the agent does not).
+    Detach(DetachArgs),
 }
 
 #[derive(clap::Args, Debug)]
-pub struct RunArgs {
-    /// Policy file (TOML).
-    #[arg(long, default_value = "/etc/zone-agent/policy.toml")]
-    pub policy: PathBuf,
-    /// Address of the Prometheus endpoint (keep it on loopback unless you mean otherwise).
-    #[arg(long, default_value = DEFAULT_METRICS_ADDR)]
-    pub metrics_addr: SocketAddr,
-    /// Directory for the agent's state.
+pub struct AdminArgs {
+    /// The running agent's state directory (holds its admin socket).
     #[arg(long, default_value = DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
-    /// bpffs directory for pins.
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DetachArgs {
+    /// bpffs directory holding the pins.
     #[arg(long, default_value = DEFAULT_PIN_DIR)]
     pub pin_dir: PathBuf,
-    /// XDP attach mode.
-    #[arg(long, value_enum, default_value_t = XdpMode::Auto)]
-    pub xdp_mode: XdpMode,
+    /// State directory of the agent (to refuse while it is still running).
+    #[arg(long, default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+}
+
+/// Options of `run`. Each may also come from `--config`; the command line wins.
+#[derive(clap::Args, Debug, Default)]
+pub struct RunArgs {
+    /// Configuration file (TOML, see docs/config.md).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Policy file (TOML) [default: /etc/zone-agent/policy.toml].
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// Address of the Prometheus endpoint; keep it on loopback unless you mean otherwise
+    /// [default: 127.0.0.1:9750].
+    #[arg(long)]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Directory for the agent's state and admin socket [default: /var/lib/zone-agent].
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// bpffs directory for the pinned programs, links and maps (mounted if needed)
+    /// [default: /sys/fs/bpf/zone-agent].
+    #[arg(long)]
+    pub pin_dir: Option<PathBuf>,
+    /// XDP attach mode [default: auto].
+    #[arg(long, value_enum)]
+    pub xdp_mode: Option<XdpMode>,
+    /// Detach XDP when the agent exits (the gates OPEN while it is down). Off by default:
+    /// enforcement normally outlives the agent.
+    #[arg(long)]
+    pub fail_open_on_exit: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -68,6 +108,10 @@ pub fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Policy { command } => policy::run(command),
+        Command::Status(a) => admin::status(a),
+        Command::Flows(a) => admin::flows(a),
+        Command::Reload(a) => admin::reload(a),
+        Command::Detach(a) => admin::detach(a),
     };
     match result {
         Ok(code) => code,

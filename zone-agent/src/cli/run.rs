@@ -1,5 +1,6 @@
-//! `zone-agent run`: start, then serve metrics, reload on SIGHUP or file change, expire
-//! flows, and detach cleanly on SIGTERM/SIGINT.
+//! `zone-agent run`: start (adopting pinned state), then serve metrics and the admin socket,
+//! reload on SIGHUP or file change, expire flows, ping the systemd watchdog, and exit on
+//! SIGTERM/SIGINT with the policy left enforcing.
 
 use std::{
     io::IsTerminal as _,
@@ -13,7 +14,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info};
 
 use super::RunArgs;
-use crate::{agent::Agent, telemetry};
+use crate::{admin, agent::Agent, config, telemetry};
 
 const POLICY_POLL: Duration = Duration::from_secs(1);
 const EXPIRE_EVERY: Duration = Duration::from_secs(10);
@@ -29,26 +30,63 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         // escape codes would end up in the log text.
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    std::fs::create_dir_all(&args.state_dir)
-        .with_context(|| format!("creating state dir {}", args.state_dir.display()))?;
-    let agent = Agent::start(&args.policy, args.xdp_mode)?;
-    let agent = Arc::new(Mutex::new(agent));
+    let settings = config::settings(&args)?;
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&settings.state_dir)
+            .with_context(|| format!("creating state dir {}", settings.state_dir.display()))?;
+    }
+    // Refuse early if another agent owns this state dir: two agents would fight over the
+    // pinned links.
+    if admin::agent_running(&settings.state_dir) {
+        anyhow::bail!(
+            "another zone-agent is running with state dir {}; stop it first",
+            settings.state_dir.display()
+        );
+    }
+    if settings.fail_open_on_exit {
+        tracing::warn!("fail_open_on_exit is set: when this agent stops, XDP is detached and the zone gates OPEN");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    let result = rt.block_on(serve(args, agent.clone()));
+    let metrics_addr = settings.metrics_addr;
+    let state_dir = settings.state_dir.clone();
+    let agent = Agent::start(settings)?;
+    let agent = Arc::new(Mutex::new(agent));
+    let result = rt.block_on(serve(metrics_addr, &state_dir, agent.clone()));
     agent.lock().expect("agent lock").shutdown();
+    let _ = std::fs::remove_file(admin::socket_path(&state_dir));
     result.map(|_| ExitCode::SUCCESS)
 }
 
-async fn serve(args: RunArgs, agent: Arc<Mutex<Agent>>) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+async fn serve(
+    metrics_addr: std::net::SocketAddr,
+    state_dir: &std::path::Path,
+    agent: Arc<Mutex<Agent>>,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(metrics_addr)
         .await
-        .with_context(|| format!("binding metrics address {}", args.metrics_addr))?;
-    info!(addr = %args.metrics_addr, "metrics at /metrics");
+        .with_context(|| format!("binding metrics address {metrics_addr}"))?;
+    info!(addr = %metrics_addr, "metrics at /metrics");
     let metrics = tokio::spawn(telemetry::server::serve(listener, agent.clone()));
+    let admin_listener = admin::bind(state_dir).context("binding the admin socket")?;
+    let admin = tokio::spawn(admin::serve(admin_listener, agent.clone()));
+    // systemd watchdog: ping at half the interval it asked for, from the loop below, so a
+    // wedged loop (e.g. a stuck reload) stops the pings and systemd restarts the agent;
+    // enforcement stays pinned meanwhile.
+    let mut watchdog_usec = 0u64;
+    let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec);
+    let mut ping = tokio::time::interval(if watchdog {
+        Duration::from_micros(watchdog_usec / 2)
+    } else {
+        Duration::from_secs(3600)
+    });
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -72,12 +110,17 @@ async fn serve(args: RunArgs, agent: Arc<Mutex<Agent>>) -> anyhow::Result<()> {
                     }
                 }).await;
             }
+            _ = ping.tick() => {
+                if watchdog {
+                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+                }
+            }
             _ = expire.tick() => {
                 let a = agent.clone();
                 let _ = tokio::task::spawn_blocking(move || a.lock().expect("agent lock").dp.expire()).await;
             }
-            _ = term.recv() => { info!("SIGTERM: detaching and exiting"); break; }
-            _ = int.recv() => { info!("SIGINT: detaching and exiting"); break; }
+            _ = term.recv() => { info!("SIGTERM: exiting"); break; }
+            _ = int.recv() => { info!("SIGINT: exiting"); break; }
         }
         if metrics.is_finished() {
             error!("metrics server stopped");
@@ -86,5 +129,6 @@ async fn serve(args: RunArgs, agent: Arc<Mutex<Agent>>) -> anyhow::Result<()> {
     }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     metrics.abort();
+    admin.abort();
     Ok(())
 }

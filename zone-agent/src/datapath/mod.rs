@@ -3,6 +3,8 @@
 
 mod apply;
 mod attach;
+mod failsafe;
+pub mod pin;
 pub mod stats;
 
 use std::collections::BTreeMap;
@@ -37,6 +39,12 @@ pub enum DatapathError {
     NoInterface(String),
     #[error("attaching XDP to {iface} in {mode} mode failed: {source}")]
     Attach { iface: String, mode: &'static str, #[source] source: aya::programs::ProgramError },
+    #[error("pinning under {path}: {source}")]
+    Pin { path: String, #[source] source: std::io::Error },
+}
+
+pub(crate) fn pin_err(path: &std::path::Path) -> impl Fn(std::io::Error) -> DatapathError + '_ {
+    move |source| DatapathError::Pin { path: path.display().to_string(), source }
 }
 
 pub(crate) fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
@@ -55,6 +63,9 @@ pub struct Maps {
     pub rule_info: Array<MapData, RuleInfo>,
     pub rule_macs: HashMap<MapData, MacKey, u8>,
     pub flows: HashMap<MapData, FlowKey, FlowState>,
+    pub failsafe_ports: Array<MapData, u64>,
+    pub failsafe: HashMap<MapData, FailsafeKey, u32>,
+    pub failsafe_src: LpmTrie<MapData, FailsafeSrcKey, u32>,
     pub frags: HashMap<MapData, FragKey, FragState>,
     pub zone_stats: PerCpuArray<MapData, Counter>,
     pub rule_stats: PerCpuArray<MapData, Counter>,
@@ -67,19 +78,68 @@ pub struct Datapath {
     pub maps: Maps,
     /// Attached interfaces by name.
     links: BTreeMap<String, attach::Attached>,
+    /// Where links and maps are pinned (`None`: nothing outlives this process).
+    pins: Option<pin::Pins>,
     /// Set the program reads (0/1) and the generation installed there.
     pub active_set: u32,
     pub generation: u32,
 }
 
+/// What `load_pinned` found under the pin dir.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Adoption {
+    /// Generation of the policy found enforcing in the pinned maps (0: none, fresh maps).
+    pub generation: u32,
+    /// Pinned state of an incompatible build, replaced (it keeps enforcing until the links
+    /// are swapped to the new program).
+    pub replaced: Vec<String>,
+}
+
 impl Datapath {
-    /// Loads the program and creates its maps (no policy yet: the program drops everything
-    /// with `no_policy` until the first `apply`, and it is not attached anywhere yet).
+    /// Loads the program and creates its maps, pinned nowhere (tests, benchmarks). No
+    /// policy yet: the program drops everything with `no_policy` until the first `apply`,
+    /// and it is not attached anywhere yet.
     pub fn load() -> Result<Self, DatapathError> {
+        Self::load_with(EbpfLoader::new(), None)
+    }
+
+    /// Loads the program with its maps pinned under `pin_dir`: maps this build can adopt
+    /// are reused with their contents (policy sets, flows, counters), others are set aside.
+    pub fn load_pinned(pin_dir: &std::path::Path) -> Result<(Self, Adoption), DatapathError> {
+        let pins = pin::Pins::new(pin_dir);
+        pins.prepare().map_err(pin_err(pin_dir))?;
+        let mut adoption = Adoption::default();
+        if let Some(why) = pins.maps_mismatch() {
+            tracing::warn!("pinned maps do not match this build ({why}); replacing them");
+            let dir = pins.maps_dir();
+            pin::Pins::remove_dir(&dir).map_err(pin_err(&dir))?;
+            pins.prepare().map_err(pin_err(pin_dir))?;
+            adoption.replaced.push(format!("{} ({why})", dir.display()));
+        }
+        for d in pins.stale_map_dirs() {
+            adoption.replaced.push(d.display().to_string());
+        }
+        let dir = pins.maps_dir();
+        let mut loader = EbpfLoader::new();
+        for m in PINNED_MAPS {
+            loader.map_pin_path(m.name, dir.join(m.name));
+        }
+        let mut dp = Self::load_with(loader, Some(pins))?;
+        let active = dp.maps.active.get(&0, 0).map_err(map_err(MAP_ACTIVE))? & 1;
+        let cfg = dp.maps.setconf.get(&active, 0).map_err(map_err(MAP_SETCONF))?;
+        if cfg.flags & SET_VALID != 0 {
+            dp.active_set = active;
+            dp.generation = cfg.generation;
+            adoption.generation = cfg.generation;
+        }
+        Ok((dp, adoption))
+    }
+
+    fn load_with(mut loader: EbpfLoader<'_>, pins: Option<pin::Pins>) -> Result<Self, DatapathError> {
         if OBJECT.is_empty() {
             return Err(DatapathError::NoObject);
         }
-        let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(DatapathError::Load)?;
+        let mut ebpf = loader.load(OBJECT).map_err(DatapathError::Load)?;
         let prog: &mut Xdp = ebpf
             .program_mut(PROGRAM)
             .ok_or(DatapathError::MissingMap("program zone_agent"))?
@@ -87,7 +147,31 @@ impl Datapath {
             .map_err(DatapathError::Program)?;
         prog.load().map_err(DatapathError::Program)?;
         let maps = Maps::take(&mut ebpf)?;
-        Ok(Datapath { ebpf, maps, links: BTreeMap::new(), active_set: 0, generation: 0 })
+        Ok(Datapath { ebpf, maps, links: BTreeMap::new(), pins, active_set: 0, generation: 0 })
+    }
+
+    /// Removes the maps of incompatible builds once no link runs their program any more.
+    pub fn remove_stale_pins(&self) {
+        if let Some(p) = &self.pins {
+            for d in p.stale_map_dirs() {
+                match pin::Pins::remove_dir(&d) {
+                    Ok(()) => tracing::info!(dir = %d.display(), "removed the pinned maps of an incompatible build"),
+                    Err(e) => tracing::warn!(dir = %d.display(), "cannot remove stale pins: {e}"),
+                }
+            }
+        }
+    }
+
+    /// Generation installed in `set` (0: none).
+    pub fn set_generation(&self, set: u32) -> u32 {
+        match self.maps.setconf.get(&set, 0) {
+            Ok(c) if c.flags & SET_VALID != 0 => c.generation,
+            _ => 0,
+        }
+    }
+
+    pub fn pin_dir(&self) -> Option<&std::path::Path> {
+        self.pins.as_ref().map(|p| p.root.as_path())
     }
 
     /// The loaded program, for attaching or BPF_PROG_TEST_RUN.
@@ -123,6 +207,11 @@ impl Datapath {
     pub fn attached(&self) -> impl Iterator<Item = (&String, &'static str)> {
         self.links.iter().map(|(n, a)| (n, a.mode))
     }
+
+    /// Kernel id of the loaded program.
+    pub fn program_id(&self) -> Option<u32> {
+        self.program().info().ok().map(|i| i.id())
+    }
 }
 
 impl Maps {
@@ -145,6 +234,9 @@ impl Maps {
             rule_info: take(ebpf, MAP_RULEINFO)?,
             rule_macs: take(ebpf, MAP_RULEMACS)?,
             flows: take(ebpf, MAP_FLOWS)?,
+            failsafe_ports: take(ebpf, MAP_FAILSAFE_PORTS)?,
+            failsafe: take(ebpf, MAP_FAILSAFE)?,
+            failsafe_src: take(ebpf, MAP_FAILSAFE_SRC)?,
             frags: take(ebpf, MAP_FRAGS)?,
             zone_stats: take(ebpf, MAP_ZONE_STATS)?,
             rule_stats: take(ebpf, MAP_RULE_STATS)?,

@@ -238,6 +238,9 @@ fn why(policy: &Policy, p: &Packet, d: &Decision) -> Vec<String> {
         Outcome::Pass(PassReason::Neighbor) => {
             v.push("ARP / IPv6 neighbour discovery passes without policy".into())
         }
+        Outcome::Pass(PassReason::Failsafe) => {
+            v.push("a failsafe management flow to the gateway itself (agent configuration)".into())
+        }
         Outcome::Drop(DropReason::UnknownInterface) => v.push(format!(
             "interface {iface} belongs to no zone (zone interfaces: {})",
             iface_list(policy)

@@ -576,6 +576,8 @@ struct Hit {
 
 pub struct Model {
     policy: Policy,
+    /// Failsafe management flows (agent configuration, checked before the policy).
+    failsafe: Vec<crate::failsafe::Resolved>,
     generation: u32,
     flows: HashMap<FlowKey, Flow>,
     frags: HashMap<FragKey, FragEntry>,
@@ -587,6 +589,7 @@ impl Model {
     pub fn new(policy: Policy) -> Model {
         Model {
             policy,
+            failsafe: Vec::new(),
             generation: 1,
             flows: HashMap::new(),
             frags: HashMap::new(),
@@ -604,6 +607,11 @@ impl Model {
 
     pub fn policy(&self) -> &Policy {
         &self.policy
+    }
+
+    /// Installs failsafe flows (step 0), as the agent does from its configuration.
+    pub fn set_failsafe(&mut self, failsafe: Vec<crate::failsafe::Resolved>) {
+        self.failsafe = failsafe;
     }
 
     pub fn generation(&self) -> u32 {
@@ -664,7 +672,18 @@ impl Model {
 
     /// Decide a packet at time `now_ns`, updating flows, fragment entries and counters.
     pub fn decide(&mut self, p: &Packet, now_ns: u64) -> Decision {
+        let failsafe = crate::failsafe::matches(
+            &self.failsafe,
+            &p.ifname,
+            p.frag == Frag::None,
+            p.l4,
+            p.proto,
+            p.src,
+            p.dst,
+            p.dport,
+        );
         let d = match self.gates(p) {
+            _ if failsafe.is_some() => Decision::early(Outcome::Pass(PassReason::Failsafe)),
             Err(d) => d,
             Ok((mut d, z)) => {
                 let hit = match self.stateful(p, &z, now_ns) {

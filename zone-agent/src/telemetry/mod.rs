@@ -2,6 +2,7 @@
 //! exported in the Prometheus text format (`metrics`, `server`).
 
 pub mod metrics;
+pub mod persist;
 pub mod server;
 
 use std::collections::BTreeMap;
@@ -11,8 +12,11 @@ use zone_agent_common::{Counter, Verdict};
 use crate::{datapath::stats::SetCounters, policy::Policy};
 
 /// Names needed to label one policy set's counters.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SetNames {
+    /// Generation of the policy installed in the set.
+    #[serde(default)]
+    pub generation: u32,
     /// Zone names by data-path id (index 0 = "none").
     pub zones: Vec<String>,
     /// Rule names by rule id.
@@ -23,7 +27,7 @@ impl SetNames {
     pub fn of(p: &Policy) -> Self {
         let mut zones = vec!["none".to_string()];
         zones.extend(p.zones.iter().map(|z| z.name.clone()));
-        SetNames { zones, rules: p.rules.iter().map(|r| r.name.clone()).collect() }
+        SetNames { generation: 0, zones, rules: p.rules.iter().map(|r| r.name.clone()).collect() }
     }
 
     fn zone(&self, id: u8) -> String {

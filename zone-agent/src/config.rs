@@ -1,0 +1,286 @@
+//! The agent's configuration file (`--config`, TOML): everything `run` takes on the command
+//! line, plus the failsafe management flows. Every key is optional; a command-line flag
+//! overrides the file. Unknown keys are errors (a typo must not silently fall back to a
+//! default). See docs/config.md.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::{
+    cli::{DEFAULT_METRICS_ADDR, DEFAULT_PIN_DIR, DEFAULT_STATE_DIR, RunArgs},
+    datapath::XdpMode,
+    policy::diagnostic::LineIndex,
+};
+
+pub const DEFAULT_POLICY: &str = "/etc/zone-agent/policy.toml";
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    policy: Option<PathBuf>,
+    metrics_addr: Option<Spanned<String>>,
+    state_dir: Option<PathBuf>,
+    pin_dir: Option<PathBuf>,
+    xdp_mode: Option<Spanned<String>>,
+    fail_open_on_exit: Option<bool>,
+    #[serde(default)]
+    failsafe: Vec<Spanned<FailsafeFile>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FailsafeFile {
+    name: String,
+    protocol: String,
+    ports: Vec<String>,
+    sources: Vec<String>,
+    #[serde(default)]
+    interfaces: Vec<String>,
+    #[serde(default)]
+    destinations: Vec<String>,
+}
+
+/// One failsafe management flow: `protocol` to `ports` on the gateway's own addresses
+/// (`destinations`, default all of them), from `sources`, entering on `interfaces` (default
+/// every zone interface).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Failsafe {
+    pub name: String,
+    /// `PROTO_TCP` or `PROTO_UDP`.
+    pub proto: u8,
+    /// Inclusive ranges.
+    pub ports: Vec<(u16, u16)>,
+    pub sources: Vec<IpNet>,
+    pub interfaces: Vec<String>,
+    pub destinations: Vec<std::net::IpAddr>,
+}
+
+/// The effective settings of `run`.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub policy: PathBuf,
+    pub metrics_addr: SocketAddr,
+    pub state_dir: PathBuf,
+    pub pin_dir: PathBuf,
+    pub xdp_mode: XdpMode,
+    pub fail_open_on_exit: bool,
+    pub failsafe: Vec<Failsafe>,
+}
+
+/// Reads `args.config` (if given) and applies the command line over it.
+pub fn settings(args: &RunArgs) -> anyhow::Result<Settings> {
+    let file = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
+            parse(path, &text)?
+        }
+        None => Parsed::default(),
+    };
+    Ok(Settings {
+        policy: args.policy.clone().or(file.policy).unwrap_or_else(|| DEFAULT_POLICY.into()),
+        metrics_addr: args
+            .metrics_addr
+            .or(file.metrics_addr)
+            .unwrap_or_else(|| DEFAULT_METRICS_ADDR.parse().expect("valid default")),
+        state_dir: args.state_dir.clone().or(file.state_dir).unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+        pin_dir: args.pin_dir.clone().or(file.pin_dir).unwrap_or_else(|| DEFAULT_PIN_DIR.into()),
+        xdp_mode: args.xdp_mode.or(file.xdp_mode).unwrap_or_default(),
+        fail_open_on_exit: args.fail_open_on_exit || file.fail_open_on_exit.unwrap_or(false),
+        failsafe: file.failsafe,
+    })
+}
+
+/// A config file, checked.
+#[derive(Debug, Default)]
+pub struct Parsed {
+    pub policy: Option<PathBuf>,
+    pub metrics_addr: Option<SocketAddr>,
+    pub state_dir: Option<PathBuf>,
+    pub pin_dir: Option<PathBuf>,
+    pub xdp_mode: Option<XdpMode>,
+    pub fail_open_on_exit: Option<bool>,
+    pub failsafe: Vec<Failsafe>,
+}
+
+/// Parses and checks a config file; every error says file:line:column.
+pub fn parse(path: &Path, text: &str) -> anyhow::Result<Parsed> {
+    let lines = LineIndex::new(text);
+    let at = |span: std::ops::Range<usize>| {
+        let l = lines.loc(span.start);
+        format!("{}:{}:{}", path.display(), l.line, l.col)
+    };
+    let f: File = toml::from_str(text).map_err(|e| {
+        let pos = e.span().map(&at).unwrap_or_else(|| path.display().to_string());
+        anyhow::anyhow!("{pos}: {}", e.message())
+    })?;
+    let metrics_addr = match f.metrics_addr {
+        Some(s) => Some(s.get_ref().parse::<SocketAddr>().map_err(|_| {
+            anyhow::anyhow!("{}: metrics_addr {:?} is not an address:port (e.g. \"127.0.0.1:9750\")", at(s.span()), s.get_ref())
+        })?),
+        None => None,
+    };
+    let xdp_mode = match f.xdp_mode {
+        Some(s) => Some(match s.get_ref().as_str() {
+            "auto" => XdpMode::Auto,
+            "native" => XdpMode::Native,
+            "generic" => XdpMode::Generic,
+            other => anyhow::bail!("{}: xdp_mode {other:?} is not one of auto, native, generic", at(s.span())),
+        }),
+        None => None,
+    };
+    let mut failsafe = Vec::new();
+    for entry in f.failsafe {
+        let pos = at(entry.span());
+        let e = entry.into_inner();
+        let fs = failsafe_entry(e).map_err(|msg| anyhow::anyhow!("{pos}: [[failsafe]] {msg}"))?;
+        if failsafe.iter().any(|o: &Failsafe| o.name == fs.name) {
+            anyhow::bail!("{pos}: [[failsafe]] name {:?} is used twice; give each entry its own name", fs.name);
+        }
+        failsafe.push(fs);
+    }
+    if failsafe.len() > zone_agent_common::MAX_FAILSAFE {
+        anyhow::bail!(
+            "{}: {} [[failsafe]] entries; at most {} are supported",
+            path.display(),
+            failsafe.len(),
+            zone_agent_common::MAX_FAILSAFE
+        );
+    }
+    Ok(Parsed {
+        policy: f.policy,
+        metrics_addr,
+        state_dir: f.state_dir,
+        pin_dir: f.pin_dir,
+        xdp_mode,
+        fail_open_on_exit: f.fail_open_on_exit,
+        failsafe,
+    })
+}
+
+fn failsafe_entry(e: FailsafeFile) -> Result<Failsafe, String> {
+    let name = e.name;
+    if name.is_empty() {
+        return Err("needs a non-empty name".into());
+    }
+    let proto = match e.protocol.as_str() {
+        "tcp" => zone_agent_common::PROTO_TCP,
+        "udp" => zone_agent_common::PROTO_UDP,
+        p => return Err(format!("{name:?}: protocol {p:?} must be \"tcp\" or \"udp\"")),
+    };
+    if e.ports.is_empty() {
+        return Err(format!("{name:?}: needs ports, e.g. ports = [\"22\"]"));
+    }
+    let mut ports = Vec::new();
+    for p in &e.ports {
+        ports.push(port_range(p).ok_or_else(|| {
+            format!("{name:?}: port {p:?} must be a port 1-65535 or a range \"A-B\" with A <= B")
+        })?);
+    }
+    if e.sources.is_empty() {
+        // An open failsafe would be a hole around the whole policy.
+        return Err(format!("{name:?}: needs sources (the admin subnets), e.g. sources = [\"192.0.2.0/24\"]"));
+    }
+    let mut sources = Vec::new();
+    for s in &e.sources {
+        let net = parse_net(s).ok_or_else(|| format!("{name:?}: source {s:?} is not an IP address or CIDR"))?;
+        if net.prefix_len() == 0 {
+            return Err(format!("{name:?}: source {s:?} admits every address; name the admin subnets"));
+        }
+        sources.push(net);
+    }
+    let mut destinations = Vec::new();
+    for d in &e.destinations {
+        destinations.push(d.parse().map_err(|_| {
+            format!("{name:?}: destination {d:?} is not an IP address (one of the gateway's own)")
+        })?);
+    }
+    for i in &e.interfaces {
+        if i.is_empty() || i.len() > 15 {
+            return Err(format!("{name:?}: interface name {i:?} is not a valid Linux interface name"));
+        }
+    }
+    Ok(Failsafe { name, proto, ports, sources, interfaces: e.interfaces, destinations })
+}
+
+fn port_range(s: &str) -> Option<(u16, u16)> {
+    let (a, b) = match s.split_once('-') {
+        Some((a, b)) => (a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?),
+        None => {
+            let p = s.trim().parse::<u16>().ok()?;
+            (p, p)
+        }
+    };
+    (a >= 1 && a <= b).then_some((a, b))
+}
+
+fn parse_net(s: &str) -> Option<IpNet> {
+    s.parse::<IpNet>()
+        .ok()
+        .map(|n| n.trunc())
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(text: &str) -> anyhow::Result<Parsed> {
+        parse(Path::new("za.toml"), text)
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let c = p(r#"
+policy = "/etc/zone-agent/p.toml"
+metrics_addr = "127.0.0.1:9999"
+state_dir = "/var/lib/za"
+pin_dir = "/sys/fs/bpf/za"
+xdp_mode = "generic"
+fail_open_on_exit = true
+[[failsafe]]
+name = "ssh"
+protocol = "tcp"
+ports = ["22", "8000-8001"]
+sources = ["192.0.2.0/24", "2001:db8::1"]
+interfaces = ["eth1"]
+"#)
+        .unwrap();
+        assert_eq!(c.metrics_addr.unwrap().port(), 9999);
+        assert_eq!(c.xdp_mode, Some(XdpMode::Generic));
+        assert_eq!(c.fail_open_on_exit, Some(true));
+        let f = &c.failsafe[0];
+        assert_eq!(f.ports, vec![(22, 22), (8000, 8001)]);
+        assert_eq!(f.sources[1].prefix_len(), 128);
+        assert_eq!(f.interfaces, vec!["eth1".to_string()]);
+    }
+
+    #[test]
+    fn errors_name_the_place_and_the_fix() {
+        let e = p("policy = \"x\"\nmetrcs_addr = \"1\"\n").unwrap_err().to_string();
+        assert!(e.starts_with("za.toml:2:1:") && e.contains("unknown field"), "{e}");
+        let e = p("xdp_mode = \"fast\"\n").unwrap_err().to_string();
+        assert!(e.starts_with("za.toml:1:12:") && e.contains("auto, native, generic"), "{e}");
+        let e = p("[[failsafe]]\nname = \"a\"\nprotocol = \"tcp\"\nports = [\"22\"]\nsources = [\"0.0.0.0/0\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("admits every address"), "{e}");
+        let e = p("[[failsafe]]\nname = \"a\"\nprotocol = \"icmp\"\nports = [\"22\"]\nsources = [\"10.0.0.1\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"tcp\" or \"udp\""), "{e}");
+        let e = p("[[failsafe]]\nname = \"a\"\nprotocol = \"tcp\"\nports = [\"0\"]\nsources = [\"10.0.0.1\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("port \"0\""), "{e}");
+        let two = "[[failsafe]]\nname = \"a\"\nprotocol = \"tcp\"\nports = [\"22\"]\nsources = [\"10.0.0.1\"]\n";
+        let e = p(&format!("{two}{two}")).unwrap_err().to_string();
+        assert!(e.starts_with("za.toml:6:") && e.contains("used twice"), "{e}");
+    }
+}

@@ -1,0 +1,60 @@
+//! Install the failsafe tables. They are global (not per policy set): new entries are
+//! written before stale ones are removed, so a flow that stays failsafe never misses.
+
+use aya::maps::lpm_trie::Key;
+use zone_agent_common::*;
+
+use super::{Datapath, DatapathError, map_err};
+use crate::failsafe::Tables;
+
+impl Datapath {
+    pub fn install_failsafe(&mut self, t: &Tables) -> Result<(), DatapathError> {
+        let m = &mut self.maps;
+        for (&(family, addr, bits), mask) in &t.src {
+            let key = Key::new(8 + bits as u32, FailsafeSrcKey { family, addr });
+            m.failsafe_src.insert(&key, mask, 0).map_err(map_err(MAP_FAILSAFE_SRC))?;
+        }
+        for (&(ifindex, port, proto, family, addr), mask) in &t.dst {
+            let key = FailsafeKey { ifindex, port, proto, family, addr };
+            m.failsafe.insert(key, mask, 0).map_err(map_err(MAP_FAILSAFE))?;
+        }
+        // Ports last: until a port's bit is set the program does not look further.
+        for word in 0..CAP_FAILSAFE_PORTS {
+            let want = t.ports.get(&word).copied().unwrap_or(0);
+            let have = m.failsafe_ports.get(&word, 0).map_err(map_err(MAP_FAILSAFE_PORTS))?;
+            // New bits now; bits no longer wanted are cleared after the tables are trimmed.
+            if want & !have != 0 {
+                m.failsafe_ports.set(word, want | have, 0).map_err(map_err(MAP_FAILSAFE_PORTS))?;
+            }
+        }
+        let stale: Vec<_> = m
+            .failsafe
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !t.dst.contains_key(&(k.ifindex, k.port, k.proto, k.family, k.addr)))
+            .collect();
+        for k in stale {
+            m.failsafe.remove(&k).map_err(map_err(MAP_FAILSAFE))?;
+        }
+        let stale: Vec<_> = m
+            .failsafe_src
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| {
+                let d = k.data();
+                !t.src.contains_key(&(d.family, d.addr, (k.prefix_len() - 8) as u8))
+            })
+            .collect();
+        for k in stale {
+            m.failsafe_src.remove(&k).map_err(map_err(MAP_FAILSAFE_SRC))?;
+        }
+        for word in 0..CAP_FAILSAFE_PORTS {
+            let want = t.ports.get(&word).copied().unwrap_or(0);
+            let have = m.failsafe_ports.get(&word, 0).map_err(map_err(MAP_FAILSAFE_PORTS))?;
+            if want != have {
+                m.failsafe_ports.set(word, want, 0).map_err(map_err(MAP_FAILSAFE_PORTS))?;
+            }
+        }
+        Ok(())
+    }
+}
