@@ -417,11 +417,15 @@ fn truncations(h: &mut Harness) {
         ("udp", "zlg", Frame::new(a, ip("198.51.100.7")).udp(40104, 53).bytes()),
     ];
     for (what, iface, f) in frames {
-        // The kernel refuses to test-run a frame shorter than an Ethernet header (and no
-        // driver delivers one), so cuts start there.
-        for len in 14..f.len() {
-            h.check(&format!("{what} cut at {len}"), iface, &f[..len]);
-        }
+        truncations_of(h, what, iface, &f);
+    }
+}
+
+/// `f` cut at every length. The kernel refuses to test-run a frame shorter than an Ethernet
+/// header (and no driver delivers one), so cuts start there.
+fn truncations_of(h: &mut Harness, what: &str, iface: &str, f: &[u8]) {
+    for len in 14..f.len() {
+        h.check(&format!("{what} cut at {len}"), iface, &f[..len]);
     }
 }
 
@@ -442,6 +446,49 @@ fn xdp_agrees_with_model() {
     });
     eprintln!("{n} frames compared");
     assert!(n > 3000, "corpus unexpectedly small: {n}");
+}
+
+/// Failsafe management flows (step 0) against the model: they pass before every policy
+/// step (here: from a spoofed-looking or no-rule position), and only the exact tuple passes —
+/// another port, protocol, source, interface, a non-local destination or a fragment does not.
+#[test]
+fn failsafe_agrees_with_model() {
+    in_private_netns(|| {
+        let mut h = Harness::new(&policy_text("enforce", "deny", None));
+        let entries = vec![zone_agent::config::Failsafe {
+            name: "ssh-admin".into(),
+            proto: 6,
+            ports: vec![(2222, 2222), (9000, 9001)],
+            sources: vec!["10.20.5.0/24".parse().unwrap(), "10.10.9.20/32".parse().unwrap(), "fd20::/64".parse().unwrap()],
+            interfaces: vec!["zlg".into()],
+            destinations: vec![],
+        }];
+        // Stand-ins for the gateway's own addresses.
+        let local = [ip("10.20.0.1"), ip("10.10.0.1"), ip("fd20::1")].into_iter().collect();
+        let zone_ifaces = IFACES.iter().map(|s| s.to_string()).collect();
+        let resolved = zone_agent::failsafe::resolve(&entries, &zone_ifaces, zone_agent::agent::ifindex, &local).expect("resolve");
+        h.dp.install_failsafe(&zone_agent::failsafe::tables(&resolved)).expect("install failsafe");
+        h.model.set_failsafe(resolved);
+        let (adm, gw, gw2, far) = (ip("10.20.5.10"), ip("10.20.0.1"), ip("10.10.0.1"), ip("10.10.9.20"));
+        h.expect("to the gateway", "zlg", &Frame::new(adm, gw).tcp(40000, 2222, SYN).bytes(), "pass:failsafe");
+        h.expect("to its other address", "zlg", &Frame::new(adm, gw2).tcp(40001, 2222, SYN).bytes(), "pass:failsafe");
+        h.expect("range end", "zlg", &Frame::new(adm, gw).tcp(40002, 9001, SYN).bytes(), "pass:failsafe");
+        h.expect("vlan-tagged on the same interface", "zlg", &Frame::new(adm, gw).tcp(40002, 2222, ACK).vlan(7).bytes(), "pass:failsafe");
+        // A source of another zone listed as admin: failsafe beats the spoof check.
+        h.expect("listed source of another zone", "zlg", &Frame::new(far, gw).tcp(40003, 2222, SYN).bytes(), "pass:failsafe");
+        h.expect("v6", "zlg", &Frame::new(ip("fd20::10"), ip("fd20::1")).tcp(40004, 2222, SYN).bytes(), "pass:failsafe");
+        h.check("other port", "zlg", &Frame::new(adm, gw).tcp(40005, 2223, SYN).bytes());
+        h.check("udp", "zlg", &Frame::new(adm, gw).udp(40006, 2222).bytes());
+        h.check("other source", "zlg", &Frame::new(ip("10.20.7.7"), gw).tcp(40007, 2222, SYN).bytes());
+        h.check("other interface", "zmyn", &Frame::new(far, gw2).tcp(40008, 2222, SYN).bytes());
+        h.expect("not the gateway", "zlg", &Frame::new(adm, far).tcp(40009, 2222, SYN).bytes(), "drop:no_rule");
+        h.check("first fragment", "zlg", &Frame::new(adm, gw).tcp(40010, 2222, SYN).payload(16).v4_frag(0, true, 4242).bytes());
+        h.check("later fragment", "zlg", &Frame::new(adm, gw).proto(6, 32).v4_frag(5, false, 4242).bytes());
+        h.check("v6 other address", "zlg", &Frame::new(ip("fd20::10"), ip("fd20::2")).tcp(40011, 2222, SYN).bytes());
+        truncations_of(&mut h, "failsafe syn", "zlg", &Frame::new(adm, gw).tcp(40012, 2222, SYN).bytes());
+        let n = h.finish();
+        assert!(n > 20, "{n}");
+    });
 }
 
 #[test]
