@@ -1401,6 +1401,44 @@ fn kill9_keeps_enforcing_and_restart_adopts() {
     assert_tcp_blocked(&env, tcp(&env.lg, &env.my, 8443, false), &my_tcp[0][0], "no_rule");
 }
 
+/// Pinned state left by an incompatible build (here: the maps directory of another ABI
+/// fingerprint, made by renaming ours while the agent is down) is replaced atomically: the
+/// restarted agent builds fresh maps, swaps its program into the same links, removes the old
+/// maps, says so in its log and `status`, and the gate never opens meanwhile.
+#[test]
+fn incompatible_pinned_state_is_replaced_atomically() {
+    let mut env = Env::new("incompatible", &policy("enforce"));
+    let my_tcp = tcp_servers(&env, &env.my, &[8443, 22]);
+    let old: Vec<u32> = ZONE_IFACES.iter().flat_map(|i| xdp_prog_ids(&env, i)).collect();
+    env.agent.signal(Signal::SIGKILL);
+    env.agent.wait_exit(AGENT_STOP).expect("the agent dies on SIGKILL");
+    let pins = pin_dir(&env.lab);
+    let ours: Vec<PathBuf> = fs::read_dir(&pins)
+        .expect("pin dir")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with("maps-"))
+        .collect();
+    assert_eq!(ours.len(), 1, "one maps dir: {ours:?}");
+    let foreign = pins.join("maps-00000000000000aa");
+    fs::rename(&ours[0], &foreign).expect("rename the maps dir");
+    assert_enforcing_without_agent(&env, &my_tcp[0][0], &my_tcp[0][1]);
+
+    env.agent = start_agent(&env.lab, &env.policy);
+    let log = env.agent.log_text();
+    assert!(log.contains("incompatible") && log.contains("maps-00000000000000aa"), "the agent does not say it replaced the state:\n{log}");
+    assert!(!foreign.exists(), "the incompatible maps are still pinned");
+    let new: Vec<u32> = ZONE_IFACES.iter().flat_map(|i| xdp_prog_ids(&env, i)).collect();
+    assert_eq!(new.len(), 3, "one program per interface: {new:?}");
+    assert!(new.iter().all(|&id| id == new[0] && id != old[0]), "old {old:?}, new {new:?}");
+    assert!(!program_exists(old[0]), "the old program is still loaded");
+    let st = admin_json(&env, "status");
+    assert_eq!(st["adopted"]["generation"], 0, "fresh maps hold no policy: {st}");
+    assert!(st["adopted"]["replaced"][0].as_str().unwrap_or("").contains("maps-00000000000000aa"), "status: {st}");
+    assert_tcp_blocked(&env, tcp(&env.lg, &env.my, 8443, false), &my_tcp[0][0], "no_rule");
+    assert_tcp_passes(&env, tcp(&env.lg, &env.my, 22, false), &my_tcp[0][1]);
+}
+
 /// Twelve reloads (through `zone-agent reload`) while allowed traffic flows without pause:
 /// no datagram, no line and no connection is lost, and every reload is a new generation.
 #[test]

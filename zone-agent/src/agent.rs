@@ -86,6 +86,7 @@ impl Agent {
             warn!(old = %r, "pinned state of an incompatible build: replacing it atomically (its flows and counters are not carried over)");
         }
         telemetry.generation = dp.generation;
+        telemetry.fail_open_on_exit = settings.fail_open_on_exit;
         let mut agent = Agent {
             dp,
             telemetry,

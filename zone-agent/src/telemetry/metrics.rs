@@ -78,6 +78,14 @@ pub fn render(dp: &Datapath, t: &Telemetry) -> Result<String, DatapathError> {
     reloads.with_label_values(&["success"]).inc_by(t.reloads_ok);
     reloads.with_label_values(&["error"]).inc_by(t.reloads_error);
 
+    let fail_open = IntGauge::new(
+        "zone_agent_fail_open_on_exit",
+        "1 if the agent detaches XDP when it exits (the zone gates open while it is down); 0 if enforcement outlives it.",
+    )
+    .expect("valid");
+    reg.register(Box::new(fail_open.clone())).expect("unique");
+    fail_open.set(i64::from(t.fail_open_on_exit));
+
     let mut buf = Vec::new();
     TextEncoder::new().encode(&reg.gather(), &mut buf).expect("encode to memory");
     Ok(String::from_utf8(buf).expect("prometheus text is UTF-8"))

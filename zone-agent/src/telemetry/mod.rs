@@ -79,6 +79,8 @@ pub struct Telemetry {
     pub reloads_ok: u64,
     pub reloads_error: u64,
     pub generation: u32,
+    /// `fail_open_on_exit` is configured (exported so that monitoring can alert on it).
+    pub fail_open_on_exit: bool,
 }
 
 impl Telemetry {
