@@ -309,8 +309,14 @@ fn demo(args: &Args, agent_bin: Option<&Path>) -> Result<()> {
         step("demo: zone-agent policy explain");
         explain(&lab, bin, &policy, &lg, &my, 443);
         explain(&lab, bin, &policy, &lg, &my, 22);
+        let state = lab.dir().join("state");
+        let pins = lab.bpffs().join("zone-agent");
+        step("demo: zone-agent status (over the admin socket)");
+        let argv = [s(bin), "status", "--state-dir", s(&state)];
+        println!("    $ zone-agent {}", argv[1..].join(" "));
+        print_output(&lab.run(lab.gateway(), &argv));
         if !args.keep {
-            step("demo: stopping zone-agent (SIGTERM)");
+            step("demo: stopping zone-agent (SIGTERM): the policy stays enforcing");
             agent.signal(Signal::SIGTERM);
             match agent.wait_exit(AGENT_STOP) {
                 Some(status) => report.check(
@@ -320,6 +326,27 @@ fn demo(args: &Args, agent_bin: Option<&Path>) -> Result<()> {
                 ),
                 None => report.check("zone-agent exit after SIGTERM", false, "exit within 10 s"),
             }
+            let what = format!("lgwan {} -> mynumber {} tcp/22, agent stopped", lg.v4, my.v4);
+            let passed = tcp_connect(&lab, &lg, my.v4, 22, None, ATTEMPT);
+            report.check(&what, !passed, "still blocked: enforcement is pinned, it outlives the agent");
+            let allowed = tcp_connect(&lab, &lg, my.v4, 443, None, ATTEMPT);
+            report.check(
+                &format!("lgwan {} -> mynumber {} tcp/443, agent stopped", lg.v4, my.v4),
+                allowed,
+                "still allowed (rule lgwan-relay-to-mynumber)",
+            );
+            step("demo: zone-agent detach (the one way to remove enforcement)");
+            let argv = [s(bin), "detach", "--pin-dir", s(&pins), "--state-dir", s(&state)];
+            println!("    $ zone-agent {}", argv[1..].join(" "));
+            let out = lab.run(lab.gateway(), &argv);
+            print_output(&out);
+            report.check("zone-agent detach", out.status.success(), "exit 0");
+            let passed = tcp_connect(&lab, &lg, my.v4, 22, None, ATTEMPT);
+            report.check(
+                &format!("lgwan {} -> mynumber {} tcp/22 after detach", lg.v4, my.v4),
+                passed,
+                "passes: the gateway routes unfiltered",
+            );
         }
     }
 
