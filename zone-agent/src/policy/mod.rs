@@ -1,10 +1,12 @@
 //! Policy: parse (TOML with locations) → validate (complete, located diagnostics) →
-//! compile (maps). `model` is the plain-Rust statement of the semantics.
+//! compile (maps), with the guideline `lint` inside validation. `model` is the plain-Rust
+//! statement of the semantics.
 
 pub mod compile;
 pub mod diagnostic;
 pub mod explain;
 pub mod frame;
+pub mod lint;
 pub mod model;
 pub mod parse;
 pub mod types;

@@ -946,6 +946,7 @@ mod tests {
                 .collect(),
             networks: nets.iter().map(|n| n.parse().unwrap()).collect(),
             criticality: Criticality::High,
+            segment: None,
             loc: Loc::default(),
         }
     }
@@ -962,6 +963,7 @@ mod tests {
             source_macs: vec![],
             destinations: vec![],
             mode: Mode::Enforce,
+            acknowledge: None,
             loc: Loc::default(),
         }
     }
