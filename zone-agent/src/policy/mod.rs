@@ -1,6 +1,6 @@
 //! Policy: parse (TOML with locations) → validate (complete, located diagnostics) →
 //! compile (maps), with the guideline `lint` inside validation. `model` is the plain-Rust
-//! statement of the semantics.
+//! statement of the semantics; `template` holds the starting policies `policy init` writes.
 
 pub mod compile;
 pub mod diagnostic;
@@ -9,6 +9,7 @@ pub mod frame;
 pub mod lint;
 pub mod model;
 pub mod parse;
+pub mod template;
 pub mod types;
 pub mod validate;
 
