@@ -231,3 +231,99 @@ fn check_passes_with_lint_warnings_and_shows_acknowledgements() {
         "{run}"
     );
 }
+
+// === policy diff ===
+
+fn diff(old: &Path, new: &Path) -> Run {
+    zone_agent([
+        "policy".as_ref(),
+        "diff".as_ref(),
+        old.as_os_str(),
+        new.as_os_str(),
+    ])
+}
+
+#[test]
+fn diff_of_identical_policies_exits_0() {
+    let example = fixture("example.toml");
+    let run = diff(&example, &example);
+    assert_eq!(run.code, Some(0), "{run}");
+    assert!(run.stdout.contains("no difference"), "{run}");
+}
+
+#[test]
+fn diff_says_what_a_reload_would_change_and_exits_1() {
+    let dir = Scratch::new("diff");
+    let example = std::fs::read_to_string(fixture("example.toml")).unwrap_or_default();
+    let edited = example
+        // eltax-relay: one more port range, and the MAC limitation dropped.
+        .replacen(
+            "ports = [\"443\", \"8000-8010\"]",
+            "ports = [\"443\", \"8000-8020\"]",
+            1,
+        )
+        .replacen("source_macs = [\"52:54:00:12:34:56\"]\n", "", 1)
+        // ntp-trial leaves audit mode; mail-in goes.
+        .replacen("mode = \"audit\"\n", "", 1)
+        .replacen(
+            "[[rules]]\nname = \"mail-in\"",
+            "[[rules]]\nname = \"mail-in-v2\"",
+            1,
+        );
+    let old = fixture("example.toml");
+    let new = dir.write("new.toml", &edited);
+    let run = diff(&old, &new);
+    assert_eq!(run.code, Some(1), "{run}");
+    let expected = [
+        format!("--- {}", old.display()),
+        format!("+++ {}", new.display()),
+        "+ rule \"mail-in-v2\": internet -> lgwan, tcp ports 25, destinations 10.20.3.25/32".to_owned(),
+        "- rule \"mail-in\": internet -> lgwan, tcp ports 25, destinations 10.20.3.25/32".to_owned(),
+        "~ rule \"eltax-relay\" widened:".to_owned(),
+        "    ports widened: +8011-8020".to_owned(),
+        "    source_macs widened: the MAC limitation is gone (was 52:54:00:12:34:56), now any MAC".to_owned(),
+        "~ rule \"ntp-trial\" changed:".to_owned(),
+        "    mode changed: audit -> enforce (its traffic passes as before, counted as allowed)".to_owned(),
+        "1 rule(s) added, 1 rule(s) removed, 1 rule(s) widened, 1 rule(s) changed without effect on traffic".to_owned(),
+    ];
+    let got: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(got, expected, "{run}");
+    // The edit took the MAC limit off a rule into the critical zone: what a reload would log.
+    assert!(
+        run.stderr.contains(
+            "warning: rule \"eltax-relay\" into critical zone \"mynumber\" has no path limitation"
+        ),
+        "{run}"
+    );
+}
+
+#[test]
+fn diff_checks_both_files_first_and_exits_2() {
+    let dir = Scratch::new("diff_err");
+    let example = fixture("example.toml");
+    let broken = dir.write("broken.toml", "version = 1\nmode = \"block\"\n");
+    for (old, new) in [(&example, &broken), (&broken, &example)] {
+        let run = diff(old, new);
+        assert_eq!(run.code, Some(2), "{run}");
+        assert!(run.stdout.is_empty(), "{run}");
+        assert!(
+            run.stderr.contains(&format!(
+                "{}:2:8: error: invalid `mode` value \"block\"",
+                broken.display()
+            )),
+            "{run}"
+        );
+        assert!(run.stderr.contains("nothing compared"), "{run}");
+    }
+    // A guideline error in NEW is an error like any other: the reload would be rejected.
+    let run = diff(&example, &fixture("guideline_lint.toml"));
+    assert_eq!(run.code, Some(2), "{run}");
+    assert!(
+        run.stderr.contains("guideline_lint.toml:24:6: error"),
+        "{run}"
+    );
+    let missing = dir.path("missing.toml");
+    let run = diff(&example, &missing);
+    assert_eq!(run.code, Some(2), "{run}");
+    assert!(run.stderr.contains("cannot read policy file"), "{run}");
+}

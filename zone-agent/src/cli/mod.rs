@@ -73,6 +73,14 @@ pub enum PolicyCommand {
         #[arg(long, requires = "output")]
         force: bool,
     },
+    /// Show what reloading NEW over OLD would change: rules added, removed, widened,
+    /// narrowed. Exit status 0: no difference, 1: different, 2: trouble (e.g. an invalid file).
+    Diff {
+        /// The policy in service.
+        old: PathBuf,
+        /// The policy that would replace it.
+        new: PathBuf,
+    },
 }
 
 pub fn main() -> std::process::ExitCode {

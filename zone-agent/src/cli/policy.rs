@@ -1,4 +1,4 @@
-//! `zone-agent policy check | explain | init`.
+//! `zone-agent policy check | explain | init | diff`.
 
 use std::{
     io::Write as _,
@@ -11,7 +11,7 @@ use anyhow::{Context as _, bail};
 
 use super::PolicyCommand;
 use crate::policy::{
-    self, compile,
+    self, compile, diff,
     model::{Frag, Model, Packet},
     template,
     validate::{Environment, HostEnvironment, OfflineEnvironment},
@@ -44,6 +44,7 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
         PolicyCommand::Check { file, offline } => check(&file, offline),
         PolicyCommand::Explain(args) => explain(args),
         PolicyCommand::Init { model, output, force } => init(model, output.as_deref(), force),
+        PolicyCommand::Diff { old, new } => diff(&old, &new),
     }
 }
 
@@ -122,6 +123,37 @@ fn init(model: template::Model, output: Option<&Path>, force: bool) -> anyhow::R
         path.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `policy diff`: both files are checked first (as `policy check --offline` does); like
+/// diff(1) the exit status is 0 for no difference, 1 for differences, 2 for trouble.
+fn diff(old: &Path, new: &Path) -> anyhow::Result<ExitCode> {
+    let load = |file: &Path| {
+        policy::validate::load(file, &OfflineEnvironment)
+            .and_then(|(p, w)| compile::compile(&p).map(|_| (p, w)))
+    };
+    let (before, after) = (load(old), load(new));
+    for (file, loaded) in [(old, &before), (new, &after)] {
+        if let Err(diags) = loaded {
+            eprintln!("{diags}");
+            eprintln!(
+                "{}: {} error(s); nothing compared",
+                file.display(),
+                diags.errors().count()
+            );
+        }
+    }
+    let (Ok((before, _)), Ok((after, warnings))) = (before, after) else {
+        return Ok(ExitCode::from(2));
+    };
+    // What a reload of NEW would log.
+    for w in &warnings {
+        eprintln!("{w}");
+    }
+    let d = diff::diff(&before, &after);
+    println!("--- {}\n+++ {}", old.display(), new.display());
+    print!("{}", d.render());
+    Ok(if d.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 fn parse_proto(s: &str) -> anyhow::Result<u8> {
