@@ -98,6 +98,7 @@ fn rule(name: &str, from: usize, to: usize, protocol: Protocol, line: u32) -> Ru
         source_macs: vec![],
         destinations: vec![],
         mode: Mode::Enforce,
+        acknowledge: None,
         loc: loc(line, 1),
     }
 }
@@ -128,6 +129,7 @@ fn example_reads_into_the_expected_policy() {
                 ],
                 networks: vec![net("10.10.0.0/16"), net("fd10::/48")],
                 criticality: Criticality::Critical,
+                segment: None,
                 loc: loc(11, 1),
             },
             Zone {
@@ -140,6 +142,7 @@ fn example_reads_into_the_expected_policy() {
                 ],
                 networks: vec![net("10.20.0.0/16"), net("fd20::/48")],
                 criticality: Criticality::High,
+                segment: None,
                 loc: loc(18, 1),
             },
             Zone {
@@ -148,6 +151,7 @@ fn example_reads_into_the_expected_policy() {
                 interfaces: vec![iface("eth4", None, 29, 15)],
                 networks: vec![net("0.0.0.0/0"), net("::/0")],
                 criticality: Criticality::Medium,
+                segment: None,
                 loc: loc(26, 1),
             },
         ],
@@ -169,11 +173,13 @@ fn example_reads_into_the_expected_policy() {
             },
             Rule {
                 sources: vec![net("10.20.0.10/32")],
+                source_macs: vec![[0x52, 0x54, 0x00, 0x00, 0x00, 0x10]],
                 ..rule("monitor-ping", LGWAN, MYNUMBER, Protocol::Icmp, 52)
             },
             Rule {
                 sources: vec![net("fd20::10/128")],
-                ..rule("monitor-ping6", LGWAN, MYNUMBER, Protocol::Icmpv6, 59)
+                source_macs: vec![[0x52, 0x54, 0x00, 0x00, 0x00, 0x10]],
+                ..rule("monitor-ping6", LGWAN, MYNUMBER, Protocol::Icmpv6, 60)
             },
             Rule {
                 description: Some("無害化 proxy -> インターネット".into()),
@@ -181,20 +187,20 @@ fn example_reads_into_the_expected_policy() {
                 sources: vec![net("10.20.1.5/32")],
                 // Written with '-' and upper case.
                 source_macs: vec![[0x52, 0x54, 0x00, 0xab, 0xcd, 0xef]],
-                ..rule("web-proxy", LGWAN, INTERNET, Protocol::Tcp, 66)
+                ..rule("web-proxy", LGWAN, INTERNET, Protocol::Tcp, 68)
             },
             Rule {
                 description: Some("NTP, trialled in audit mode before enforcing".into()),
                 ports: ports(&[(123, 123)]),
                 sources: vec![net("10.20.1.6/32")],
                 mode: Mode::Audit,
-                ..rule("ntp-trial", LGWAN, INTERNET, Protocol::Udp, 76)
+                ..rule("ntp-trial", LGWAN, INTERNET, Protocol::Udp, 78)
             },
             Rule {
                 description: Some("メール無害化 relay".into()),
                 ports: ports(&[(25, 25)]),
                 destinations: vec![net("10.20.3.25/32")],
-                ..rule("mail-in", INTERNET, LGWAN, Protocol::Tcp, 86)
+                ..rule("mail-in", INTERNET, LGWAN, Protocol::Tcp, 88)
             },
         ],
     };
@@ -795,4 +801,62 @@ fn non_utf8_file_points_at_the_bad_byte() {
     let d = &diags.0[0];
     assert_eq!((d.line, d.col), (2, 10), "{d}");
     assert!(d.message.contains("not valid UTF-8"), "{d}");
+}
+
+#[test]
+fn guideline_lint_errors_reject_and_warnings_locate() {
+    assert_errors(
+        "guideline_lint.toml",
+        &[
+            (
+                24,
+                6,
+                "rule \"mynumber-web\" lets critical zone \"mynumber\" connect to the internet zone \"internet\"",
+            ),
+            (
+                32,
+                12,
+                "rule \"lgwan-any\" allows every protocol (protocol = \"any\") into critical zone \"mynumber\"",
+            ),
+        ],
+    );
+    let diags = load_err("guideline_lint.toml", &OfflineEnvironment);
+    let warnings: Vec<(u32, u32, &str)> = diags
+        .warnings()
+        .map(|d| (d.line, d.col, d.message.as_str()))
+        .collect();
+    assert_eq!(warnings.len(), 3, "{diags}");
+    assert_eq!((warnings[0].0, warnings[0].1), (36, 1));
+    assert!(
+        warnings[0]
+            .2
+            .contains("rule \"relay-loose\" admits the whole zone \"lgwan\"")
+    );
+    assert_eq!((warnings[1].0, warnings[1].1), (36, 1));
+    assert!(warnings[1].2.contains("no path limitation by MAC address"));
+    assert_eq!((warnings[2].0, warnings[2].1), (40, 12));
+    assert!(warnings[2].2.contains("admits every tcp port"));
+    // The acknowledged exception (line 42 on) is accepted silently, and its acknowledgement kept.
+    assert!(diags.iter().all(|d| d.line < 42), "{diags}");
+    let fixed = std::fs::read_to_string(fixture("guideline_lint.toml"))
+        .unwrap_or_default()
+        .replace(
+            "to = \"internet\"\nprotocol = \"tcp\"\nports = [\"443\"]",
+            "to = \"lgwan\"\nprotocol = \"tcp\"\nports = [\"443\"]",
+        )
+        .replace(
+            "protocol = \"any\"",
+            "protocol = \"tcp\"\nports = [\"443\"]",
+        );
+    let (policy, _) = validate::parse_str(Path::new("fixed.toml"), &fixed)
+        .unwrap_or_else(|d| panic!("still rejected:\n{d}"));
+    let ack = policy
+        .rules
+        .iter()
+        .find(|r| r.name == "vendor-maintenance")
+        .and_then(|r| r.acknowledge.as_deref());
+    assert_eq!(
+        ack,
+        Some("保守業者 remote maintenance, approved by the CISO 2025-04-01 (ticket 123)")
+    );
 }

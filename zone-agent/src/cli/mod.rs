@@ -101,6 +101,26 @@ pub enum PolicyCommand {
     },
     /// Show the verdict the policy gives a described packet, and why.
     Explain(policy::ExplainArgs),
+    /// Write a commented starting policy for a model of the 総務省 guideline.
+    Init {
+        /// Which model of 三層の対策 the site follows (where its staff terminals are).
+        #[arg(long, value_enum)]
+        model: crate::policy::template::Model,
+        /// Write the policy to this file instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Replace OUTPUT if it exists.
+        #[arg(long, requires = "output")]
+        force: bool,
+    },
+    /// Show what reloading NEW over OLD would change: rules added, removed, widened,
+    /// narrowed. Exit status 0: no difference, 1: different, 2: trouble (e.g. an invalid file).
+    Diff {
+        /// The policy in service.
+        old: PathBuf,
+        /// The policy that would replace it.
+        new: PathBuf,
+    },
 }
 
 pub fn main() -> std::process::ExitCode {

@@ -1,13 +1,19 @@
-//! `zone-agent policy check | explain`.
+//! `zone-agent policy check | explain | init | diff`.
 
-use std::{net::IpAddr, path::PathBuf, process::ExitCode};
+use std::{
+    io::Write as _,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use anyhow::{Context as _, bail};
 
 use super::PolicyCommand;
 use crate::policy::{
-    self, compile,
+    self, compile, diff,
     model::{Frag, Model, Packet},
+    template,
     validate::{Environment, HostEnvironment, OfflineEnvironment},
 };
 
@@ -37,6 +43,8 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         PolicyCommand::Check { file, offline } => check(&file, offline),
         PolicyCommand::Explain(args) => explain(args),
+        PolicyCommand::Init { model, output, force } => init(model, output.as_deref(), force),
+        PolicyCommand::Diff { old, new } => diff(&old, &new),
     }
 }
 
@@ -48,6 +56,17 @@ fn check(file: &std::path::Path, offline: bool) -> anyhow::Result<ExitCode> {
         Ok((p, warnings, c)) => {
             for w in &warnings {
                 eprintln!("{w}");
+            }
+            // Accepted guideline findings are silent otherwise: show that they exist.
+            for r in p.rules.iter().filter(|r| r.acknowledge.is_some()) {
+                eprintln!(
+                    "{}:{}:{}: note: guideline findings on rule \"{}\" are acknowledged: {}",
+                    file.display(),
+                    r.loc.line,
+                    r.loc.col,
+                    r.name,
+                    r.acknowledge.as_deref().unwrap_or_default()
+                );
             }
             println!(
                 "{}: OK — {} zones, {} rules, {} data-path entries{}",
@@ -66,6 +85,75 @@ fn check(file: &std::path::Path, offline: bool) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(1))
         }
     }
+}
+
+/// `policy init`: the model's template to standard output, or to a new file (an existing one is
+/// replaced only with `--force`: it may be the policy in service).
+fn init(model: template::Model, output: Option<&Path>, force: bool) -> anyhow::Result<ExitCode> {
+    let text = model.template();
+    let Some(path) = output else {
+        std::io::stdout()
+            .write_all(text.as_bytes())
+            .context("cannot write to standard output")?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    let mut options = std::fs::OpenOptions::new();
+    if force {
+        options.write(true).create(true).truncate(true);
+    } else {
+        // Atomic: no window between "does it exist?" and creating it.
+        options.write(true).create_new(true);
+    }
+    let mut file = match options.open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => bail!(
+            "{} already exists and was left as it is: pass --force to replace it, or choose another --output",
+            path.display()
+        ),
+        Err(e) => return Err(e).with_context(|| format!("cannot create {}", path.display())),
+    };
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    eprintln!(
+        "{}: starting policy for the {} model written; replace the placeholder interfaces, addresses \
+         and MACs, then run `zone-agent policy check {}`",
+        path.display(),
+        model.label(),
+        path.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `policy diff`: both files are checked first (as `policy check --offline` does); like
+/// diff(1) the exit status is 0 for no difference, 1 for differences, 2 for trouble.
+fn diff(old: &Path, new: &Path) -> anyhow::Result<ExitCode> {
+    let load = |file: &Path| {
+        policy::validate::load(file, &OfflineEnvironment)
+            .and_then(|(p, w)| compile::compile(&p).map(|_| (p, w)))
+    };
+    let (before, after) = (load(old), load(new));
+    for (file, loaded) in [(old, &before), (new, &after)] {
+        if let Err(diags) = loaded {
+            eprintln!("{diags}");
+            eprintln!(
+                "{}: {} error(s); nothing compared",
+                file.display(),
+                diags.errors().count()
+            );
+        }
+    }
+    let (Ok((before, _)), Ok((after, warnings))) = (before, after) else {
+        return Ok(ExitCode::from(2));
+    };
+    // What a reload of NEW would log.
+    for w in &warnings {
+        eprintln!("{w}");
+    }
+    let d = diff::diff(&before, &after);
+    println!("--- {}\n+++ {}", old.display(), new.display());
+    print!("{}", d.render());
+    Ok(if d.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 fn parse_proto(s: &str) -> anyhow::Result<u8> {

@@ -410,6 +410,7 @@ mod tests {
                 .collect(),
             networks: nets.iter().map(|n| n.parse().unwrap()).collect(),
             criticality: Criticality::High,
+            segment: None,
             loc: Loc::default(),
         };
         Policy {
@@ -433,6 +434,7 @@ mod tests {
                     source_macs: vec![[0x52, 0x54, 0, 0x12, 0x34, 0x56]],
                     destinations: vec!["10.10.9.20/32".parse().unwrap()],
                     mode: Mode::Enforce,
+                    acknowledge: None,
                     loc: Loc::default(),
                 },
                 Rule {
@@ -446,6 +448,7 @@ mod tests {
                     source_macs: vec![],
                     destinations: vec![],
                     mode: Mode::Audit,
+                    acknowledge: None,
                     loc: Loc::default(),
                 },
             ],

@@ -838,6 +838,7 @@ mod tests {
             interfaces: vec![ZoneIface { name: ifname.into(), vlan: None, loc: Loc::default() }],
             networks: vec![net.parse().unwrap()],
             criticality: Criticality::Low,
+            segment: None,
             loc: Loc::default(),
         };
         let policy = Policy {
@@ -857,6 +858,7 @@ mod tests {
                 source_macs: vec![SRC_MAC],
                 destinations: vec![],
                 mode: Mode::Enforce,
+                acknowledge: None,
                 loc: Loc::default(),
             }],
         };

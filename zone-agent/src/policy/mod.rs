@@ -1,12 +1,17 @@
 //! Policy: parse (TOML with locations) → validate (complete, located diagnostics) →
-//! compile (maps). `model` is the plain-Rust statement of the semantics.
+//! compile (maps), with the guideline `lint` inside validation. `model` is the plain-Rust
+//! statement of the semantics; `template` holds the starting policies `policy init` writes,
+//! `diff` says what a reload would change.
 
 pub mod compile;
 pub mod diagnostic;
+pub mod diff;
 pub mod explain;
 pub mod frame;
+pub mod lint;
 pub mod model;
 pub mod parse;
+pub mod template;
 pub mod types;
 pub mod validate;
 

@@ -965,6 +965,7 @@ mod tests {
                 .collect(),
             networks: nets.iter().map(|n| n.parse().unwrap()).collect(),
             criticality: Criticality::High,
+            segment: None,
             loc: Loc::default(),
         }
     }
@@ -981,6 +982,7 @@ mod tests {
             source_macs: vec![],
             destinations: vec![],
             mode: Mode::Enforce,
+            acknowledge: None,
             loc: Loc::default(),
         }
     }

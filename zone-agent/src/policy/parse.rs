@@ -20,7 +20,9 @@ use ipnet::IpNet;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::diagnostic::Sink;
-use super::types::{Action, Criticality, Defaults, Loc, Mac, Mode, PortRange, Protocol, ZoneIface};
+use super::types::{
+    Action, Criticality, Defaults, Loc, Mac, Mode, PortRange, Protocol, Segment, ZoneIface,
+};
 
 // === Located TOML tree ===
 
@@ -308,6 +310,7 @@ pub(crate) struct ZoneDoc {
     /// No network was left out: the zone's address space is known exactly.
     pub networks_complete: bool,
     pub criticality: Criticality,
+    pub segment: Option<At<Segment>>,
 }
 
 #[derive(Clone, Debug)]
@@ -326,6 +329,8 @@ pub(crate) struct RuleDoc {
     pub source_macs: List<Mac>,
     pub destinations: List<IpNet>,
     pub mode: Mode,
+    /// The operator's reason for accepting the guideline lint's findings (never empty).
+    pub acknowledge: Option<At<String>>,
     /// Nothing in this rule was wrong (so it may be compared with others).
     pub clean: bool,
 }
@@ -340,6 +345,7 @@ const ZONE_KEYS: &[&str] = &[
     "vlan",
     "networks",
     "criticality",
+    "segment",
 ];
 const RULE_KEYS: &[&str] = &[
     "name",
@@ -352,6 +358,7 @@ const RULE_KEYS: &[&str] = &[
     "source_macs",
     "destinations",
     "mode",
+    "acknowledge",
 ];
 
 const MODES: &[(&str, Mode)] = &[("enforce", Mode::Enforce), ("audit", Mode::Audit)];
@@ -361,6 +368,12 @@ const CRITICALITIES: &[(&str, Criticality)] = &[
     ("medium", Criticality::Medium),
     ("high", Criticality::High),
     ("critical", Criticality::Critical),
+];
+const SEGMENTS: &[(&str, Segment)] = &[
+    ("mynumber", Segment::Mynumber),
+    ("lgwan", Segment::Lgwan),
+    ("internet", Segment::Internet),
+    ("other", Segment::Other),
 ];
 const PROTOCOLS: &[(&str, Protocol)] = &[
     ("tcp", Protocol::Tcp),
@@ -396,6 +409,7 @@ fn example(key: &str) -> &'static str {
         "vlan" => "vlan = 100",
         "networks" => "networks = [\"10.20.0.0/16\", \"fd20::/48\"]",
         "criticality" => "criticality = \"high\"",
+        "segment" => "segment = \"lgwan\"",
         "description" => "description = \"LGWAN relay -> 中間サーバー import\"",
         "from" => "from = \"lgwan\"",
         "to" => "to = \"mynumber\"",
@@ -404,6 +418,9 @@ fn example(key: &str) -> &'static str {
         "sources" => "sources = [\"10.20.5.10/32\"]",
         "source_macs" => "source_macs = [\"52:54:00:12:34:56\"]",
         "destinations" => "destinations = [\"10.10.9.20/32\"]",
+        "acknowledge" => {
+            "acknowledge = \"approved by the CISO on 2025-04-01: vendor maintenance, see ticket 123\""
+        }
         _ => "see the policy file format in the documentation",
     }
 }
@@ -535,6 +552,7 @@ fn zone(index: usize, loc: Loc, entries: &[Entry], sink: &mut Sink<'_>) -> ZoneD
     let criticality = t
         .choice("criticality", CRITICALITIES, false, sink)
         .map_or(Criticality::Medium, |c| c.value);
+    let segment = t.choice("segment", SEGMENTS, false, sink);
     ZoneDoc {
         loc,
         name,
@@ -544,6 +562,7 @@ fn zone(index: usize, loc: Loc, entries: &[Entry], sink: &mut Sink<'_>) -> ZoneD
         networks,
         networks_complete,
         criticality,
+        segment,
     }
 }
 
@@ -585,6 +604,20 @@ fn rule(index: usize, loc: Loc, entries: &[Entry], sink: &mut Sink<'_>) -> RuleD
     let mode = t
         .choice("mode", MODES, false, sink)
         .map_or(Mode::Enforce, |m| m.value);
+    // An acknowledgement is a record of a decision: without a reason it records nothing.
+    let acknowledge = t.string("acknowledge", false, sink).filter(|a| {
+        let said = !a.value.trim().is_empty();
+        if !said {
+            sink.error(
+                a.loc,
+                format!("`acknowledge` in {what} is empty"),
+                "say why the guideline finding is accepted, who decided and where it is recorded, \
+                 for example: acknowledge = \"approved by the CISO on 2025-04-01, ticket 123\"; \
+                 or remove `acknowledge`",
+            );
+        }
+        said
+    });
     let clean = sink.error_count() == errors_before;
     RuleDoc {
         loc,
@@ -599,6 +632,7 @@ fn rule(index: usize, loc: Loc, entries: &[Entry], sink: &mut Sink<'_>) -> RuleD
         source_macs,
         destinations,
         mode,
+        acknowledge,
         clean,
     }
 }

@@ -33,6 +33,45 @@ pub enum Criticality {
     Critical,
 }
 
+/// Which segment of 三層の対策 a zone is, for the guideline lint. Optional in the file: a zone
+/// without it counts as the internet segment when its networks hold a default route
+/// (`0.0.0.0/0` or `::/0`), as an internet-facing zone's do, and as no particular segment
+/// otherwise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Segment {
+    /// マイナンバー利用事務系 (個人番号利用事務系).
+    Mynumber,
+    /// LGWAN接続系.
+    Lgwan,
+    /// インターネット接続系.
+    Internet,
+    /// Anything else: ガバメントクラウド over a closed line, a site-specific segment.
+    Other,
+}
+
+impl Segment {
+    pub fn label(self) -> &'static str {
+        match self {
+            Segment::Mynumber => "mynumber",
+            Segment::Lgwan => "lgwan",
+            Segment::Internet => "internet",
+            Segment::Other => "other",
+        }
+    }
+}
+
+/// Whether a zone is the internet segment: said by `segment`, or, when that is absent, by a
+/// default route among its networks (shared by the lint and anything that explains it).
+pub fn is_internet_zone<'a>(
+    segment: Option<Segment>,
+    mut networks: impl Iterator<Item = &'a IpNet>,
+) -> bool {
+    match segment {
+        Some(s) => s == Segment::Internet,
+        None => networks.any(|n| n.prefix_len() == 0),
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Protocol {
     Tcp,
@@ -111,7 +150,16 @@ pub struct Zone {
     pub interfaces: Vec<ZoneIface>,
     pub networks: Vec<IpNet>,
     pub criticality: Criticality,
+    /// As written; see [`Zone::is_internet`] for the effective answer.
+    pub segment: Option<Segment>,
     pub loc: Loc,
+}
+
+impl Zone {
+    /// The internet segment, as the guideline lint judges it.
+    pub fn is_internet(&self) -> bool {
+        is_internet_zone(self.segment, self.networks.iter())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -132,6 +180,9 @@ pub struct Rule {
     /// Empty = the whole `to` zone.
     pub destinations: Vec<IpNet>,
     pub mode: Mode,
+    /// Why the operator accepts what the guideline lint reports about this rule (non-empty);
+    /// `None`: the lint's findings stand.
+    pub acknowledge: Option<String>,
     pub loc: Loc,
 }
 

@@ -1,7 +1,8 @@
 //! Validate: a parsed [`Document`] → the [`Policy`] the rest of the agent trusts. These are the
 //! checks that relate values to each other: unique names, interfaces and networks; the zones a
 //! rule names; whether a rule's addresses lie in its zones; limits of the data path; the
-//! host's interfaces; and the warnings (identical rules, zones no rule uses).
+//! host's interfaces; the warnings (identical rules, zones no rule uses); and the guideline
+//! lint (`lint`) on every rule that passed them.
 //!
 //! The public entry points of the policy front end live here: [`load`], [`check_str`] and
 //! [`parse_str`]. They return the policy with its warnings, or every diagnostic of the file.
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 
 use super::diagnostic::{Diagnostic, Diagnostics, LineIndex, Sink};
+use super::lint;
 use super::parse::{self, At, Document, List, RuleDoc, ZoneDoc};
 use super::types::{Loc, Mac, Policy, PortRange, Protocol, Rule, Zone};
 
@@ -123,6 +125,7 @@ fn zone(z: ZoneDoc) -> Zone {
         interfaces: z.interfaces.items.into_iter().map(|i| i.value).collect(),
         networks: z.networks.items.into_iter().map(|n| n.value).collect(),
         criticality: z.criticality,
+        segment: z.segment.map(|s| s.value),
         loc: z.loc,
     }
 }
@@ -235,6 +238,7 @@ fn check_zones(zones: &[ZoneDoc], env: &dyn Environment, sink: &mut Sink<'_>) {
                 }
             }
         }
+        lint::zone(z, sink);
     }
 }
 
@@ -433,10 +437,13 @@ fn rules(docs: &[RuleDoc], zones: &ZoneIndex<'_>, sink: &mut Sink<'_>) -> Vec<Ru
             source_macs: r.source_macs.values().copied().collect(),
             destinations: r.destinations.values().copied().collect(),
             mode: r.mode,
+            acknowledge: r.acknowledge.as_ref().map(|a| a.value.clone()),
             loc: r.loc,
         };
-        // A rule with errors is incomplete: comparing it would give false "identical"s.
+        // A rule with errors is incomplete: comparing or linting it would give false findings
+        // (a source list with a bad entry left out looks like no source limitation).
         if r.clean && sink.error_count() == errors_before {
+            lint::rule(r, &rule, &zones.zones[from], &zones.zones[to], sink);
             match shapes.entry(RuleShape::of(&rule)) {
                 MapEntry::Occupied(first) => {
                     let first = &out[*first.get()];
