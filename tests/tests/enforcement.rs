@@ -1300,10 +1300,11 @@ fn xdp_prog_ids(env: &Env, iface: &str) -> Vec<u32> {
     let words: Vec<&str> = out.split_whitespace().collect();
     let mut ids = Vec::new();
     for (i, w) in words.iter().enumerate() {
-        if w.starts_with("prog/xdp") && words.get(i + 1) == Some(&"id") {
-            if let Some(id) = words.get(i + 2).and_then(|x| x.parse().ok()) {
-                ids.push(id);
-            }
+        if w.starts_with("prog/xdp")
+            && words.get(i + 1) == Some(&"id")
+            && let Some(id) = words.get(i + 2).and_then(|x| x.parse().ok())
+        {
+            ids.push(id);
         }
     }
     ids

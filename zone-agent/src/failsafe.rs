@@ -15,7 +15,10 @@ use std::{
 use ipnet::IpNet;
 use zone_agent_common::*;
 
-use crate::config::Failsafe;
+use crate::{
+    config::Failsafe,
+    policy::model::{Frag, Packet},
+};
 
 /// A failsafe entry bound to this host.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -113,26 +116,17 @@ pub fn local_addresses() -> BTreeSet<IpAddr> {
 
 /// The index of the first entry a packet matches: a whole TCP/UDP datagram entering on one
 /// of the entry's interfaces, to one of its ports on one of its destinations, from one of
-/// its sources. (The data path's decision, in plain Rust.)
-pub fn matches(
-    entries: &[Resolved],
-    ifname: &str,
-    whole: bool,
-    l4: bool,
-    proto: u8,
-    src: IpAddr,
-    dst: IpAddr,
-    dport: u16,
-) -> Option<usize> {
-    if !whole || !l4 || (proto != PROTO_TCP && proto != PROTO_UDP) {
+/// its sources. (The data path's decision, in plain Rust, for the model.)
+pub fn matches(entries: &[Resolved], p: &Packet) -> Option<usize> {
+    if p.frag != Frag::None || !p.l4 || (p.proto != PROTO_TCP && p.proto != PROTO_UDP) {
         return None;
     }
     entries.iter().position(|e| {
-        e.proto == proto
-            && e.interfaces.iter().any(|(n, _)| n == ifname)
-            && e.ports.iter().any(|&(a, b)| (a..=b).contains(&dport))
-            && e.destinations.contains(&dst)
-            && e.sources.iter().any(|s| s.contains(&src))
+        e.proto == p.proto
+            && e.interfaces.iter().any(|(n, _)| *n == p.ifname)
+            && e.ports.iter().any(|&(a, b)| (a..=b).contains(&p.dport))
+            && e.destinations.contains(&p.dst)
+            && e.sources.iter().any(|s| s.contains(&p.src))
     })
 }
 
@@ -240,7 +234,7 @@ mod tests {
         assert_eq!(dst22, Some(&0b01));
         // A /29 host may use port 443, a /24 host outside it may not.
         let m = |src: &str, port| {
-            matches(&r, "a", true, true, PROTO_TCP, src.parse().unwrap(), "10.0.0.1".parse().unwrap(), port)
+            matches(&r, &Packet::new("a", src.parse().unwrap(), "10.0.0.1".parse().unwrap(), PROTO_TCP, 40000, port))
         };
         assert_eq!(m("192.0.2.9", 443), Some(1));
         assert_eq!(m("192.0.2.100", 443), None);

@@ -672,16 +672,7 @@ impl Model {
 
     /// Decide a packet at time `now_ns`, updating flows, fragment entries and counters.
     pub fn decide(&mut self, p: &Packet, now_ns: u64) -> Decision {
-        let failsafe = crate::failsafe::matches(
-            &self.failsafe,
-            &p.ifname,
-            p.frag == Frag::None,
-            p.l4,
-            p.proto,
-            p.src,
-            p.dst,
-            p.dport,
-        );
+        let failsafe = crate::failsafe::matches(&self.failsafe, p);
         let d = match self.gates(p) {
             _ if failsafe.is_some() => Decision::early(Outcome::Pass(PassReason::Failsafe)),
             Err(d) => d,
