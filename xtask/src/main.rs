@@ -5,10 +5,12 @@
 //! - `test`:  setup + build, unit tests, then the privileged namespace suites under `unshare`.
 //! - `demo`:  setup + build, then a three-zone lab with the agent enforcing a policy.
 //! - `bench`: setup, then the per-packet cost of the XDP program into BENCHMARKS.md.
+//! - `install`: build, then the binary, systemd unit, example config and policy in place.
 
 mod bench;
 mod build;
 mod demo;
+mod install;
 mod setup;
 mod test;
 
@@ -42,6 +44,9 @@ enum Task {
     Demo(demo::Args),
     /// Setup, then measure the XDP program's per-packet cost and write BENCHMARKS.md (root).
     Bench(bench::Args),
+    /// Build, then install the binary, the systemd unit, an example config and policy
+    /// (existing config and policy are kept). See docs/operations.md.
+    Install(install::Args),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +58,7 @@ fn main() -> ExitCode {
         Task::Test(args) => test::run(&ws, &args),
         Task::Demo(args) => demo::run(&ws, &args),
         Task::Bench(args) => bench::run(&ws, &args),
+        Task::Install(args) => install::run(&ws, &args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -93,17 +93,40 @@ const TOOLS: &[Tool] = &[
         check: Check::Command("ping"),
         package: "iputils-ping",
     },
+    Tool {
+        what: "setpriv",
+        check: Check::Command("setpriv"),
+        package: "util-linux",
+    },
+    // The test of systemd/zone-agent.service (`systemd-analyze verify`); installing the
+    // package on a machine that does not boot with systemd only adds the tools.
+    Tool {
+        what: "systemd-analyze",
+        check: Check::Command("systemd-analyze"),
+        package: "systemd",
+    },
 ];
 
 pub fn run(ws: &Workspace) -> Result<()> {
     step("setup: checking prerequisites");
-    let sysroot = nightly_sysroot(ws)?;
-    rust_src(ws, &sysroot)?;
-    bpf_linker(ws, &sysroot)?;
+    build_tools(ws)?;
     debian_tools(ws)?;
     bpffs(ws)?;
     step("setup: done, every prerequisite is present");
     Ok(())
+}
+
+/// Only what building the agent needs (nightly rust-src, bpf-linker), for `cargo xtask
+/// install`: the lab's tools and bpffs have no place on a gateway.
+pub fn build_prerequisites(ws: &Workspace) -> Result<()> {
+    step("setup: checking build prerequisites");
+    build_tools(ws)
+}
+
+fn build_tools(ws: &Workspace) -> Result<()> {
+    let sysroot = nightly_sysroot(ws)?;
+    rust_src(ws, &sysroot)?;
+    bpf_linker(ws, &sysroot)
 }
 
 /// The nightly toolchain's sysroot (installing the toolchain if rustup has none).
