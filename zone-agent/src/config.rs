@@ -261,6 +261,24 @@ interfaces = ["eth1"]
         assert_eq!(f.interfaces, vec!["eth1".to_string()]);
     }
 
+    /// The example that `cargo xtask install` ships parses, also with its failsafe block
+    /// uncommented, and says what the defaults are.
+    #[test]
+    fn shipped_example_parses() {
+        let text = include_str!("../../systemd/zone-agent.toml");
+        let c = parse(Path::new("systemd/zone-agent.toml"), text).unwrap();
+        assert_eq!(c.pin_dir.as_deref(), Some(Path::new(DEFAULT_PIN_DIR)));
+        assert_eq!(c.state_dir.as_deref(), Some(Path::new(DEFAULT_STATE_DIR)));
+        assert_eq!(c.metrics_addr, Some(DEFAULT_METRICS_ADDR.parse().unwrap()));
+        assert_eq!(c.fail_open_on_exit, Some(false));
+        let start = text.find("# [[failsafe]]").expect("a commented failsafe example");
+        let uncommented: String = text[..start].to_string()
+            + &text[start..].lines().map(|l| l.strip_prefix("# ").unwrap_or(l)).collect::<Vec<_>>().join("\n");
+        let c = parse(Path::new("x.toml"), &uncommented).unwrap();
+        assert_eq!(c.failsafe.len(), 1);
+        assert_eq!(c.failsafe[0].ports, vec![(22, 22)]);
+    }
+
     #[test]
     fn errors_name_the_place_and_the_fix() {
         let e = p("policy = \"x\"\nmetrcs_addr = \"1\"\n").unwrap_err().to_string();
