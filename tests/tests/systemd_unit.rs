@@ -145,6 +145,7 @@ fn ip(s: &str) -> IpAddr {
 
 /// With the unit's capabilities only, the agent checks the policy, attaches to both zone
 /// interfaces and enforces it: the 特定通信 passes, another port of the same host does not.
+/// With the same capabilities a restart adopts the pinned state and `detach` removes it.
 #[test]
 fn the_unit_capabilities_are_enough_to_enforce() {
     let caps = unit_capabilities();
@@ -197,6 +198,42 @@ fn the_unit_capabilities_are_enough_to_enforce() {
         "the agent exited with {status} on SIGTERM:\n{}",
         agent.log_text()
     );
+
+    // What a `systemctl restart` does, with the same capabilities: the stopped agent left the
+    // policy pinned and enforcing; the new one adopts it (BPF_OBJ_GET + BPF_LINK_UPDATE).
+    for iface in ["zmyn", "zlgw"] {
+        assert!(xdp_attached(&lab, iface), "the stop removed XDP from {iface}");
+    }
+    let mut agent = spawn_agent(&lab, &policy, &caps, "agent");
+    let started = Instant::now();
+    while scrape::metrics(&lab, lab.gateway(), METRICS_ADDR).is_none() {
+        if let Some(status) = agent.exited() {
+            panic!("with only {caps:?} the restarted agent exited ({status}):\n{}", agent.log_text());
+        }
+        assert!(started.elapsed() < AGENT_READY, "restart: no /metrics:\n{}", agent.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(agent.log_text().contains("adopted"), "the restarted agent did not adopt the links:\n{}", agent.log_text());
+    assert!(!tcp_connect(&lab, &lg, ip("10.10.0.10"), 22, None, T_FAIL), "port 22 after the restart");
+    assert!(tcp_connect(&lab, &lg, ip("10.10.0.10"), 443, None, T), "relay-https after the restart");
+    agent.stop().expect("the agent is reaped");
+
+    // `zone-agent detach` with the same capabilities removes everything.
+    let mut detach = setpriv(&caps);
+    detach.extend([
+        agent_bin().to_str().unwrap().to_owned(),
+        "detach".into(),
+        "--pin-dir".into(),
+        lab.bpffs().join("agent").to_str().unwrap().to_owned(),
+        "--state-dir".into(),
+        lab.dir().join("state-agent").to_str().unwrap().to_owned(),
+    ]);
+    let detach: Vec<&str> = detach.iter().map(String::as_str).collect();
+    lab.run_ok(lab.gateway(), &detach);
+    for iface in ["zmyn", "zlgw"] {
+        assert!(!xdp_attached(&lab, iface), "XDP still on {iface} after detach");
+    }
+    assert!(tcp_connect(&lab, &lg, ip("10.10.0.10"), 22, None, T), "after detach the gateway routes unfiltered");
 }
 
 /// Each capability of the unit is needed: without it the agent fails to start (and says so),
