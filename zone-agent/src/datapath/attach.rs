@@ -127,11 +127,7 @@ impl Datapath {
     pub fn detach(&mut self, iface: &str) -> Result<(), DatapathError> {
         if let Some(a) = self.links.remove(iface) {
             if let Some(p) = &self.pins {
-                let path = p.link(iface);
-                if let Ok(fd) = pin::obj_get(&path) {
-                    pin::link_detach(&fd).map_err(pin_err(&path))?;
-                }
-                std::fs::remove_file(&path).map_err(pin_err(&path))?;
+                p.detach_link(iface).map_err(pin_err(&p.link(iface)))?;
             }
             drop(a.link);
             info!(iface, "XDP detached");
@@ -157,11 +153,7 @@ impl Datapath {
         if let Some(p) = &self.pins {
             for iface in p.pinned_links() {
                 if !wanted.contains(&iface) && !self.links.contains_key(&iface) {
-                    let path = p.link(&iface);
-                    if let Ok(fd) = pin::obj_get(&path) {
-                        let _ = pin::link_detach(&fd);
-                    }
-                    std::fs::remove_file(&path).map_err(pin_err(&path))?;
+                    p.detach_link(&iface).map_err(pin_err(&p.link(&iface)))?;
                     info!(iface, "XDP detached (pinned by a previous run, no longer in the policy)");
                 }
             }

@@ -18,13 +18,15 @@ impl Datapath {
             let key = FailsafeKey { ifindex, port, proto, family, addr };
             m.failsafe.insert(key, mask, 0).map_err(map_err(MAP_FAILSAFE))?;
         }
-        // Ports last: until a port's bit is set the program does not look further.
-        for word in 0..CAP_FAILSAFE_PORTS {
+        // Ports last: until a port's bit is set the program does not look further. New bits
+        // now; bits no longer wanted are cleared after the tables are trimmed.
+        let have: Vec<u64> = (0..CAP_FAILSAFE_PORTS)
+            .map(|w| m.failsafe_ports.get(&w, 0).map_err(map_err(MAP_FAILSAFE_PORTS)))
+            .collect::<Result<_, _>>()?;
+        for (word, &had) in (0..CAP_FAILSAFE_PORTS).zip(&have) {
             let want = t.ports.get(&word).copied().unwrap_or(0);
-            let have = m.failsafe_ports.get(&word, 0).map_err(map_err(MAP_FAILSAFE_PORTS))?;
-            // New bits now; bits no longer wanted are cleared after the tables are trimmed.
-            if want & !have != 0 {
-                m.failsafe_ports.set(word, want | have, 0).map_err(map_err(MAP_FAILSAFE_PORTS))?;
+            if want & !had != 0 {
+                m.failsafe_ports.set(word, want | had, 0).map_err(map_err(MAP_FAILSAFE_PORTS))?;
             }
         }
         let stale: Vec<_> = m
@@ -48,10 +50,9 @@ impl Datapath {
         for k in stale {
             m.failsafe_src.remove(&k).map_err(map_err(MAP_FAILSAFE_SRC))?;
         }
-        for word in 0..CAP_FAILSAFE_PORTS {
+        for (word, &had) in (0..CAP_FAILSAFE_PORTS).zip(&have) {
             let want = t.ports.get(&word).copied().unwrap_or(0);
-            let have = m.failsafe_ports.get(&word, 0).map_err(map_err(MAP_FAILSAFE_PORTS))?;
-            if want != have {
+            if want != had | want {
                 m.failsafe_ports.set(word, want, 0).map_err(map_err(MAP_FAILSAFE_PORTS))?;
             }
         }

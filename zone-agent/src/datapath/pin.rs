@@ -126,22 +126,37 @@ impl Pins {
         std::fs::remove_dir(dir)
     }
 
-    /// Detaches every pinned link (forcibly: also if another process holds it open) and
-    /// removes every pin. Returns the interfaces detached.
+    /// Detaches the pinned link of `iface` now (BPF_LINK_DETACH: also if another process
+    /// holds it open) and removes its pin. Returns whether a live link was detached (false:
+    /// no pin, or its interface was already gone).
+    pub fn detach_link(&self, iface: &str) -> io::Result<bool> {
+        let path = self.link(iface);
+        if !path.exists() {
+            return Ok(false);
+        }
+        let detached = match obj_get(&path) {
+            Ok(fd) => match link_detach(&fd) {
+                Ok(()) => true,
+                // ENOLINK: already detached (its interface was deleted).
+                Err(e) if e.raw_os_error() == Some(libc::ENOLINK) => false,
+                Err(e) => return Err(io::Error::new(e.kind(), format!("detaching {iface}: {e}"))),
+            },
+            Err(e) => {
+                warn!(path = %path.display(), "cannot open pinned link: {e}");
+                false
+            }
+        };
+        std::fs::remove_file(&path)?;
+        Ok(detached)
+    }
+
+    /// Detaches every pinned link and removes every pin. Returns the interfaces detached.
     pub fn remove_all(&self) -> io::Result<Vec<String>> {
         let mut detached = Vec::new();
         for iface in self.pinned_links() {
-            let path = self.link(&iface);
-            match obj_get(&path) {
-                Ok(fd) => match link_detach(&fd) {
-                    Ok(()) => detached.push(iface.clone()),
-                    // ENOLINK: already detached (its interface was deleted).
-                    Err(e) if e.raw_os_error() == Some(libc::ENOLINK) => {}
-                    Err(e) => return Err(io::Error::new(e.kind(), format!("detaching {iface}: {e}"))),
-                },
-                Err(e) => warn!(path = %path.display(), "cannot open pinned link: {e}"),
+            if self.detach_link(&iface)? {
+                detached.push(iface);
             }
-            std::fs::remove_file(&path)?;
         }
         let _ = std::fs::remove_dir(self.links_dir());
         for dir in std::fs::read_dir(&self.root).into_iter().flatten().flatten() {
