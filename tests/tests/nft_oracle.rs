@@ -683,9 +683,6 @@ impl Gen {
             .iter()
             .copied()
             .filter(|&i| flow_key(&self.out[i].c).is_none_or(|k| !self.tainted.contains(&k)))
-            // Not intended, reported: the data path takes a quoted IPv6 header's next header
-            // for the protocol, where conntrack walks the quote's extension headers.
-            .filter(|&i| !(self.out[i].c.opts && self.out[i].c.src.is_ipv6()))
             .collect();
         if candidates.is_empty() {
             return;
@@ -832,10 +829,8 @@ impl Gen {
                 let mut p = Packet::new(ifname, c.src, c.dst, icmp, 0, 0);
                 p.icmp_type = *ty;
                 let error = if v6 { (1..=4).contains(ty) } else { matches!(ty, 3 | 11 | 12) };
-                let q = &self.out[*quoted as usize - 1].c;
-                // The data path reads a quoted IPv6 header's next header as the protocol: a
-                // quote with an extension header ties the error to no flow.
-                if error && !(q.opts && v6) {
+                if error {
+                    let q = &self.out[*quoted as usize - 1].c;
                     let (sport, dport) = ports(q);
                     p.inner = Some(Tuple { proto: proto_of(q), src: q.src, dst: q.dst, sport, dport });
                 }

@@ -23,8 +23,9 @@
 //!
 //! Intended differences from the XDP data path (nftables works on the host's IP stack, not
 //! on frames): fragments are reassembled before the chain, so `defaults.fragments` has no
-//! counterpart; malformed headers are the stack's business; a VLAN zone needs a VLAN
-//! sub-interface `<iface>.<id>`; an established flow is not tied to its first packet's MAC
+//! counterpart; malformed headers, and more IPv6 extension headers than the data path walks
+//! (in a packet or in an ICMPv6 error's quote), are the stack's business; a VLAN zone needs a
+//! VLAN sub-interface `<iface>.<id>`; an established flow is not tied to its first packet's MAC
 //! address; conntrack's idle timeouts are the kernel's, not zone-agent's; flows opened by an
 //! older policy are re-admitted by their next original-direction packet rather than
 //! revalidated on any packet. And conntrack's own idea of a connection: it opens none for a
