@@ -28,7 +28,10 @@
 //! VLAN sub-interface `<iface>.<id>`; an established flow is not tied to its first packet's MAC
 //! address; conntrack's idle timeouts are the kernel's, not zone-agent's; flows opened by an
 //! older policy are re-admitted by their next original-direction packet rather than
-//! revalidated on any packet. And conntrack's own idea of a connection: it opens none for a
+//! revalidated on any packet, and the tag names a policy by its content: after a reload to
+//! the same content, or back to an earlier policy, an ICMP error is related at once to a flow
+//! marked under it, where zone-agent relates errors only to flows a packet has re-decided
+//! since the reload. And conntrack's own idea of a connection: it opens none for a
 //! TCP segment other than a SYN or a bare ACK, nor for an echo reply, where a rule-allowed
 //! packet of any shape opens a zone-agent flow; it keeps a reset connection for
 //! `nf_conntrack_tcp_timeout_close` where zone-agent forgets the flow at once; it refuses
