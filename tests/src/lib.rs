@@ -15,6 +15,7 @@
 
 mod child;
 mod lab;
+pub mod oracle;
 pub mod scrape;
 pub mod traffic;
 

@@ -208,6 +208,22 @@ const NH_FRAGMENT: u8 = 44;
 const NH_AH: u8 = 51;
 const NH_DSTOPTS: u8 = 60;
 
+/// Whether `nh` is an extension header the parser walks.
+#[inline(always)]
+fn is_ext(nh: u8) -> bool {
+    matches!(nh, NH_HOP | NH_ROUTING | NH_FRAGMENT | NH_AH | NH_DSTOPTS)
+}
+
+/// Length of the extension header `nh` whose first 8 bytes are `e`.
+#[inline(always)]
+fn ext_len(nh: u8, e: &[u8; 8]) -> u32 {
+    match nh {
+        NH_FRAGMENT => 8,
+        NH_AH => (e[1] as u32 + 2) * 4,
+        _ => (e[1] as u32 + 1) * 8,
+    }
+}
+
 #[inline(always)]
 fn ipv6(ctx: &XdpContext, l3: usize, len: u64, p: &mut Packet) -> Result<Kind, DropReason> {
     let h = bytes::<8>(ctx, l3)?;
@@ -227,7 +243,7 @@ fn ipv6(ctx: &XdpContext, l3: usize, len: u64, p: &mut Packet) -> Result<Kind, D
     let mut nh = h[6];
     let mut walked = 0;
     while walked < IPV6_EXT_MAX {
-        if !matches!(nh, NH_HOP | NH_ROUTING | NH_FRAGMENT | NH_AH | NH_DSTOPTS) {
+        if !is_ext(nh) {
             break;
         }
         let r = ext_header(ctx.ctx, off, nh, p);
@@ -249,7 +265,7 @@ fn ipv6(ctx: &XdpContext, l3: usize, len: u64, p: &mut Packet) -> Result<Kind, D
     if p.frag == FRAG_LATER {
         return Ok(Kind::Ip);
     }
-    if matches!(nh, NH_HOP | NH_ROUTING | NH_FRAGMENT | NH_AH | NH_DSTOPTS) {
+    if is_ext(nh) {
         return Err(DropReason::HeaderLimit);
     }
     l4_checked(ctx, p, off, end)?;
@@ -290,27 +306,22 @@ fn ext_header(raw: *mut xdp_md, off: usize, nh: u8, p: &mut Packet) -> u32 {
         Ok(e) => e,
         Err(r) => return EXT_ERR | r as u32,
     };
-    let hlen = match nh {
-        NH_FRAGMENT => {
-            let fo = u16::from_be_bytes([e[2], e[3]]);
-            let offset = fo >> 3;
-            let more = fo & 1 != 0;
-            if offset == 1 {
-                return EXT_ERR | DropReason::Malformed as u32;
-            }
-            // An atomic fragment (offset 0, no more) is a whole packet (RFC 6946).
-            if offset != 0 {
-                p.frag = FRAG_LATER;
-            } else if more {
-                p.frag = FRAG_FIRST;
-            }
-            p.frag_id = u32::from_be_bytes([e[4], e[5], e[6], e[7]]);
-            8
+    if nh == NH_FRAGMENT {
+        let fo = u16::from_be_bytes([e[2], e[3]]);
+        let offset = fo >> 3;
+        let more = fo & 1 != 0;
+        if offset == 1 {
+            return EXT_ERR | DropReason::Malformed as u32;
         }
-        NH_AH => (e[1] as u32 + 2) * 4,
-        _ => (e[1] as u32 + 1) * 8,
-    };
-    ((e[0] as u32) << 16) | hlen
+        // An atomic fragment (offset 0, no more) is a whole packet (RFC 6946).
+        if offset != 0 {
+            p.frag = FRAG_LATER;
+        } else if more {
+            p.frag = FRAG_FIRST;
+        }
+        p.frag_id = u32::from_be_bytes([e[4], e[5], e[6], e[7]]);
+    }
+    ((e[0] as u32) << 16) | ext_len(nh, &e)
 }
 
 /// Whether an ICMP(v6) type is an error that quotes the offending packet.
@@ -405,7 +416,8 @@ fn l4_inner(ctx: &XdpContext, p: &mut Packet, off: usize, end: usize) -> Result<
 }
 
 /// The tuple of the packet quoted by an ICMP error, if enough of it is there. A quote that
-/// is cut short gives `None`: the error is then judged as plain ICMP.
+/// is cut short, a later fragment, or an IPv6 quote with more extension headers than
+/// `IPV6_EXT_MAX` gives `None`: the error is then judged as plain ICMP.
 // Own BPF function: keeps the verifier's path count down (only ICMP errors get here).
 #[inline(never)]
 fn quoted(raw: *mut xdp_md, family: u8, off: usize, end: usize, out: &mut Tuple) -> bool {
@@ -445,10 +457,30 @@ fn quoted_tuple(ctx: &XdpContext, family: u8, off: usize, end: usize) -> Option<
         if h[0] >> 4 != 6 {
             return None;
         }
-        t.proto = h[6];
         t.src.copy_from_slice(&h[8..24]);
         t.dst.copy_from_slice(&h[24..40]);
-        off + 40
+        // The quote's own extension headers, walked as a packet's are: its upper-layer
+        // header is what ties the error to a flow. A later fragment quotes no ports.
+        let mut nh = h[6];
+        let mut l4off = off + 40;
+        let mut walked = 0;
+        while walked < IPV6_EXT_MAX && is_ext(nh) {
+            let e = bytes::<8>(ctx, l4off).ok()?;
+            if nh == NH_FRAGMENT && u16::from_be_bytes([e[2], e[3]]) >> 3 != 0 {
+                return None;
+            }
+            l4off += ext_len(nh, &e) as usize;
+            if l4off > MAX_L4_OFF {
+                return None;
+            }
+            nh = e[0];
+            walked += 1;
+        }
+        if is_ext(nh) {
+            return None;
+        }
+        t.proto = nh;
+        l4off
     };
     if l4off > MAX_L4_OFF || l4off + 8 > end {
         return None;

@@ -16,7 +16,8 @@
 //!   extension header whose first 8 bytes are not in the frame is `Malformed`.
 //! * L4 must lie inside the IP datagram (not in Ethernet padding): TCP needs its whole header
 //!   (data offset ≥ 5), UDP and ICMP 8 bytes. ICMP echo ids become ports: request (id, 0),
-//!   reply (0, id). ICMP errors carry the quoted tuple when the quote is complete.
+//!   reply (0, id). ICMP errors carry the quoted tuple when the quote is complete; an IPv6
+//!   quote's extension headers are walked with the same limits (a later fragment: no tuple).
 //! * IPv6 neighbour discovery (ICMPv6 133–136) with hop limit 255 to a link-local unicast or
 //!   link-scope multicast destination → [`Parsed::Neighbor`].
 
@@ -94,6 +95,15 @@ fn is_vlan(ethertype: u16) -> bool {
 
 fn is_ext(nh: u8) -> bool {
     matches!(nh, NH_HOP | NH_ROUTING | NH_FRAGMENT | NH_AH | NH_DSTOPTS)
+}
+
+/// Length of the extension header `nh` whose first 8 bytes are `e`.
+fn ext_len(nh: u8, e: &[u8]) -> usize {
+    match nh {
+        NH_FRAGMENT => 8,
+        NH_AH => (e[1] as usize + 2) * 4,
+        _ => (e[1] as usize + 1) * 8,
+    }
 }
 
 /// Parse a frame that entered on `ifname`.
@@ -196,28 +206,23 @@ fn ipv6(f: &Frame, l3: usize, p: &mut Packet) -> Result<bool, DropReason> {
             return Err(DropReason::HeaderLimit);
         }
         let e = f.get(off, 8)?;
-        let hlen = match nh {
-            NH_FRAGMENT => {
-                let fo = be16(e, 2);
-                let offset = fo >> 3;
-                let more = fo & 1 != 0;
-                if offset == 1 {
-                    return Err(DropReason::Malformed);
-                }
-                if offset != 0 {
-                    p.frag = Frag::Later;
-                } else if more {
-                    p.frag = Frag::First;
-                }
-                // offset 0 without M: an atomic fragment, a whole packet (RFC 6946).
-                p.frag_id = u32::from_be_bytes([e[4], e[5], e[6], e[7]]);
-                8
+        if nh == NH_FRAGMENT {
+            let fo = be16(e, 2);
+            let offset = fo >> 3;
+            let more = fo & 1 != 0;
+            if offset == 1 {
+                return Err(DropReason::Malformed);
             }
-            NH_AH => (e[1] as usize + 2) * 4,
-            _ => (e[1] as usize + 1) * 8,
-        };
+            if offset != 0 {
+                p.frag = Frag::Later;
+            } else if more {
+                p.frag = Frag::First;
+            }
+            // offset 0 without M: an atomic fragment, a whole packet (RFC 6946).
+            p.frag_id = u32::from_be_bytes([e[4], e[5], e[6], e[7]]);
+        }
+        off += ext_len(nh, e);
         nh = e[0];
-        off += hlen;
         if off > MAX_L4_OFF || off > end {
             return Err(DropReason::HeaderLimit);
         }
@@ -322,7 +327,27 @@ fn quoted(f: &Frame, is_v4: bool, off: usize, end: usize) -> Option<Tuple> {
         if h[0] >> 4 != 6 {
             return None;
         }
-        (h[6], v6(&h[8..24]), v6(&h[24..40]), off + 40)
+        // The quote's extension headers, walked as a packet's are (same limits); a later
+        // fragment quotes no ports.
+        let (mut nh, mut l4off) = (h[6], off + 40);
+        for _ in 0..IPV6_EXT_MAX {
+            if !is_ext(nh) {
+                break;
+            }
+            let e = f.get(l4off, 8).ok()?;
+            if nh == NH_FRAGMENT && be16(e, 2) >> 3 != 0 {
+                return None;
+            }
+            l4off += ext_len(nh, e);
+            if l4off > MAX_L4_OFF {
+                return None;
+            }
+            nh = e[0];
+        }
+        if is_ext(nh) {
+            return None;
+        }
+        (nh, v6(&h[8..24]), v6(&h[24..40]), l4off)
     };
     if l4off > MAX_L4_OFF || l4off + 8 > end {
         return None;
@@ -796,11 +821,43 @@ mod tests {
         assert_eq!(ip_of(&e).inner, None);
         let e = eth(&[], ETH_P_IPV6, &ipv6("fd10::1", "fd20::5", PROTO_ICMPV6, &icmp(128, 0, 0, &quoted)));
         assert_eq!(ip_of(&e).inner, None);
-        // No extension-header walk inside the quote.
-        let mut q = ipv6("fd20::5", "fd10::9", NH_HOP, &ext(NH_HOP, PROTO_UDP, 8));
+        // The quote's extension headers are walked like a packet's (the nftables oracle in
+        // the namespace lab found conntrack relating such errors where this did not): up to
+        // IPV6_EXT_MAX of them; a first fragment quotes its ports, a later one none.
+        let error_quoting = |chain: &[(u8, Vec<u8>)], l4: (u8, Vec<u8>)| {
+            let mut body: Vec<u8> = Vec::new();
+            let first = chain.first().map_or(l4.0, |(kind, _)| *kind);
+            for (_, e) in chain {
+                body.extend(e);
+            }
+            body.extend(&l4.1);
+            let q = ipv6("fd20::5", "fd10::9", first, &body);
+            ip_of(&eth(&[], ETH_P_IPV6, &ipv6("fd10::1", "fd20::5", PROTO_ICMPV6, &icmp(1, 0, 0, &q)))).inner
+        };
+        let want = Tuple { proto: PROTO_UDP, src: ip("fd20::5"), dst: ip("fd10::9"), sport: 1, dport: 2 };
+        let l4 = (PROTO_UDP, udp(1, 2, b""));
+        assert_eq!(error_quoting(&[(NH_HOP, ext(NH_HOP, PROTO_UDP, 8))], l4.clone()), Some(want));
+        let chain = [
+            (NH_HOP, ext(NH_HOP, NH_DSTOPTS, 8)),
+            (NH_DSTOPTS, ext(NH_DSTOPTS, NH_ROUTING, 16)),
+            (NH_ROUTING, ext(NH_ROUTING, NH_AH, 8)),
+            (NH_AH, ext(NH_AH, NH_FRAGMENT, 12)),
+            (NH_FRAGMENT, frag6(PROTO_UDP, 0, true, 7)),
+        ];
+        assert_eq!(error_quoting(&chain, l4.clone()), Some(want));
+        let later = [(NH_FRAGMENT, frag6(PROTO_UDP, 3, true, 7))];
+        assert_eq!(error_quoting(&later, l4.clone()), None);
+        let six: Vec<(u8, Vec<u8>)> = (0..6).map(|i| (NH_DSTOPTS, ext(NH_DSTOPTS, if i < 5 { NH_DSTOPTS } else { PROTO_UDP }, 8))).collect();
+        assert_eq!(error_quoting(&six, l4.clone()), Some(want));
+        let seven: Vec<(u8, Vec<u8>)> = (0..7).map(|i| (NH_DSTOPTS, ext(NH_DSTOPTS, if i < 6 { NH_DSTOPTS } else { PROTO_UDP }, 8))).collect();
+        assert_eq!(error_quoting(&seven, l4.clone()), None);
+        // Cut inside the walked chain, or before the 8 bytes of the upper layer.
+        let mut q = ipv6("fd20::5", "fd10::9", NH_HOP, &ext(NH_HOP, PROTO_UDP, 16));
         q.extend(udp(1, 2, b""));
-        let e = eth(&[], ETH_P_IPV6, &ipv6("fd10::1", "fd20::5", PROTO_ICMPV6, &icmp(1, 0, 0, &q)));
-        assert_eq!(ip_of(&e).inner, None);
+        for cut in [44, 55, 63] {
+            let e = eth(&[], ETH_P_IPV6, &ipv6("fd10::1", "fd20::5", PROTO_ICMPV6, &icmp(1, 0, 0, &q[..cut])));
+            assert_eq!(ip_of(&e).inner, None, "quote cut at {cut}");
+        }
     }
 
     // ---- truncation -------------------------------------------------------------------

@@ -12,20 +12,32 @@
 //! 4. source or destination in no zone → `defaults.unknown`;
 //! 5. destination in the ingress zone → `defaults.intra_zone`;
 //! 6. (and 7.) a conntrack entry this policy opened, entering through the zone its direction
-//!    came from → pass. The conntrack mark holds (policy tag, to zone, from zone); the tag is
+//!    came from → pass, and so do the ICMP errors the data path reads a quote from, related
+//!    to such an entry. The conntrack mark holds (policy tag, to zone, from zone); the tag is
 //!    a hash of the policy, so after a reload a flow passes again only once a rule re-admits it;
-//! 9. rules in file order, each with a named counter; a match marks the connection; else drop.
+//! 9. rules in file order, each with a named counter; a match marks the connection (an ICMP
+//!    error a rule passes leaves the mark of the flow it quotes alone); else drop.
 //!
 //! Address → zone is the model's longest-prefix match, flattened into disjoint ranges per
 //! zone, so that nftables' interval sets (which refuse overlaps) can hold it.
 //!
 //! Intended differences from the XDP data path (nftables works on the host's IP stack, not
 //! on frames): fragments are reassembled before the chain, so `defaults.fragments` has no
-//! counterpart; malformed headers are the stack's business; a VLAN zone needs a VLAN
-//! sub-interface `<iface>.<id>`; an established flow is not tied to its first packet's MAC
+//! counterpart; malformed headers, and more IPv6 extension headers than the data path walks
+//! (in a packet or in an ICMPv6 error's quote), are the stack's business; a VLAN zone needs a
+//! VLAN sub-interface `<iface>.<id>`; an established flow is not tied to its first packet's MAC
 //! address; conntrack's idle timeouts are the kernel's, not zone-agent's; flows opened by an
 //! older policy are re-admitted by their next original-direction packet rather than
-//! revalidated on any packet.
+//! revalidated on any packet, and the tag names a policy by its content: after a reload to
+//! the same content, or back to an earlier policy, an ICMP error is related at once to a flow
+//! marked under it, where zone-agent relates errors only to flows a packet has re-decided
+//! since the reload. And conntrack's own idea of a connection: it opens none for a
+//! TCP segment other than a SYN or a bare ACK, nor for an echo reply, where a rule-allowed
+//! packet of any shape opens a zone-agent flow; it keeps a reset connection for
+//! `nf_conntrack_tcp_timeout_close` where zone-agent forgets the flow at once; it refuses
+//! segments outside the TCP window (`nf_conntrack_tcp_be_liberal`), which then meet the
+//! rules; and it tracks other protocols too (GRE, SCTP, ICMP queries), so that an ICMP error
+//! quoting one of them is related, where zone-agent judges it by the rules.
 
 use std::fmt::Write as _;
 #[cfg(test)]
@@ -94,6 +106,10 @@ fn policy_tag(policy: &Policy) -> u16 {
         t => t,
     }
 }
+
+/// ICMP types whose quote ties them to a flow (`icmp_error` in the data path's parser).
+const ICMP_ERRORS: &str = "destination-unreachable, time-exceeded, parameter-problem";
+const ICMPV6_ERRORS: &str = "destination-unreachable, packet-too-big, time-exceeded, parameter-problem";
 
 const MARK_FROM: u32 = 0xffff_00ff;
 const MARK_TO: u32 = 0xffff_ff00;
@@ -175,7 +191,10 @@ fn write_zone_chain(out: &mut String, policy: &Policy, index: usize, name: &str,
             out,
             "        ct state established icmpv6 type {{ echo-request, echo-reply }} {ct} accept"
         );
-        let _ = writeln!(out, "        ct state related {ct} accept");
+        // Only the ICMP errors the data path reads a quote from: conntrack also relates
+        // source quench and redirect to the flow they quote, the data path does not.
+        let _ = writeln!(out, "        ct state related icmp type {{ {ICMP_ERRORS} }} {ct} accept");
+        let _ = writeln!(out, "        ct state related icmpv6 type {{ {ICMPV6_ERRORS} }} {ct} accept");
     }
     // 9. Rules match routed traffic only: a link-scoped source matches none.
     let no_rule = drop_action(policy, "no_rule");
@@ -243,12 +262,14 @@ fn rule_lines(rule: &Rule, index: usize, tag: u16) -> Vec<String> {
             m.push(format!("th dport {{ {} }}", ports.join(", ")));
         }
         let audit = if rule.mode == Mode::Audit { " audit" } else { "" };
-        lines.push(format!(
-            "{} counter ct mark set {:#010x} accept comment {}",
-            m.join(" "),
-            mark(tag, from, to),
-            quote(&format!("rule {index} {}{audit}", rule.name))
-        ));
+        let comment = quote(&format!("rule {index} {}{audit}", rule.name));
+        // An ICMP error a rule lets through is related to the flow it quotes: conntrack hands
+        // the rule that flow's entry, whose mark must stay as its own packets set it (the data
+        // path opens no flow for an error). Only ICMP rules can match one.
+        if matches!(rule.protocol, Protocol::Icmp | Protocol::Icmpv6 | Protocol::Any) {
+            lines.push(format!("{} ct state related counter accept comment {comment}", m.join(" ")));
+        }
+        lines.push(format!("{} counter ct mark set {:#010x} accept comment {comment}", m.join(" "), mark(tag, from, to)));
     }
     lines
 }
@@ -472,6 +493,70 @@ mod tests {
             "10.20.5.0-10.20.5.255",
             "10.20.255.255"
         ]);
+    }
+
+    fn parse(text: &str) -> Policy {
+        validate::parse_str(std::path::Path::new("t.toml"), text).map(|(p, _)| p).unwrap_or_else(|d| panic!("{d}"))
+    }
+
+    const TWO_ZONES: &str = "version = 1
+[[zones]]
+name = \"a\"
+interfaces = [\"if0\"]
+networks = [\"10.1.0.0/16\", \"fd01::/48\"]
+[[zones]]
+name = \"b\"
+interfaces = [\"if1\"]
+networks = [\"10.2.0.0/16\", \"fd02::/48\"]
+";
+
+    /// Found by the namespace lab's nftables oracle: conntrack relates ICMP source quench (4)
+    /// and redirect (5) to the flow they quote, so the export let them through as related,
+    /// while the data path reads quotes only from the errors below and judged them by rules.
+    #[test]
+    fn only_the_data_paths_icmp_errors_are_related() {
+        let text = export(&parse(TWO_ZONES));
+        let related: Vec<&str> = text.lines().filter(|l| l.contains("ct state related")).collect();
+        assert_eq!(related.len(), 2 * 2 * 2, "two zones, two directions, two families:\n{text}");
+        for l in related {
+            assert!(
+                l.contains("ct state related icmp type { destination-unreachable, time-exceeded, parameter-problem } ")
+                    || l.contains(
+                        "ct state related icmpv6 type { destination-unreachable, packet-too-big, time-exceeded, parameter-problem } "
+                    ),
+                "{l}"
+            );
+        }
+    }
+
+    /// Found by the namespace lab's nftables oracle: an ICMP error that a rule lets through
+    /// (`protocol = "icmp"` from a third zone, say) is related to the flow it quotes, and the
+    /// rule's `ct mark set` rewrote that flow's mark: its own packets were then refused (or,
+    /// after a reload, a flow of the old policy was re-admitted by an error). The data path
+    /// opens or changes no flow for an error.
+    #[test]
+    fn an_icmp_error_passed_by_a_rule_leaves_the_quoted_flows_mark_alone() {
+        let rules = "[[rules]]\nname = \"ping\"\nfrom = \"a\"\nto = \"b\"\nprotocol = \"icmp\"\n\
+                     [[rules]]\nname = \"all\"\nfrom = \"a\"\nto = \"b\"\nprotocol = \"any\"\n\
+                     [[rules]]\nname = \"web\"\nfrom = \"a\"\nto = \"b\"\nprotocol = \"tcp\"\nports = [\"443\"]\n";
+        let text = export(&parse(&format!("{TWO_ZONES}{rules}")));
+        let lines = |rule: &str| -> Vec<String> {
+            text.lines().filter(|l| l.contains(&format!("comment \"rule {rule}"))).map(|l| l.trim().to_string()).collect()
+        };
+        for (rule, families) in [("0 ping", 1), ("1 all", 2)] {
+            let l = lines(rule);
+            assert_eq!(l.len(), 2 * families, "{l:#?}");
+            for pair in l.chunks(2) {
+                // The related packet is accepted first, by the same match, without a mark.
+                let (m, _) = pair[0].split_once(" ct state related counter accept").expect("related line first");
+                assert!(pair[1].starts_with(&format!("{m} counter ct mark set ")), "{pair:#?}");
+                assert!(!pair[0].contains("ct mark set"), "{pair:#?}");
+            }
+        }
+        // A TCP rule cannot match an ICMP error: one marking line per family.
+        let web = lines("2 web");
+        assert_eq!(web.len(), 2, "{web:#?}");
+        assert!(web.iter().all(|l| l.contains("ct mark set") && !l.contains("related")), "{web:#?}");
     }
 
     fn arb_net() -> impl Strategy<Value = String> {
