@@ -9,9 +9,8 @@
 
 mod common;
 
-use std::{net::IpAddr, process::Command};
+use std::net::IpAddr;
 
-use aya::programs::{TestRun, TestRunOptions};
 use common::frames::{self, Frame, ACK, FIN, RST, SYN};
 use zone_agent::{
     datapath::{Datapath, stats::monotonic_coarse_ns},
@@ -131,27 +130,8 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-/// Runs `f` on a thread that has its own network namespace with the zone interfaces.
 fn in_private_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    std::thread::spawn(move || {
-        // SAFETY: affects only this thread, which is ours alone.
-        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "unshare(CLONE_NEWNET): {} (run as root)", std::io::Error::last_os_error());
-        for name in IFACES {
-            // veth rather than dummy: not every kernel has the dummy driver.
-            let peer = format!("{name}p");
-            let out = Command::new("ip").args(["link", "add", name, "type", "veth", "peer", "name", &peer]).output().unwrap();
-            assert!(out.status.success(), "ip link add {name}: {}", String::from_utf8_lossy(&out.stderr));
-            Command::new("ip").args(["link", "set", name, "up"]).status().unwrap();
-        }
-        f()
-    })
-    .join()
-    .expect("test thread panicked")
-}
-
-fn ifindex(name: &str) -> u32 {
-    zone_agent::agent::ifindex(name).unwrap_or_else(|| panic!("no interface {name}"))
+    common::xdp::in_private_netns(&IFACES, f)
 }
 
 struct Harness {
@@ -186,14 +166,7 @@ impl Harness {
         let set = self.dp.active_set;
         let nrules = 16;
         let rules_before = self.dp.set_counters(set, 0, nrules).unwrap().rules;
-        let mut ctx = [0u8; 24];
-        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-        ctx[12..16].copy_from_slice(&ifindex(iface).to_ne_bytes());
-        let r = self
-            .dp
-            .program()
-            .test_run(TestRunOptions { data_in: Some(frame), ctx_in: Some(&ctx), repeat: 1, ..Default::default() })
-            .expect("BPF_PROG_TEST_RUN");
+        let action = common::xdp::test_run(self.dp.program(), iface, frame);
         let after = self.dp.global_counters().unwrap();
         let rules_after = self.dp.set_counters(set, 0, nrules).unwrap().rules;
         let mut moved = Vec::new();
@@ -213,7 +186,7 @@ impl Harness {
             }
         }
         let rule = (0..nrules.min(rules_after.len())).find(|&i| rules_after[i].packets != rules_before[i].packets);
-        (r.return_value, moved.join(","), rule)
+        (action, moved.join(","), rule)
     }
 
     fn model(&mut self, iface: &str, frame: &[u8]) -> (u32, String, Option<usize>) {

@@ -87,7 +87,9 @@ pub fn zone_agent_floor(_ctx: XdpContext) -> u32 {
 /// packets of live flows). That gives the same verdicts as the order above: a flow entry of
 /// the active generation was opened (or revalidated) for these very addresses and is only
 /// found when the packet enters through the zone its end belongs to, so steps 3–5 would
-/// pass it; and ICMP errors (step 6) never have a flow of their own.
+/// pass it; and ICMP errors (step 6) never have a flow of their own. An expired entry or one
+/// of an older generation is not touched there: step 7 proper removes or re-decides it,
+/// once steps 3–6 have let the packet through.
 #[inline(always)]
 fn classify(ctx: &XdpContext, set: u32, cfg: &SetConfig, s: &mut Scratch) -> Decision {
     s.p.reset();
@@ -137,9 +139,10 @@ fn classify(ctx: &XdpContext, set: u32, cfg: &SetConfig, s: &mut Scratch) -> Dec
 #[inline(always)]
 fn decide(set: u32, cfg: &SetConfig, ifindex: u32, s: &mut Scratch) -> Result<(), DropReason> {
     let gen_ = cfg.generation;
-    if state::lookup(set, gen_, s) {
-        return state::follow_first_fragment(gen_, s);
-    }
+    let stale = match state::lookup(set, gen_, s, true) {
+        state::LOOKUP_HIT => return state::follow_first_fragment(gen_, s),
+        r => r == state::LOOKUP_STALE,
+    };
     s.z = zone::addresses(set, s.z.from, &s.p.t)?;
     if s.z.unknown() {
         return if cfg.flags & SET_UNKNOWN_ALLOW != 0 {
@@ -158,6 +161,9 @@ fn decide(set: u32, cfg: &SetConfig, ifindex: u32, s: &mut Scratch) -> Result<()
         };
     }
     if state::related(gen_, s) {
+        return state::follow_first_fragment(gen_, s);
+    }
+    if stale && state::lookup(set, gen_, s, false) == state::LOOKUP_HIT {
         return state::follow_first_fragment(gen_, s);
     }
     let Scratch { p, z, hit, m, .. } = s;

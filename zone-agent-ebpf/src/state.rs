@@ -79,20 +79,34 @@ fn revalidate(set: u32, generation: u32, k: &FlowKey, st: &mut FlowState, w: &mu
     }
 }
 
+/// `lookup` found no flow that decides the packet.
+pub const LOOKUP_MISS: u32 = 0;
+/// `lookup` found the packet's flow: `s.hit` says how it passes.
+pub const LOOKUP_HIT: u32 = 1;
+/// The fast lookup found an entry that is expired or of an older generation: only the
+/// lookup at step 7 proper may remove or re-decide it.
+pub const LOOKUP_STALE: u32 = 2;
+
 /// The packet's own flow, if it has one: established (same direction) or reply.
+///
+/// `fast`: the lookup before the address checks (`classify`'s fast path). It takes only a
+/// live flow of the active generation and changes nothing else: removing an expired entry
+/// or re-deciding an older one there would do it also for packets that steps 3–5 decide
+/// (a spoofed source, say), and a flow that an intermediate policy revoked would be gone
+/// when a later policy allows it again. Those entries are left to the lookup at step 7.
 // Own BPF function (own stack frame), see parse::packet.
 #[inline(never)]
 /// Only `s.z.from` needs to be known; on a hit `s.z.to` is set to the zone the packet goes
 /// to (the flow's other end).
-pub fn lookup(set: u32, generation: u32, s: &mut Scratch) -> bool {
+pub fn lookup(set: u32, generation: u32, s: &mut Scratch, fast: bool) -> u32 {
     let Scratch { p, z, hit, key: k, re, .. } = s;
-    match lookup_inner(set, generation, z, p, k, re) {
-        Some((h, to)) => {
+    match lookup_inner(set, generation, z, p, k, re, fast) {
+        Ok((h, to)) => {
             *hit = h;
             z.to = to;
-            true
+            LOOKUP_HIT
         }
-        None => false,
+        Err(r) => r,
     }
 }
 
@@ -119,25 +133,30 @@ fn lookup_inner(
     p: &Packet,
     k: &mut FlowKey,
     re: &mut Revalidation,
-) -> Option<(Hit, u8)> {
+    fast: bool,
+) -> Result<(Hit, u8), u32> {
     if !flowable(p) {
-        return None;
+        return Err(LOOKUP_MISS);
     }
     let src_is_a;
     (*k, src_is_a) = key(&p.t);
     let k = &*k;
-    let st = FLOWS.get_ptr_mut(k)?;
+    let st = FLOWS.get_ptr_mut(k).ok_or(LOOKUP_MISS)?;
     // SAFETY: the LRU entry may be recycled under us in theory; a torn read can only make
     // the checks below fail (zone ids, generation), which denies: fail closed.
     let st = unsafe { &mut *st };
     let t = now();
-    if t.saturating_sub(st.last_seen_ns) > flow_lifetime(k.proto, st.flags) {
+    let expired = t.saturating_sub(st.last_seen_ns) > flow_lifetime(k.proto, st.flags);
+    if fast && (expired || st.generation != generation) {
+        return Err(LOOKUP_STALE);
+    }
+    if expired {
         let _ = FLOWS.remove(k);
-        return None;
+        return Err(LOOKUP_MISS);
     }
     if st.generation != generation && !revalidate(set, generation, k, st, re) {
         let _ = FLOWS.remove(k);
-        return None;
+        return Err(LOOKUP_MISS);
     }
     let orig = (st.orig_is_a != 0) == src_is_a;
     // A reply must come back in through the destination zone, and a later packet of the
@@ -146,14 +165,14 @@ fn lookup_inner(
     // The opening direction must also keep its source MAC: a flow opened under a MAC-bound
     // 特定通信 is not a way in for another host that copies its addresses.
     if z.from != expected_zone || (orig && st.orig_mac != p.src_mac) {
-        return None;
+        return Err(LOOKUP_MISS);
     }
     st.last_seen_ns = t;
     let to = if orig { st.to_zone } else { st.from_zone };
     let hit = Hit { reason: dir_reason(orig), rule: st.rule, audit: st.flags & FLOW_AUDIT != 0 };
     if p.tcp_rst() {
         let _ = FLOWS.remove(k);
-        return Some((hit, to));
+        return Ok((hit, to));
     }
     if p.tcp_fin() {
         st.flags |= if orig { FLOW_FIN_ORIG } else { FLOW_FIN_REPLY };
@@ -161,7 +180,7 @@ fn lookup_inner(
     if !orig {
         st.flags |= FLOW_REPLIED;
     }
-    Some((hit, to))
+    Ok((hit, to))
 }
 
 #[inline(always)]
