@@ -14,6 +14,7 @@
 
 use std::net::IpAddr;
 use std::process::Output;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use crate::child::ChildGuard;
@@ -23,6 +24,9 @@ use crate::lab::{Host, Lab};
 const READY_WAIT: Duration = Duration::from_secs(10);
 /// `sll_pkttype` of a frame the capturing host sent itself (linux/if_packet.h).
 const PACKET_OUTGOING: u8 = 4;
+/// Numbers the captures of a process: each has a log of its own. Two captures of one
+/// interface appending to one file interleave their lines and garble frames.
+static CAPTURES: AtomicU32 = AtomicU32::new(0);
 
 /// Prints one line per frame: `frame <pkttype> <hex>`.
 const CAPTURE_PY: &str = r#"
@@ -114,7 +118,8 @@ pub struct Capture {
 /// Starts capturing every frame on `iface` in `ns`; returns once the socket is bound.
 pub fn capture(lab: &Lab, ns: &str, iface: &str) -> Capture {
     let py = crate::python();
-    let log = lab.log_path(&format!("{ns}-capture-{iface}"));
+    let n = CAPTURES.fetch_add(1, Ordering::Relaxed);
+    let log = lab.log_path(&format!("{ns}-capture{n}-{iface}"));
     let mut guard = lab.spawn(ns, &[&py, "-u", "-c", CAPTURE_PY, iface], &log);
     let what = format!("capture on {ns}/{iface}");
     crate::wait_until(READY_WAIT, &format!("{what} is bound"), || {
