@@ -4,8 +4,9 @@
 //! that are created directly inside those namespaces: nothing is ever created in, or attached
 //! to, the namespace the test runs in. Every lab has a unique name prefix, so tests run in
 //! parallel; dropping the lab kills what still runs in its namespaces and deletes them, even
-//! while a test panics. Traffic is sent with real tools and real sockets ([`traffic`]), and
-//! metrics are scraped over real HTTP from inside a namespace ([`scrape`]).
+//! while a test panics. Traffic is sent with real tools and real sockets ([`traffic`]), crafted
+//! frames with scapy and hping3 and seen in raw captures at the receiver ([`craft`]), and
+//! metrics are scraped over real HTTP from inside a namespace ([`scrape`], [`agent`]).
 //!
 //! Habits (see STYLE.md "Namespace tests"): waits are bounded polls ([`wait_until`]), tests
 //! `panic!` instead of returning errors, `ZA_KEEP_LAB=1` keeps the lab for inspection, and
@@ -13,7 +14,9 @@
 //!
 //! Everything here needs root.
 
+pub mod agent;
 mod child;
+pub mod craft;
 mod lab;
 pub mod oracle;
 pub mod scrape;

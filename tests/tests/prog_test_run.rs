@@ -352,6 +352,21 @@ fn run_stateful(h: &mut Harness) {
     h.expect("5 extension headers", "zlg", &chain.bytes(), "pass:rule");
     let chain = (0..7).fold(Frame::new(a6, b6), |f, _| f.v6_ext(60, 0)).tcp(40009, 443, SYN);
     h.expect("7 extension headers", "zlg", &chain.bytes(), "drop:header_limit");
+    // Source routes: the destination field is only the next hop the sender chose.
+    let gw = ip("10.20.0.1");
+    for (what, kind) in [("loose source route", 131u8), ("strict source route", 137)] {
+        let mut f = Frame::new(a, gw).tcp(40016, 8443, SYN);
+        f.v4_options = vec![1, kind, 7, 4, 10, 10, 9, 20];
+        h.expect(what, "zlg", &f.bytes(), "drop:source_route");
+    }
+    let mut f = Frame::new(a, b).tcp(40017, 443, SYN);
+    f.v4_options = vec![7, 7, 4, 0, 0, 0, 0, 0]; // record route
+    h.expect("record route", "zlg", &f.bytes(), "pass:rule");
+    let mut f = Frame::new(a6, ip("fd20::1")).v6_ext(43, 2).tcp(40018, 8443, SYN);
+    f.v6_ext[0].1[3] = 1; // segments left
+    h.expect("routing header, segments left", "zlg", &f.bytes(), "drop:source_route");
+    let f = Frame::new(a6, b6).v6_ext(43, 2).tcp(40019, 443, SYN);
+    h.expect("routing header, none left", "zlg", &f.bytes(), "pass:rule");
     h.expect("double vlan", "ztrunk", &Frame::new(a, b).vlan(100).vlan(5).tcp(40010, 443, SYN).bytes(), "pass:rule");
     h.expect("triple vlan", "ztrunk", &Frame::new(a, b).vlan(100).vlan(5).vlan(6).tcp(40011, 443, SYN).bytes(), "drop:header_limit");
     h.expect("arp", "zlg", &frames::arp(), "pass:neighbor");

@@ -58,6 +58,12 @@ const TOOLS: &[Tool] = &[
         check: Check::Command("tcpdump"),
         package: "tcpdump",
     },
+    // The evasion tests send some of their crafted packets with it (tests/tests/evasion.rs).
+    Tool {
+        what: "hping3",
+        check: Check::Command("hping3"),
+        package: "hping3",
+    },
     Tool {
         what: "iperf3",
         check: Check::Command("iperf3"),

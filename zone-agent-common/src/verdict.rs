@@ -54,6 +54,10 @@ pub enum DropReason {
     TableFull = 12,
     /// No policy has been installed (never expected after start-up).
     NoPolicy = 13,
+    /// The packet names its own route (IPv4 loose/strict source-route option, IPv6 routing
+    /// header with segments left): its destination field is only the next hop it chose, so
+    /// where it ends up is not what a rule would judge.
+    SourceRoute = 14,
 }
 
 impl DropReason {
@@ -62,7 +66,7 @@ impl DropReason {
     pub const SLOTS: u32 = 16;
     pub const AUDIT_OFFSET: u32 = 16;
 
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::NoRule,
         DropReason::SpoofedSource,
         DropReason::MacMismatch,
@@ -76,6 +80,7 @@ impl DropReason {
         DropReason::NonIp,
         DropReason::TableFull,
         DropReason::NoPolicy,
+        DropReason::SourceRoute,
     ];
 
     pub const fn label(self) -> &'static str {
@@ -93,6 +98,7 @@ impl DropReason {
             DropReason::NonIp => "non_ip",
             DropReason::TableFull => "table_full",
             DropReason::NoPolicy => "no_policy",
+            DropReason::SourceRoute => "source_route",
         }
     }
 
@@ -104,6 +110,7 @@ impl DropReason {
                 | DropReason::HeaderLimit
                 | DropReason::TableFull
                 | DropReason::NoPolicy
+                | DropReason::SourceRoute
         )
     }
 

@@ -71,7 +71,8 @@ pub fn zone_agent_floor(_ctx: XdpContext) -> u32 {
 
 /// Precedence, first applicable wins:
 ///  0. a failsafe management flow to the gateway itself → pass failsafe (agent config);
-///  1. unparseable → drop (malformed / header_limit / non_ip); ARP and link-scoped ND pass;
+///  1. unparseable → drop (malformed / header_limit / non_ip), a source-routed packet →
+///     drop source_route; ARP and link-scoped ND pass;
 ///  2. ingress interface/VLAN in no zone → drop unknown_interface;
 ///  3. source address of another zone → drop spoofed_source (also for flow packets);
 ///  4. source or destination in no zone → defaults.unknown;

@@ -184,6 +184,10 @@ fn ipv4(ctx: &XdpContext, l3: usize, len: u64, p: &mut Packet) -> Result<Kind, D
     if offset == 1 {
         return Err(DropReason::Malformed);
     }
+    // Every fragment carries the option (it is copied), so this holds for all of them.
+    if ihl > 20 && source_routed(ctx.ctx, l3 + 20, ihl - 20) {
+        return Err(DropReason::SourceRoute);
+    }
     p.frag = if offset != 0 {
         FRAG_LATER
     } else if more {
@@ -200,6 +204,45 @@ fn ipv4(ctx: &XdpContext, l3: usize, len: u64, p: &mut Packet) -> Result<Kind, D
         l4_checked(ctx, p, l3 + ihl, l3 + tot_len)?;
     }
     Ok(Kind::Ip)
+}
+
+/// IPv4 option kinds (RFC 791): end of list, no-op, loose and strict source route.
+const IPOPT_EOL: u8 = 0;
+const IPOPT_NOP: u8 = 1;
+const IPOPT_LSRR: u8 = 131;
+const IPOPT_SSRR: u8 = 137;
+/// Bytes of IPv4 options at most (IHL 15).
+const IPV4_OPTS_MAX: usize = 40;
+
+/// Whether the `len` bytes of IPv4 options at `off` hold a source route. With one, the
+/// destination field is only the next hop the sender chose: a packet addressed to the
+/// gateway itself (intra-zone) would be forwarded by a gateway that honours source routes
+/// into whatever zone the option names next. A broken option list ends the walk (not a
+/// source route): the kernel drops such a packet itself.
+// Own BPF function: only packets with options get here, and its loop is verified once.
+#[inline(never)]
+fn source_routed(raw: *mut xdp_md, off: usize, len: usize) -> bool {
+    let ctx = &XdpContext::new(raw);
+    // `i` only grows (by 1, or by an option's length of at least 2) and stays below 40: the
+    // loop ends. No round counter: with one, no two verifier states at the loop head would
+    // be alike and the walk's branches would multiply past the instruction limit.
+    let mut i = 0;
+    // Kind and length are read together (a one-byte read at a variable offset compiles to a
+    // bounds check the verifier cannot use). A lone last byte is a no-op, an end of list or
+    // a kind without its length: no source route in any case.
+    while i + 2 <= len && i < IPV4_OPTS_MAX {
+        let Ok([kind, opt_len]) = bytes::<2>(ctx, off + i) else {
+            return false;
+        };
+        match kind {
+            IPOPT_EOL => return false,
+            IPOPT_NOP => i += 1,
+            IPOPT_LSRR | IPOPT_SSRR => return true,
+            _ if opt_len < 2 => return false,
+            _ => i += opt_len as usize,
+        }
+    }
+    false
 }
 
 const NH_HOP: u8 = 0;
@@ -306,6 +349,11 @@ fn ext_header(raw: *mut xdp_md, off: usize, nh: u8, p: &mut Packet) -> u32 {
         Ok(e) => e,
         Err(r) => return EXT_ERR | r as u32,
     };
+    // Segments left: the destination field is only the next of the hops the sender listed
+    // (see `source_routed` for IPv4).
+    if nh == NH_ROUTING && e[3] != 0 {
+        return EXT_ERR | DropReason::SourceRoute as u32;
+    }
     if nh == NH_FRAGMENT {
         let fo = u16::from_be_bytes([e[2], e[3]]);
         let offset = fo >> 3;

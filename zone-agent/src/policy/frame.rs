@@ -10,6 +10,9 @@
 //! * ARP → [`Parsed::Neighbor`]; not IPv4/IPv6/ARP → `NonIp`.
 //! * IPv4: version 4, IHL ≥ 5, total length ≥ IHL and within the frame, fragment offset 1
 //!   (RFC 1858) → `Malformed`. Non-first fragments carry no L4 header.
+//! * A source route — an IPv4 loose or strict source-route option (a broken option list or a
+//!   lone last byte ends the walk), an IPv6 routing header with segments left — is
+//!   `SourceRoute`: the destination field is only the next hop the sender chose.
 //! * IPv6: version 6, payload within the frame; up to 6 extension headers (hop-by-hop,
 //!   routing, fragment, AH, destination options) are walked; a header chain that ends past
 //!   512 bytes or past the datagram, or is still going after 6, is `HeaderLimit`; an
@@ -170,6 +173,9 @@ fn ipv4(f: &Frame, l3: usize, mut p: Packet) -> Result<Packet, DropReason> {
         // RFC 1858: offset 8 bytes can only serve to overwrite the first fragment's TCP header.
         return Err(DropReason::Malformed);
     }
+    if source_route_option(&f.0[l3 + 20..l3 + ihl]) {
+        return Err(DropReason::SourceRoute);
+    }
     p.frag = match (offset, more) {
         (0, false) => Frag::None,
         (0, true) => Frag::First,
@@ -183,6 +189,25 @@ fn ipv4(f: &Frame, l3: usize, mut p: Packet) -> Result<Packet, DropReason> {
         l4(f, &mut p, l3 + ihl, l3 + tot_len)?;
     }
     Ok(p)
+}
+
+/// Whether IPv4 options (at most 40 bytes) hold a loose (131) or strict (137) source
+/// route. The walk stops at end of list (0), at a length below 2 or past the options, and at
+/// a last lone byte (no room for a kind and its length).
+fn source_route_option(opts: &[u8]) -> bool {
+    let mut off = 0;
+    loop {
+        let Some(&[kind, len]) = opts.get(off..off + 2) else {
+            return false;
+        };
+        match kind {
+            0 => return false,
+            1 => off += 1,
+            131 | 137 => return true,
+            _ if len < 2 => return false,
+            _ => off += len as usize,
+        }
+    }
 }
 
 /// Fills `p`; returns true when the packet is link-scoped neighbour discovery.
@@ -206,6 +231,10 @@ fn ipv6(f: &Frame, l3: usize, p: &mut Packet) -> Result<bool, DropReason> {
             return Err(DropReason::HeaderLimit);
         }
         let e = f.get(off, 8)?;
+        // Segments left: the destination is only the next of the listed hops.
+        if nh == NH_ROUTING && e[3] != 0 {
+            return Err(DropReason::SourceRoute);
+        }
         if nh == NH_FRAGMENT {
             let fo = be16(e, 2);
             let offset = fo >> 3;
@@ -572,6 +601,31 @@ mod tests {
         let f = eth(&[], ETH_P_IP, &ipv4_opts("10.0.0.1", "10.0.0.2", PROTO_UDP, 1, 0, &[1, 1, 1, 0], &udp(7, 9, b"x")));
         let p = ip_of(&f);
         assert_eq!((p.sport, p.dport), (7, 9));
+    }
+
+    #[test]
+    fn source_routes_are_dropped() {
+        let opts = |o: &[u8]| eth(&[], ETH_P_IP, &ipv4_opts("10.20.0.5", "10.20.0.1", PROTO_TCP, 1, 0, o, &tcp(1, 443, TCP_SYN)));
+        // Loose and strict source route (after a no-op), with one address.
+        assert_eq!(err(&opts(&[1, 131, 7, 4, 10, 10, 0, 10])), DropReason::SourceRoute);
+        assert_eq!(err(&opts(&[137, 7, 4, 10, 10, 0, 10, 0])), DropReason::SourceRoute);
+        // Behind record route (7) it is still found, in a later fragment too (it is copied).
+        let rr_lsrr = [7, 7, 4, 0, 0, 0, 0, 131, 7, 4, 10, 10, 0, 10, 0, 0];
+        assert_eq!(err(&opts(&rr_lsrr)), DropReason::SourceRoute);
+        let later = ipv4_opts("10.20.0.5", "10.20.0.1", PROTO_TCP, 1, 0x0004, &rr_lsrr, &[0; 8]);
+        assert_eq!(err(&eth(&[], ETH_P_IP, &later)), DropReason::SourceRoute);
+        // Not a source route: record route alone, an end of list before the kind, a broken
+        // length (the kernel drops those options itself).
+        assert_eq!(ip_of(&opts(&[7, 7, 4, 0, 0, 0, 0, 0])).dport, 443);
+        assert_eq!(ip_of(&opts(&[1, 0, 131, 0])).dport, 443);
+        assert_eq!(ip_of(&opts(&[68, 1, 131, 0])).dport, 443);
+        // IPv6: a routing header with segments left; with none left it is only walked.
+        let mut rh = ext(NH_ROUTING, PROTO_TCP, 24);
+        rh[3] = 1;
+        rh.extend_from_slice(&tcp(1, 443, TCP_SYN));
+        assert_eq!(err(&eth(&[], ETH_P_IPV6, &ipv6("fd20::5", "fd20::1", NH_ROUTING, &rh))), DropReason::SourceRoute);
+        rh[3] = 0;
+        assert_eq!(ip_of(&eth(&[], ETH_P_IPV6, &ipv6("fd20::5", "fd20::1", NH_ROUTING, &rh))).dport, 443);
     }
 
     #[test]
