@@ -242,8 +242,14 @@ impl PortClasses {
     }
 
     fn table(&self, proto: Protocol) -> Vec<u16> {
-        let slot = proto_slot(proto).expect("tcp or udp");
-        (0..PORTS).map(|p| self.class_of(slot, p)).collect()
+        let starts = &self.starts[proto_slot(proto).expect("tcp or udp")];
+        // Interval by interval, not a search per port: every load and reload builds this.
+        let mut table = Vec::with_capacity(PORTS as usize);
+        for (i, _) in starts.iter().enumerate() {
+            let end = starts.get(i + 1).copied().unwrap_or(PORTS);
+            table.resize(end as usize, i as u16 + 1);
+        }
+        table
     }
 
     fn all(&self, slot: usize) -> Vec<u16> {
@@ -421,6 +427,16 @@ mod tests {
         let d = &diags.0[0];
         assert!(d.message.starts_with("map capacity exceeded at rule \"r\""), "{d}");
         assert_eq!(d.loc(), Loc { line: 10, col: 1 }, "{d}");
+    }
+
+    #[test]
+    fn the_port_table_gives_each_port_its_interval_class() {
+        let p = policy("tcp", "22, \"80-90\", 443, \"1000-65535\"", "", "");
+        let classes = PortClasses::new(&p.rules).expect("fits");
+        let table = classes.table(Protocol::Tcp);
+        assert_eq!(table.len(), PORTS as usize);
+        assert!((0..PORTS).all(|port| table[port as usize] == classes.class_of(0, port)));
+        assert_eq!((table[0], table[22], table[23], table[85], table[443], table[65535]), (1, 2, 3, 4, 6, 8));
     }
 
     #[test]
