@@ -390,15 +390,21 @@ fn run_differential(ws: &Workspace, deadline: Instant) -> DiffReport {
             report.failure = Some(format!("seed {seed} with {cases} cases failed: {e:#}"));
             return report;
         }
-        let took = started.elapsed().as_secs_f64().max(1.0);
         let left = deadline.saturating_duration_since(Instant::now());
         if left < DIFF_MIN_BATCH {
             return report;
         }
-        // Aim a little short of the deadline; the rate includes the lab's start-up.
-        let fit = (cases as f64 / took * left.as_secs_f64() * 0.8) as u64;
-        cases = fit.clamp(FIRST_DIFF_CASES, cases * DIFF_GROWTH);
+        cases = next_batch(cases, started.elapsed(), left);
     }
+}
+
+/// Cases for the next batch: what the last one's rate fits into a little less than the time
+/// left (the rate includes the lab's start-up), between the first batch's size and
+/// `DIFF_GROWTH` times the last.
+fn next_batch(cases: u64, took: Duration, left: Duration) -> u64 {
+    let rate = cases as f64 / took.as_secs_f64().max(1.0);
+    let fit = (rate * left.as_secs_f64() * 0.8) as u64;
+    fit.clamp(FIRST_DIFF_CASES, cases.saturating_mul(DIFF_GROWTH))
 }
 
 /// A seed nobody chose: 8 bytes of the kernel's randomness.
@@ -408,4 +414,41 @@ fn fresh_seed() -> Result<u64> {
         .and_then(|mut f| f.read_exact(&mut bytes))
         .context("reading /dev/urandom")?;
     Ok(u64::from_le_bytes(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn differential_batches_fill_the_time_left() {
+        let s = Duration::from_secs;
+        // 1000 cases in 10 s, 100 s left: 8000 fit in 80 % of it.
+        assert_eq!(next_batch(1000, s(10), s(100)), 8000);
+        // A fast batch grows at most tenfold; a slow one never shrinks below the first size.
+        assert_eq!(next_batch(1000, s(1), s(3600)), 10_000);
+        assert_eq!(next_batch(5000, s(600), s(40)), FIRST_DIFF_CASES);
+    }
+
+    #[test]
+    fn libfuzzer_lines_give_the_stats() {
+        let mut st = Stats::default();
+        st.read("#4096\tpulse  cov: 1234 ft: 5678 corp: 90/12Kb exec/s: 800 rss: 60Mb");
+        assert_eq!(st.execs, Some(4096));
+        assert_eq!(
+            st.coverage.as_deref(),
+            Some("cov: 1234 ft: 5678 corp: 90/12Kb")
+        );
+        st.read("#8000\tDONE   cov: 1300 ft: 6000 corp: 95/13Kb lim: 4096 exec/s: 790 rss: 61Mb");
+        assert_eq!(
+            st.coverage.as_deref(),
+            Some("cov: 1300 ft: 6000 corp: 95/13Kb lim: 4096")
+        );
+        st.read("stat::number_of_executed_units: 8123");
+        st.read("stat::average_exec_per_sec:     790");
+        assert_eq!((st.execs, st.execs_per_s), (Some(8123), Some(790)));
+        assert!(shown("#8000\tDONE   cov: 1"));
+        assert!(!shown("#12\tNEW    cov: 1"));
+        assert!(shown("==123== ERROR: libFuzzer: deadly signal"));
+    }
 }
