@@ -6,10 +6,12 @@
 //! - `demo`:  setup + build, then a three-zone lab with the agent enforcing a policy.
 //! - `bench`: setup, then the per-packet cost of the XDP program into BENCHMARKS.md.
 //! - `install`: build, then the binary, systemd unit, example config and policy in place.
+//! - `fuzz`:  the cargo-fuzz targets, then the differential tests with fresh seeds, in N minutes.
 
 mod bench;
 mod build;
 mod demo;
+mod fuzz;
 mod install;
 mod setup;
 mod test;
@@ -47,6 +49,10 @@ enum Task {
     /// Build, then install the binary, the systemd unit, an example config and policy
     /// (existing config and policy are kept). See docs/operations.md.
     Install(install::Args),
+    /// Fuzz the policy loader and the frame parser (nightly, cargo-fuzz; installed if
+    /// missing), then run the differential tests with fresh seeds (root), within --minutes.
+    /// A crash or hang is kept in fuzz/regressions/<target>/ and fails the run.
+    Fuzz(fuzz::Args),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +65,7 @@ fn main() -> ExitCode {
         Task::Demo(args) => demo::run(&ws, &args),
         Task::Bench(args) => bench::run(&ws, &args),
         Task::Install(args) => install::run(&ws, &args),
+        Task::Fuzz(args) => fuzz::run(&ws, &args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

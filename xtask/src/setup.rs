@@ -136,7 +136,7 @@ fn build_tools(ws: &Workspace) -> Result<()> {
 }
 
 /// The nightly toolchain's sysroot (installing the toolchain if rustup has none).
-fn nightly_sysroot(ws: &Workspace) -> Result<PathBuf> {
+pub fn nightly_sysroot(ws: &Workspace) -> Result<PathBuf> {
     let query =
         |ws: &Workspace| probe(ws.command("rustc").args(["+nightly", "--print", "sysroot"]));
     if let Some(sysroot) = query(ws) {

@@ -3,7 +3,8 @@
 //! The modules mirror the data path: `policy` (parse → validate → compile, plus the
 //! reference `model`), `datapath` (load, attach, atomic swap; the only aya user), and
 //! `telemetry` (counters → Prometheus); `config` and `failsafe` (agent settings,
-//! management flows), `admin` (the local admin socket).
+//! management flows), `admin` (the local admin socket); `fuzzing` holds the checks the fuzz
+//! targets and their regression replay run.
 
 pub mod admin;
 pub mod agent;
@@ -11,5 +12,6 @@ pub mod cli;
 pub mod config;
 pub mod datapath;
 pub mod failsafe;
+pub mod fuzzing;
 pub mod policy;
 pub mod telemetry;

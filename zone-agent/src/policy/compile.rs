@@ -12,7 +12,7 @@
 //! - rules: (source class, destination class, protocol, port class) → the matching rules in
 //!   file order (`ZA_RULES`), cut after the first one that always decides.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use ipnet::IpNet;
 use zone_agent_common::*;
@@ -41,6 +41,9 @@ impl Compiled {
     }
 }
 
+/// Rule keys one policy set may use: the other half of `ZA_RULES` holds the set it replaces.
+const RULE_KEYS_MAX: usize = (CAP_RULES / 2) as usize;
+
 pub fn compile(policy: &Policy) -> Result<Compiled, Diagnostics> {
     let err = |loc: Loc, message: String, help: &str| {
         Diagnostics(vec![Diagnostic::error(&policy.path, loc, message, Some(help.to_string()))])
@@ -67,7 +70,19 @@ pub fn compile(policy: &Policy) -> Result<Compiled, Diagnostics> {
         }
     }
 
-    let ports = PortClasses::new(&policy.rules);
+    let ports = PortClasses::new(&policy.rules).map_err(|ri| {
+        let rule = &policy.rules[ri];
+        err(
+            rule.loc,
+            format!(
+                "map capacity exceeded at rule \"{}\": the {} port ranges cut the ports into more than {} classes",
+                rule.name,
+                rule.protocol.label(),
+                MAX_PORT_CLASS
+            ),
+            "merge neighbouring ports into ranges",
+        )
+    })?;
     c.ports = [ports.table(Protocol::Tcp), ports.table(Protocol::Udp)];
 
     let src = AddrClasses::new(policy, ROLE_SRC);
@@ -112,6 +127,19 @@ pub fn compile(policy: &Policy) -> Result<Compiled, Diagnostics> {
                     }
                     for &pc in &pclasses {
                         let key = RuleKey { src_class: s, dst_class: d, port_class: pc, proto, set: 0 };
+                        // Per key, not per rule: one rule's classes multiply (sources ×
+                        // destinations × ports), and building every key before looking took
+                        // 20 s and 740 MB for a 9 KB policy before it was refused.
+                        if c.rules.len() == RULE_KEYS_MAX && !c.rules.contains_key(&key) {
+                            return Err(err(
+                                rule.loc,
+                                format!(
+                                    "map capacity exceeded at rule \"{}\": more than {RULE_KEYS_MAX} (source, destination, protocol, port) classes",
+                                    rule.name
+                                ),
+                                "use fewer overlapping CIDRs or port ranges",
+                            ));
+                        }
                         let cands = c.rules.entry(key).or_insert(RuleCands { rules: [NO_RULE; MAX_CANDS] });
                         if !push_candidate(cands, id, decides, &c.rule_info) {
                             return Err(err(
@@ -126,17 +154,6 @@ pub fn compile(policy: &Policy) -> Result<Compiled, Diagnostics> {
                     }
                 }
             }
-        }
-        if c.rules.len() > (CAP_RULES / 2) as usize {
-            return Err(err(
-                rule.loc,
-                format!(
-                    "map capacity exceeded at rule \"{}\": more than {} (source, destination, protocol, port) classes",
-                    rule.name,
-                    CAP_RULES / 2
-                ),
-                "use fewer overlapping CIDRs or port ranges",
-            ));
         }
     }
     if c.rule_macs.len() > (CAP_RULEMACS / 2) as usize {
@@ -189,27 +206,34 @@ fn push_candidate(c: &mut RuleCands, rule: u32, decides: bool, info: &[RuleInfo]
     false
 }
 
+/// The highest port class: a class is a `u16` in `ZA_PORTS` and in the rule key, and 0 is
+/// "no port".
+const MAX_PORT_CLASS: usize = u16::MAX as usize;
+
 struct PortClasses {
     /// Sorted interval starts per protocol ([tcp, udp]); class of interval i is i + 1.
     starts: [Vec<u32>; 2],
 }
 
 impl PortClasses {
-    fn new(rules: &[Rule]) -> Self {
-        let mut starts = [vec![0u32], vec![0u32]];
-        for r in rules {
+    /// The classes of all rules' port ranges, or the index of the rule whose ranges make more
+    /// classes than fit (every port its own class, 32,768 disjoint ranges, reaches that; the
+    /// class numbers wrapped to 0 before, and ports got the "no port" class).
+    fn new(rules: &[Rule]) -> Result<Self, usize> {
+        let mut starts = [BTreeSet::from([0u32]), BTreeSet::from([0u32])];
+        for (ri, r) in rules.iter().enumerate() {
             let Some(i) = proto_slot(r.protocol) else { continue };
             for pr in &r.ports {
-                starts[i].push(pr.lo as u32);
-                starts[i].push(pr.hi as u32 + 1);
+                starts[i].insert(pr.lo as u32);
+                if pr.hi < u16::MAX {
+                    starts[i].insert(pr.hi as u32 + 1);
+                }
+            }
+            if starts[i].len() > MAX_PORT_CLASS {
+                return Err(ri);
             }
         }
-        for s in &mut starts {
-            s.retain(|&p| p <= 65535);
-            s.sort_unstable();
-            s.dedup();
-        }
-        PortClasses { starts }
+        Ok(PortClasses { starts: starts.map(|s| s.into_iter().collect()) })
     }
 
     fn class_of(&self, slot: usize, port: u32) -> u16 {
@@ -218,8 +242,14 @@ impl PortClasses {
     }
 
     fn table(&self, proto: Protocol) -> Vec<u16> {
-        let slot = proto_slot(proto).expect("tcp or udp");
-        (0..PORTS).map(|p| self.class_of(slot, p)).collect()
+        let starts = &self.starts[proto_slot(proto).expect("tcp or udp")];
+        // Interval by interval, not a search per port: every load and reload builds this.
+        let mut table = Vec::with_capacity(PORTS as usize);
+        for (i, _) in starts.iter().enumerate() {
+            let end = starts.get(i + 1).copied().unwrap_or(PORTS);
+            table.resize(end as usize, i as u16 + 1);
+        }
+        table
     }
 
     fn all(&self, slot: usize) -> Vec<u16> {
@@ -348,4 +378,82 @@ pub fn zone_of(p: &Policy, n: &IpNet) -> u8 {
         }
     }
     best.map(|(_, z)| z).unwrap_or(NO_ZONE)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::policy::validate;
+
+    /// Two zones and one rule `r` (its `[[rules]]` header on line 10) from b to a.
+    fn policy(protocol: &str, ports: &str, sources: &str, destinations: &str) -> Policy {
+        let text = format!(
+            "version = 1\n\
+             [[zones]]\nname = \"a\"\ninterfaces = [\"e1\"]\nnetworks = [\"10.10.0.0/16\"]\n\
+             [[zones]]\nname = \"b\"\ninterfaces = [\"e2\"]\nnetworks = [\"10.20.0.0/16\"]\n\
+             [[rules]]\nname = \"r\"\nfrom = \"b\"\nto = \"a\"\nprotocol = \"{protocol}\"\n\
+             ports = [{ports}]\nsources = [{sources}]\ndestinations = [{destinations}]\n"
+        );
+        match validate::parse_str(Path::new("t.toml"), &text) {
+            Ok((p, _)) => p,
+            Err(diags) => panic!("{diags}"),
+        }
+    }
+
+    fn list(n: usize, item: impl Fn(usize) -> String) -> String {
+        (0..n).map(item).collect::<Vec<_>>().join(", ")
+    }
+
+    /// Found by the policy_loader fuzz target (fuzz/regressions/policy_loader/): 230 sources,
+    /// destinations and ports in one rule make 12 million keys, all built before the capacity
+    /// check. Now the check stops at the first key past the capacity.
+    #[test]
+    fn a_rule_multiplying_past_the_key_capacity_is_refused_promptly() {
+        let p = policy(
+            "tcp",
+            &list(300, |i| (2 * i + 1).to_string()),
+            &list(300, |i| format!("\"10.20.{}.{}/30\"", i / 64, i % 64 * 4)),
+            &list(300, |i| format!("\"10.10.{}.{}/30\"", i / 64, i % 64 * 4)),
+        );
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || tx.send(compile(&p).map(|_| ())));
+        let result = rx.recv_timeout(Duration::from_secs(60)).expect("compile returns within a minute");
+        let diags = result.expect_err("27 million keys do not fit");
+        assert_eq!(diags.len(), 1, "{diags}");
+        let d = &diags.0[0];
+        assert!(d.message.starts_with("map capacity exceeded at rule \"r\""), "{d}");
+        assert_eq!(d.loc(), Loc { line: 10, col: 1 }, "{d}");
+    }
+
+    #[test]
+    fn the_port_table_gives_each_port_its_interval_class() {
+        let p = policy("tcp", "22, \"80-90\", 443, \"1000-65535\"", "", "");
+        let classes = PortClasses::new(&p.rules).expect("fits");
+        let table = classes.table(Protocol::Tcp);
+        assert_eq!(table.len(), PORTS as usize);
+        assert!((0..PORTS).all(|port| table[port as usize] == classes.class_of(0, port)));
+        assert_eq!((table[0], table[22], table[23], table[85], table[443], table[65535]), (1, 2, 3, 4, 6, 8));
+    }
+
+    #[test]
+    fn port_classes_fit_their_u16() {
+        // Every other port: boundaries at 0..=65534, the most that fit. No port falls into
+        // the "no port" class 0.
+        let p = policy("tcp", &list(32767, |i| (2 * i + 1).to_string()), "", "");
+        let c = compile(&p).expect("compiles");
+        assert!(c.ports[0].iter().all(|&class| class != PORT_CLASS_NONE));
+        assert_eq!(c.ports[0][65535], u16::MAX);
+        // One more range makes every port a boundary: 65,536 classes, refused at the rule
+        // (the class of port 65535 used to wrap to 0, "no port").
+        let p = policy("tcp", &list(32768, |i| (2 * i + 1).to_string()), "", "");
+        let Err(diags) = compile(&p) else {
+            panic!("compiled, with more port classes than a u16 holds");
+        };
+        assert!(diags.0[0].message.contains("the tcp port ranges cut the ports into more than 65535 classes"), "{diags}");
+        assert_eq!(diags.0[0].loc(), Loc { line: 10, col: 1 });
+    }
 }

@@ -4,8 +4,9 @@
 //! host's interfaces; the warnings (identical rules, zones no rule uses); and the guideline
 //! lint (`lint`) on every rule that passed them.
 //!
-//! The public entry points of the policy front end live here: [`load`], [`check_str`] and
-//! [`parse_str`]. They return the policy with its warnings, or every diagnostic of the file.
+//! The public entry points of the policy front end live here: [`load`], [`check_bytes`],
+//! [`check_str`] and [`parse_str`]. They return the policy with its warnings, or every
+//! diagnostic of the file.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry as MapEntry;
@@ -79,19 +80,27 @@ pub fn check_str(
 
 /// Reads and checks the policy file at `path`.
 pub fn load(path: &Path, env: &dyn Environment) -> Result<(Policy, Vec<Diagnostic>), Diagnostics> {
-    let start = Loc { line: 1, col: 1 };
     let bytes = std::fs::read(path).map_err(|e| {
         Diagnostic::error(
             path,
-            start,
+            Loc { line: 1, col: 1 },
             format!("cannot read policy file: {e}"),
             Some("check the path and that this user may read the file".into()),
         )
     })?;
-    let text = String::from_utf8(bytes).map_err(|e| {
-        // Point at the first byte that is not UTF-8.
-        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
-        let prefix = std::str::from_utf8(valid).unwrap_or_default();
+    check_bytes(path, &bytes, env)
+}
+
+/// Checks the contents of the policy file `path` as [`load`] read them: bytes that are not
+/// UTF-8 are one error at the first bad byte.
+pub fn check_bytes(
+    path: &Path,
+    bytes: &[u8],
+    env: &dyn Environment,
+) -> Result<(Policy, Vec<Diagnostic>), Diagnostics> {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        // The valid prefix is UTF-8 by definition, so the location is exact.
+        let prefix = std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default();
         Diagnostic::error(
             path,
             LineIndex::new(prefix).loc(prefix.len()),
@@ -99,7 +108,7 @@ pub fn load(path: &Path, env: &dyn Environment) -> Result<(Policy, Vec<Diagnosti
             Some("save the file as UTF-8 (TOML files are UTF-8)".into()),
         )
     })?;
-    check_str(path, &text, env)
+    check_str(path, text, env)
 }
 
 fn validate(doc: Document, env: &dyn Environment, sink: &mut Sink<'_>) -> Policy {
