@@ -13,6 +13,7 @@
 //!
 //! Everything here needs root.
 
+pub mod bench;
 mod child;
 mod lab;
 pub mod scrape;
