@@ -327,3 +327,51 @@ fn diff_checks_both_files_first_and_exits_2() {
     assert_eq!(run.code, Some(2), "{run}");
     assert!(run.stderr.contains("cannot read policy file"), "{run}");
 }
+
+#[test]
+fn export_nft_writes_one_chain_per_zone_and_a_line_per_rule_family() {
+    let run = zone_agent(["policy", "export", fixture("example.toml").to_str().unwrap(), "--format", "nft"]);
+    assert_eq!(run.code, Some(0), "{run}");
+    let out = &run.stdout;
+    // Replaces the table in one transaction.
+    assert!(out.contains("table inet zone_agent\ndelete table inet zone_agent\n"), "{run}");
+    for zone in 1..=3 {
+        assert!(out.contains(&format!("chain from_zone{zone} {{")), "{run}");
+    }
+    // jyuki-print names a v4 and a v6 destination: one line per family; eltax-relay only v4.
+    assert_eq!(out.matches("comment \"rule 1 jyuki-print\"").count(), 2, "{run}");
+    assert_eq!(out.matches("comment \"rule 0 eltax-relay\"").count(), 1, "{run}");
+    assert!(
+        out.contains("ether saddr { 52:54:00:12:34:56 } meta l4proto tcp th dport { 443, 8000-8010 }"),
+        "{run}"
+    );
+    // A VLAN of a zone interface that no zone claims is dropped like the data path does.
+    assert!(out.contains("iifname \"eth3.*\" counter drop comment \"unknown_interface\""), "{run}");
+}
+
+fn export_to(policy: &Path, out: &Path) -> Run {
+    zone_agent([
+        "policy".as_ref(),
+        "export".as_ref(),
+        policy.as_os_str(),
+        "--format".as_ref(),
+        "nft".as_ref(),
+        "--output".as_ref(),
+        out.as_os_str(),
+    ] as [&std::ffi::OsStr; 7])
+}
+
+#[test]
+fn export_refuses_an_invalid_policy_and_writes_nothing() {
+    let dir = Scratch::new("export_err");
+    let out = dir.path("ruleset.nft");
+    let run = export_to(&fixture("bad_choice.toml"), &out);
+    assert_eq!(run.code, Some(1), "{run}");
+    assert!(run.stderr.contains("bad_choice.toml:2:8: error"), "{run}");
+    assert!(run.stderr.contains("nothing exported"), "{run}");
+    assert!(!out.exists(), "{run}");
+    let run = export_to(&fixture("example.toml"), &out);
+    assert_eq!(run.code, Some(0), "{run}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(text.ends_with("}\n"), "{text}");
+}

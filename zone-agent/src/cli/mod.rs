@@ -121,6 +121,16 @@ pub enum PolicyCommand {
         /// The policy that would replace it.
         new: PathBuf,
     },
+    /// Write the policy as another enforcement's ruleset, to read, audit or fall back to.
+    /// `nft`: a stateful nftables script (`nft -f`) replacing `table inet zone_agent`.
+    Export {
+        file: PathBuf,
+        #[arg(long, value_enum)]
+        format: policy::ExportFormat,
+        /// Write to this file instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
 }
 
 pub fn main() -> std::process::ExitCode {

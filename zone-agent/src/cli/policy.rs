@@ -45,7 +45,46 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
         PolicyCommand::Explain(args) => explain(args),
         PolicyCommand::Init { model, output, force } => init(model, output.as_deref(), force),
         PolicyCommand::Diff { old, new } => diff(&old, &new),
+        PolicyCommand::Export { file, format, output } => export(&file, format, output.as_deref()),
     }
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// nftables (`nft -f FILE`): table `inet zone_agent`, hooked at prerouting.
+    Nft,
+}
+
+/// `policy export`: only a policy that `policy check --offline` accepts is exported, so the
+/// fallback never enforces something the agent would refuse.
+fn export(file: &Path, format: ExportFormat, output: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let loaded = policy::validate::load(file, &OfflineEnvironment)
+        .and_then(|(p, w)| compile::compile(&p).map(|_| (p, w)));
+    let (p, warnings) = match loaded {
+        Ok(x) => x,
+        Err(diags) => {
+            eprintln!("{diags}");
+            eprintln!("{}: {} error(s); nothing exported", file.display(), diags.errors().count());
+            return Ok(ExitCode::from(1));
+        }
+    };
+    for w in &warnings {
+        eprintln!("{w}");
+    }
+    let text = match format {
+        ExportFormat::Nft => policy::nft::export(&p),
+    };
+    match output {
+        None => std::io::stdout().write_all(text.as_bytes()).context("cannot write to standard output")?,
+        Some(path) => {
+            // Whole or nothing: a half-written ruleset must never be what `nft -f` reads.
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, &text)
+                .and_then(|()| std::fs::rename(&tmp, path))
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn check(file: &std::path::Path, offline: bool) -> anyhow::Result<ExitCode> {

@@ -10,6 +10,7 @@ pub mod explain;
 pub mod frame;
 pub mod lint;
 pub mod model;
+pub mod nft;
 pub mod parse;
 pub mod template;
 pub mod types;
