@@ -9,7 +9,7 @@
 //!
 //! The same binary is also its own traffic helpers, started inside the lab's namespaces:
 //! `crr-server ADDR PORT`, `crr-client ADDR PORT SECONDS THREADS`, `probe ADDR PORT MS`,
-//! `flood SRC DST PORT SECONDS`.
+//! `flood SRC DST PORT SECONDS`, `xdp-pass OBJECT PIN_DIR IFACE...`.
 //!
 //! Arguments: `[--rounds N] [--seconds N] [--crr-seconds N] [--flood-seconds N]
 //! [--idle-seconds N] [--rules N] [--reload-rules N] [--reload-seconds N] [--json FILE]`.
@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use zone_agent_lab::bench::policy::{self as generated, Base, Variant};
-use zone_agent_lab::bench::{EndToEnd, Flood, Gate, ProcCost, ReloadUnderLoad, Throughput};
+use zone_agent_lab::bench::{EndToEnd, Flood, Gate, ProcCost, ReloadUnderLoad, Throughput, arg, xdp_tools_object};
 use zone_agent_lab::{ChildGuard, Host, HostSpec, Lab, agent_bin, continuous, continuous_summary, scrape, tcp_echo, udp_echo};
 
 const METRICS_ADDR: &str = "127.0.0.1:9750";
@@ -69,6 +69,7 @@ from = "lgwan"
 to = "mynumber"
 protocol = "tcp"
 ports = ["5201"]
+acknowledge = "benchmark traffic"
 sources = ["10.20.0.10/32"]
 
 [[rules]]
@@ -77,6 +78,7 @@ from = "lgwan"
 to = "mynumber"
 protocol = "tcp"
 ports = ["5300"]
+acknowledge = "benchmark traffic"
 sources = ["10.20.0.10/32"]
 
 [[rules]]
@@ -85,6 +87,7 @@ from = "lgwan"
 to = "mynumber"
 protocol = "tcp"
 ports = ["443"]
+acknowledge = "benchmark traffic"
 sources = ["10.20.0.10/32", "fd20::10/128"]
 
 [[rules]]
@@ -93,6 +96,7 @@ from = "lgwan"
 to = "mynumber"
 protocol = "udp"
 ports = ["5353"]
+acknowledge = "benchmark traffic"
 sources = ["10.20.0.10/32", "fd20::10/128"]
 
 [[rules]]
@@ -202,13 +206,15 @@ fn flood(args: &[String]) {
     let dst = SocketAddr::new(args[1].parse().expect("DST"), args[2].parse().expect("PORT"));
     let seconds: f64 = args[3].parse().expect("SECONDS");
     let sock = UdpSocket::bind(SocketAddr::new(src, 0)).expect("bind");
+    // Connected: no route lookup per datagram, so the sender is as fast as it gets.
+    sock.connect(dst).expect("connect");
     let end = Instant::now() + Duration::from_secs_f64(seconds);
     let payload = [0x5au8; 18];
     let mut sent = 0u64;
     'outer: loop {
         for _ in 0..256 {
             // ENOBUFS and ICMP errors reported back are part of a flood: keep going.
-            if sock.send_to(&payload, dst).is_ok() {
+            if sock.send(&payload).is_ok() {
                 sent += 1;
             }
         }
@@ -217,6 +223,30 @@ fn flood(args: &[String]) {
         }
     }
     println!("sent {sent}");
+}
+
+/// Loads an XDP program that passes everything and attaches it in native mode to each
+/// IFACE; it stays attached until this process ends (the links are its file descriptors).
+fn xdp_pass(args: &[String]) {
+    let obj = fs::read(&args[0]).unwrap_or_else(|e| panic!("read {}: {e}", args[0]));
+    // The object pins its maps by name: into the lab's bpffs, not the host's.
+    let mut ebpf = aya::EbpfLoader::new().default_map_pin_directory(&args[1]).load(&obj).expect("load the object");
+    let (_, prog) = ebpf.programs_mut().next().expect("a program");
+    let prog: &mut aya::programs::Xdp = prog.try_into().expect("an XDP program");
+    prog.load().expect("verifier");
+    for iface in &args[2..] {
+        prog.attach(iface, aya::programs::XdpMode::Driver).unwrap_or_else(|e| panic!("attach to {iface}: {e}"));
+    }
+    println!("attached");
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// xdp-tools' allow-mode filter of Ethernet addresses only: with nothing listed it passes
+/// every frame after two hash lookups.
+fn find_xdp_pass() -> Option<PathBuf> {
+    xdp_tools_object("xdpfilt_alw_eth.o")
 }
 
 // === the benchmark ===
@@ -231,10 +261,6 @@ struct Args {
     reload_rules: usize,
     reload_seconds: u32,
     json: Option<String>,
-}
-
-fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
 }
 
 fn parse_args(args: &[String]) -> Args {
@@ -270,6 +296,7 @@ fn host(zone: &str, gw_iface: &str, n: u8, v4_net: &str, v6_net: &str, mac: &str
 /// order: children stop before the lab goes.
 struct Bench {
     agent: Option<ChildGuard>,
+    xdp_pass: Option<ChildGuard>,
     servers: Vec<ChildGuard>,
     gate: Gate,
     nft_script: Option<PathBuf>,
@@ -278,13 +305,25 @@ struct Bench {
     lab: Lab,
 }
 
+/// `ethtool -K eth0 tso on|off` in a host namespace.
+fn set_tso(lab: &Lab, ns: &str, on: bool) {
+    lab.run_ok(ns, &["ethtool", "-K", "eth0", "tso", if on { "on" } else { "off" }]);
+}
+
 impl Bench {
     fn new() -> Bench {
         let mut lab = Lab::new("bench_end_to_end");
         let my = lab.add_host(host("mynumber", "zmyn", 10, "10.10.0", "fd10", "02:00:00:00:10:10"));
         let lg = lab.add_host(host("lgwan", "zlgw", 10, "10.20.0", "fd20", LGWAN_MAC));
-        let _inet = lab.add_host(host("internet", "zinet", 10, "198.51.100", "2001:db8", "02:00:00:00:30:10"));
-        let mut b = Bench { agent: None, servers: vec![], gate: Gate::NoFilter, nft_script: None, my, lg, lab };
+        let inet = lab.add_host(host("internet", "zinet", 10, "198.51.100", "2001:db8", "02:00:00:00:30:10"));
+        // XDP on a veth turns TCP segmentation offload off on its peer (a program without
+        // multi-buffer support cannot take 64 KB frames), so under zone-agent the hosts send
+        // MTU-sized frames. Every gate gets the same: TSO off on the hosts, as a gateway
+        // behind physical NICs receives MTU-sized frames whatever filters it.
+        for h in [&my, &lg, &inet] {
+            set_tso(&lab, &h.ns, false);
+        }
+        let mut b = Bench { agent: None, xdp_pass: None, servers: vec![], gate: Gate::NoFilter, nft_script: None, my, lg, lab };
         let my_addr = b.my.v4.to_string();
         let exe = std::env::current_exe().expect("own path");
         let exe = exe.to_str().expect("UTF-8 path").to_owned();
@@ -379,9 +418,13 @@ impl Bench {
         if !out.status.success() {
             return Err(format!("zone-agent detach: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)));
         }
+        self.no_xdp_left()
+    }
+
+    fn no_xdp_left(&self) -> Result<(), String> {
         let links = self.lab.ip(self.gw(), &["-d", "link", "show"]);
         if links.contains("prog/xdp") {
-            return Err(format!("XDP still attached after detach:\n{links}"));
+            return Err(format!("XDP still attached:\n{links}"));
         }
         Ok(())
     }
@@ -422,6 +465,12 @@ impl Bench {
         }
         match self.gate {
             Gate::NoFilter => {}
+            Gate::XdpPass => {
+                if let Some(mut p) = self.xdp_pass.take() {
+                    p.stop();
+                }
+                self.no_xdp_left()?;
+            }
             Gate::ZoneAgent => self.stop_agent()?,
             Gate::Nftables => {
                 let out = self.lab.run(self.gw(), &["nft", "delete", "table", "inet", "zone_agent"]);
@@ -433,6 +482,22 @@ impl Bench {
         self.gate = Gate::NoFilter;
         match gate {
             Gate::NoFilter => {}
+            Gate::XdpPass => {
+                let obj = find_xdp_pass().ok_or("xdpfilt_alw_eth.o (xdp-tools) not found")?;
+                let pins = self.lab.bpffs().join("xdp-pass");
+                fs::create_dir_all(&pins).map_err(|e| e.to_string())?;
+                let argv = [Self::exe(), "xdp-pass".into(), obj.display().to_string(), pins.display().to_string(), "zmyn".into(), "zlgw".into(), "zinet".into()];
+                let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+                let mut g = self.lab.spawn(self.gw(), &argv, &self.lab.log_path("xdp-pass"));
+                let t = Instant::now();
+                while !g.log_text().contains("attached") {
+                    if g.exited().is_some() || t.elapsed() > Duration::from_secs(20) {
+                        return Err(format!("the XDP pass-through program did not attach: {}", tail(&g.log_text())));
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                self.xdp_pass = Some(g);
+            }
             Gate::ZoneAgent => {
                 self.start_agent(policy)?;
             }
@@ -452,7 +517,7 @@ impl Bench {
     /// filter and open without one.
     fn sanity(&self) -> Result<(), String> {
         let open = self.lab.run_timeout(&self.lg.ns, &[&Self::exe(), "probe", &self.my.v4.to_string(), &DENIED_TCP.to_string(), "700"], Duration::from_secs(5)).status.success();
-        let want = self.gate == Gate::NoFilter;
+        let want = !self.gate.filters();
         if open != want {
             return Err(format!("{}: a connection to the denied port {DENIED_TCP} {}", self.gate.name(), if open { "passed" } else { "was blocked" }));
         }
@@ -511,6 +576,8 @@ impl Bench {
             softirq_ns: after.softirq_ns.saturating_sub(before.softirq_ns),
             cpu_ns: after.total_ns.saturating_sub(before.total_ns),
             cpus: after.cpus,
+            idle_seconds: 0.0,
+            idle_softirq_ns: 0,
         }
     }
 }
@@ -590,6 +657,7 @@ fn main() {
         Some("crr-client") => return crr_client(&argv[2..]),
         Some("probe") => return probe(&argv[2..]),
         Some("flood") => return flood(&argv[2..]),
+        Some("xdp-pass") => return xdp_pass(&argv[2..]),
         _ => {}
     }
     let args = parse_args(&argv);
@@ -600,6 +668,11 @@ fn main() {
     write_policy(&policy, &generated::generate(&BASE, Variant::Rules, args.rules));
 
     let mut gates = vec![Gate::NoFilter, Gate::ZoneAgent];
+    if find_xdp_pass().is_some() {
+        gates.insert(1, Gate::XdpPass);
+    } else {
+        report.skipped.push("XDP pass-through reference: xdpfilt_alw_eth.o (xdp-tools) not found".into());
+    }
     match b.export_nft(&policy) {
         Ok(()) => gates.push(Gate::Nftables),
         Err(e) => {
@@ -627,6 +700,19 @@ fn main() {
             if gate == Gate::ZoneAgent && report.xdp_mode.is_empty() {
                 report.xdp_mode = b.admin("status").ok().and_then(|s| s["interfaces"][0]["attach"].as_str().map(str::to_owned)).unwrap_or_default();
             }
+            if gate == Gate::NoFilter {
+                // The lab's own ceiling, for context: 64 KB frames through the gateway.
+                for h in [&b.lg, &b.my] {
+                    set_tso(&b.lab, &h.ns, true);
+                }
+                match b.iperf(args.seconds) {
+                    Ok((bps, _)) => report.goodput_tso_bps.push(bps),
+                    Err(e) => report.skipped.push(format!("no filter with TSO, iperf3 round {round}: {e}")),
+                }
+                for h in [&b.lg, &b.my] {
+                    set_tso(&b.lab, &h.ns, false);
+                }
+            }
             let r = results.iter_mut().find(|r| r.gate == gate).expect("a result per gate");
             match b.iperf(args.seconds) {
                 Ok((bps, retr)) => {
@@ -653,19 +739,24 @@ fn main() {
     report.goodput = results;
 
     // Denied flood; the agent's cost at idle first, then during the storm.
-    for &gate in gates.iter().filter(|g| !broken.contains(g)) {
+    for &gate in gates.iter().filter(|g| !broken.contains(g) && **g != Gate::XdpPass) {
         if let Err(e) = b.set_gate(gate, &policy) {
             report.skipped.push(format!("flood {}: {e}", gate.name()));
             continue;
         }
+        // An idle window first: the machine's own softirq rate (timers, other work) to
+        // subtract, and the agent's cost at idle.
         let agent_pid = b.agent.as_ref().map(ChildGuard::pid);
-        if let Some(pid) = agent_pid {
-            let before = proc_sample(pid);
-            std::thread::sleep(Duration::from_secs_f64(args.idle_seconds));
+        let idle_before = (cpu_times(), agent_pid.map(proc_sample));
+        std::thread::sleep(Duration::from_secs_f64(args.idle_seconds));
+        let idle_after = cpu_times();
+        if let (Some(pid), Some(before)) = (agent_pid, idle_before.1) {
             report.agent_idle = Some(proc_cost(pid, before, args.idle_seconds));
         }
         let before = agent_pid.map(proc_sample);
-        let f = b.flood(args.flood_seconds);
+        let mut f = b.flood(args.flood_seconds);
+        f.idle_seconds = args.idle_seconds;
+        f.idle_softirq_ns = idle_after.softirq_ns.saturating_sub(idle_before.0.softirq_ns);
         if let (Some(pid), Some(before)) = (agent_pid, before) {
             report.agent_storm = Some(proc_cost(pid, before, f.seconds));
         }
@@ -675,7 +766,7 @@ fn main() {
             f.pps(),
             f.delivered,
             f.softirq_pct(),
-            f.softirq_ns_per_packet()
+            f.net_softirq_ns_per_packet()
         );
         report.flood.push(f);
     }
@@ -726,7 +817,7 @@ fn reload_under_load(b: &mut Bench, args: &Args, report: &mut EndToEnd) -> Resul
     let mut generation = b.admin("status")?["generation"].as_u64().unwrap_or(0);
     let mut i = 0u32;
     while started.elapsed() + Duration::from_secs(3) < Duration::from_secs(u64::from(args.reload_seconds)) {
-        write_policy(&path, if i % 2 == 0 { &bb } else { &a });
+        write_policy(&path, if i.is_multiple_of(2) { &bb } else { &a });
         let t = Instant::now();
         let answer = b.admin("reload");
         let ms = t.elapsed().as_secs_f64() * 1000.0;
@@ -751,14 +842,6 @@ fn reload_under_load(b: &mut Bench, args: &Args, report: &mut EndToEnd) -> Resul
     if run.wait_exit(Duration::from_secs(u64::from(args.reload_seconds) + 30)).is_none() {
         return Err("the continuous-traffic client did not finish".into());
     }
-    let s = continuous_summary(&run);
-    r.stream_sent = s.stream_sent;
-    r.stream_ok = s.stream_ok;
-    r.stream_errors = s.stream_errors;
-    r.conn_ok = s.conn_ok;
-    r.conn_failed = s.conn_failed;
-    r.udp_sent = s.udp_sent;
-    r.udp_echoed = s.udp_echoed;
-    r.errors.extend(s.errors);
+    r.traffic = continuous_summary(&run);
     Ok(r)
 }

@@ -27,7 +27,7 @@ use frames::{ACK, Frame, SYN};
 use zone_agent::datapath::Datapath;
 use zone_agent::policy::{Policy, Protocol, compile, validate};
 use zone_agent_lab::bench::policy::{self as generated, Base, Variant};
-use zone_agent_lab::bench::{Config, FrameCase, LoadTimes, MapMem, PerPacket, XdpFilter};
+use zone_agent_lab::bench::{Config, FrameCase, LoadTimes, MapMem, PerPacket, XdpFilter, arg, xdp_tools_object};
 
 const IFACES: [&str; 4] = ["zmyn", "zlg", "zinet", "ztrunk"];
 
@@ -59,12 +59,14 @@ to = "mynumber"
 protocol = "tcp"
 ports = ["443"]
 sources = ["10.20.5.10/32", "fd20::10/128"]
+acknowledge = "benchmark"
 
 [[rules]]
 name = "ping"
 from = "lgwan"
 to = "mynumber"
 protocol = "icmp"
+acknowledge = "benchmark"
 
 [[rules]]
 name = "admin-ssh"
@@ -162,10 +164,6 @@ struct Args {
     json: Option<String>,
 }
 
-fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
-}
-
 fn parse_args() -> Args {
     let args: Vec<String> = std::env::args().collect();
     let list = |name: &str, default: &str| -> Vec<String> {
@@ -184,17 +182,9 @@ fn parse_args() -> Args {
             })
             .collect(),
         reloads: arg(&args, "--reloads").map_or(3, |v| v.parse().expect("--reloads N")),
-        xdp_filter: arg(&args, "--xdp-filter").map(PathBuf::from).or_else(find_xdp_filter),
+        xdp_filter: arg(&args, "--xdp-filter").map(PathBuf::from).or_else(|| xdp_tools_object("xdpfilt_dny_all.o")),
         json: arg(&args, "--json"),
     }
-}
-
-/// Where Debian's and a source build of xdp-tools put the object.
-fn find_xdp_filter() -> Option<PathBuf> {
-    ["/usr/lib/x86_64-linux-gnu/bpf", "/usr/lib/aarch64-linux-gnu/bpf", "/usr/lib/bpf", "/usr/local/lib/bpf"]
-        .iter()
-        .map(|d| Path::new(d).join("xdpfilt_dny_all.o"))
-        .find(|p| p.is_file())
 }
 
 /// A private network and mount namespace: the veths the policy names, and a bpffs for
@@ -231,8 +221,11 @@ fn short(e: impl std::fmt::Display) -> String {
 /// `policy check` + compile, timed.
 fn check_compile(text: &str) -> Result<(Policy, compile::Compiled, f64, f64), String> {
     let t = Instant::now();
-    let (policy, _) = validate::check_str("bench.toml".as_ref(), text, &validate::OfflineEnvironment).map_err(short)?;
+    let (policy, warnings) = validate::check_str("bench.toml".as_ref(), text, &validate::OfflineEnvironment).map_err(short)?;
     let check_ms = ms(t);
+    if let Some(w) = warnings.first() {
+        eprintln!("per_packet: {} warnings, the first: {w}", warnings.len());
+    }
     let t = Instant::now();
     let compiled = compile::compile(&policy).map_err(short)?;
     Ok((policy, compiled, check_ms, ms(t)))

@@ -5,7 +5,11 @@
 
 pub mod policy;
 
+use std::path::{Path, PathBuf};
+
 use serde::{Deserialize, Serialize};
+
+use crate::ContinuousSummary;
 
 pub use policy::Variant;
 
@@ -17,6 +21,20 @@ pub fn median(v: &[f64]) -> Option<f64> {
     }
     v.sort_by(f64::total_cmp);
     Some(v[v.len() / 2])
+}
+
+/// An object file xdp-tools installs (`xdpfilt_dny_all.o`…), where Debian or a source build
+/// puts them.
+pub fn xdp_tools_object(file: &str) -> Option<PathBuf> {
+    ["/usr/lib/x86_64-linux-gnu/bpf", "/usr/lib/aarch64-linux-gnu/bpf", "/usr/lib/bpf", "/usr/local/lib/bpf"]
+        .iter()
+        .map(|d| Path::new(d).join(file))
+        .find(|p| p.is_file())
+}
+
+/// The value after `name` in a benchmark binary's arguments.
+pub fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
 }
 
 /// `tests/benches/per_packet.rs`: BPF_PROG_TEST_RUN over a frame corpus.
@@ -116,6 +134,9 @@ pub struct EndToEnd {
     /// How zone-agent attached (from `zone-agent status`), e.g. "native".
     pub xdp_mode: String,
     pub goodput: Vec<Throughput>,
+    /// No filter with the hosts' TCP segmentation offload on (64 KB frames through the
+    /// gateway), bits/s, one per round: the veth lab's ceiling, not comparable to the gates.
+    pub goodput_tso_bps: Vec<f64>,
     pub flood: Vec<Flood>,
     pub reload: Option<ReloadUnderLoad>,
     pub agent_idle: Option<ProcCost>,
@@ -131,19 +152,27 @@ pub struct EndToEnd {
 #[serde(rename_all = "kebab-case")]
 pub enum Gate {
     NoFilter,
+    /// A reference, not a filter: an XDP program that passes everything (xdp-filter's
+    /// `xdpfilt_alw_eth` with nothing listed) on the same interfaces, in native mode. What
+    /// running any XDP program on these veths costs, before the program's own work.
+    XdpPass,
     ZoneAgent,
     Nftables,
 }
 
 impl Gate {
-    pub const ALL: [Gate; 3] = [Gate::NoFilter, Gate::ZoneAgent, Gate::Nftables];
-
     pub fn name(self) -> &'static str {
         match self {
             Gate::NoFilter => "no filter",
+            Gate::XdpPass => "XDP pass-through",
             Gate::ZoneAgent => "zone-agent",
             Gate::Nftables => "nftables",
         }
+    }
+
+    /// Whether the gate must block the policy's denied traffic.
+    pub fn filters(self) -> bool {
+        matches!(self, Gate::ZoneAgent | Gate::Nftables)
     }
 }
 
@@ -172,6 +201,10 @@ pub struct Flood {
     pub softirq_ns: u64,
     pub cpu_ns: u64,
     pub cpus: usize,
+    /// softirq time over an idle window of the same gate just before (ns, and its length):
+    /// the machine's own background, subtracted in [`Flood::net_softirq_ns_per_packet`].
+    pub idle_seconds: f64,
+    pub idle_softirq_ns: u64,
 }
 
 impl Flood {
@@ -182,8 +215,10 @@ impl Flood {
     pub fn softirq_pct(&self) -> f64 {
         100.0 * self.softirq_ns as f64 / self.cpu_ns.max(1) as f64
     }
-    pub fn softirq_ns_per_packet(&self) -> f64 {
-        self.softirq_ns as f64 / self.sent.max(1) as f64
+    /// softirq ns per packet sent, less the idle background.
+    pub fn net_softirq_ns_per_packet(&self) -> f64 {
+        let background = if self.idle_seconds > 0.0 { self.idle_softirq_ns as f64 * self.seconds / self.idle_seconds } else { 0.0 };
+        (self.softirq_ns as f64 - background).max(0.0) / self.sent.max(1) as f64
     }
 }
 
@@ -196,23 +231,17 @@ pub struct ReloadUnderLoad {
     pub failed: u32,
     /// Reloads the agent's file watcher made on its own in between (they also count).
     pub watcher_reloads: u32,
-    pub stream_sent: u64,
-    pub stream_ok: u64,
-    pub stream_errors: u64,
-    pub conn_ok: u64,
-    pub conn_failed: u64,
-    pub udp_sent: u64,
-    pub udp_echoed: u64,
+    /// What the allowed traffic saw ([`crate::continuous`]).
+    pub traffic: ContinuousSummary,
+    /// Failed reloads' answers.
     pub errors: Vec<String>,
 }
 
 impl ReloadUnderLoad {
     /// Lines, connections and datagrams of allowed flows that did not make it.
     pub fn lost(&self) -> u64 {
-        (self.stream_sent - self.stream_ok.min(self.stream_sent))
-            + self.stream_errors
-            + self.conn_failed
-            + (self.udp_sent - self.udp_echoed.min(self.udp_sent))
+        let t = &self.traffic;
+        t.stream_sent.saturating_sub(t.stream_ok) + t.stream_errors + t.conn_failed + t.udp_sent.saturating_sub(t.udp_echoed)
     }
 }
 
@@ -240,7 +269,8 @@ mod tests {
 
     #[test]
     fn reload_losses_add_up() {
-        let r = ReloadUnderLoad { stream_sent: 10, stream_ok: 9, conn_failed: 2, udp_sent: 100, udp_echoed: 97, ..Default::default() };
+        let traffic = ContinuousSummary { stream_sent: 10, stream_ok: 9, conn_failed: 2, udp_sent: 100, udp_echoed: 97, ..Default::default() };
+        let r = ReloadUnderLoad { traffic, ..Default::default() };
         assert_eq!(r.lost(), 1 + 2 + 3);
     }
 }
