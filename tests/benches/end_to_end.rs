@@ -106,6 +106,7 @@ to = "mynumber"
 protocol = "tcp"
 ports = ["22"]
 source_macs = ["02:00:00:00:20:10"]
+acknowledge = "benchmark"
 
 [[rules]]
 name = "web-out"
@@ -325,8 +326,7 @@ impl Bench {
         }
         let mut b = Bench { agent: None, xdp_pass: None, servers: vec![], gate: Gate::NoFilter, nft_script: None, my, lg, lab };
         let my_addr = b.my.v4.to_string();
-        let exe = std::env::current_exe().expect("own path");
-        let exe = exe.to_str().expect("UTF-8 path").to_owned();
+        let exe = Self::exe();
         for port in [CRR_PORT, DENIED_TCP] {
             let log = b.lab.log_path(&format!("crr-server-{port}"));
             let g = b.lab.spawn(&b.my.ns, &[&exe, "crr-server", &my_addr, &port.to_string()], &log);
@@ -427,6 +427,17 @@ impl Bench {
             return Err(format!("XDP still attached:\n{links}"));
         }
         Ok(())
+    }
+
+    /// `zone-agent policy check`: a benchmark policy should load without warnings (they
+    /// would be part of what a load costs); says the first one if not.
+    fn check_policy(&self, policy: &Path) {
+        let bin = agent_bin();
+        let out = self.lab.run(self.gw(), &[bin.to_str().expect("UTF-8"), "policy", "check", policy.to_str().expect("UTF-8")]);
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        if let Some(w) = text.lines().find(|l| l.contains("warning")) {
+            eprintln!("end_to_end: {} has warnings, the first: {w}", policy.display());
+        }
     }
 
     fn admin(&self, cmd: &str) -> Result<serde_json::Value, String> {
@@ -666,6 +677,7 @@ fn main() {
     let mut b = Bench::new();
     let policy = b.lab.dir().join("policy.toml");
     write_policy(&policy, &generated::generate(&BASE, Variant::Rules, args.rules));
+    b.check_policy(&policy);
 
     let mut gates = vec![Gate::NoFilter, Gate::ZoneAgent];
     if find_xdp_pass().is_some() {
@@ -807,6 +819,7 @@ fn reload_under_load(b: &mut Bench, args: &Args, report: &mut EndToEnd) -> Resul
     // B differs by one rule, so each reload installs a policy different from the one before.
     let bb = format!("{a}\n[[rules]]\nname = \"toggle\"\nfrom = \"lgwan\"\nto = \"internet\"\nprotocol = \"tcp\"\nports = [\"8080\"]\nsources = [\"10.20.0.10/32\"]\n");
     write_policy(&path, &a);
+    b.check_policy(&path);
     report.agent_start_ms = Some(b.start_agent(&path)?);
     b.gate = Gate::ZoneAgent;
     let mut r = ReloadUnderLoad { rules: generated::rule_count(&BASE, Variant::Rules, args.reload_rules), seconds: args.reload_seconds, ..Default::default() };

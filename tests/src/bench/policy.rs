@@ -77,17 +77,26 @@ pub fn rule_count(base: &Base<'_>, variant: Variant, n: usize) -> usize {
     }
 }
 
-/// Generated hosts stay in the upper halves of the zones' /16s (the base uses the lower
-/// halves): 32 768 hosts a zone, reused with other ports beyond that.
-const HOSTS: u32 = 1 << 15;
+/// Generated hosts are spread over the zone's whole /16 (and the matching IPv6 /64) in a
+/// scattered order, around the benchmarks' own hosts as in a real segment, so that looking
+/// those up walks a trie as deep as the policy makes it. Only `10.x.0.0/24` (and `fdxx::/120`)
+/// is left out: the labs' gateways and hosts live there. 65 280 hosts a zone, reused with
+/// other ports beyond that.
+const HOSTS: u32 = 65_536 - 256;
+
+/// The `k`th host's offset in the zone: a permutation of 256..65 536 (the multiplier is
+/// prime to `HOSTS`).
+fn slot(k: u32) -> u32 {
+    256 + (k % HOSTS) * 40_507 % HOSTS
+}
 
 fn host4(zone_octet: u8, k: u32) -> Ipv4Addr {
-    let k = k % HOSTS;
-    Ipv4Addr::new(10, zone_octet, 128 + (k >> 8) as u8, (k & 0xff) as u8)
+    let s = slot(k);
+    Ipv4Addr::new(10, zone_octet, (s >> 8) as u8, (s & 0xff) as u8)
 }
 
 fn host6(zone: u16, k: u32) -> Ipv6Addr {
-    Ipv6Addr::new(0xfd00 | zone, 0, 0, 0x8000, 0, 0, (k >> 16) as u16, k as u16)
+    Ipv6Addr::new(0xfd00 | zone, 0, 0, 0, 0, 0, 0, slot(k) as u16)
 }
 
 /// Ports 1024..=65535, a different one for each of the first 64 512 rules.
@@ -211,6 +220,14 @@ mod tests {
             assert!(warnings.is_empty(), "{variant:?} {n}: {}", warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>().join("\n"));
             zone_agent::policy::compile::compile(&policy).unwrap_or_else(|d| panic!("{variant:?} {n}: {d}"));
         }
+    }
+
+    #[test]
+    fn hosts_are_a_permutation_outside_the_lab_subnet() {
+        let all: std::collections::BTreeSet<u32> = (0..HOSTS).map(slot).collect();
+        assert_eq!(all.len(), HOSTS as usize);
+        assert_eq!(all.first(), Some(&256));
+        assert_eq!(all.last(), Some(&65_535));
     }
 
     #[test]

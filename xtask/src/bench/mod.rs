@@ -13,7 +13,8 @@
 //! the lab tests do: nothing they make can reach the host's network, and whatever a failure
 //! leaves behind dies with the sandbox. Each part writes JSON under `<target>/bench/`; a
 //! failed part is reported as such and the other still runs. The report computes every
-//! verdict from the run (`report.rs`).
+//! verdict from the run (`report.rs`). `ZONE_AGENT_BIN=<path>` benchmarks that agent binary
+//! instead of building one.
 
 mod plot;
 mod report;
@@ -119,9 +120,16 @@ pub fn run(ws: &Workspace, args: &Args) -> Result<()> {
     let dir = ws.target.join("bench");
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
 
-    // The agent binary is copied at once: a target dir shared with other builds may get
-    // another zone-agent at the same path while the benchmark runs.
-    let built = build::agent(ws, true)?;
+    // `ZONE_AGENT_BIN` runs that binary instead of building one (as the demo does). The
+    // binary is copied at once: a target dir shared with other builds may get another
+    // zone-agent at the same path while the benchmark runs.
+    let built = match std::env::var_os(zone_agent_lab::AGENT_BIN_ENV) {
+        Some(bin) => {
+            println!("    using {}={}", zone_agent_lab::AGENT_BIN_ENV, bin.to_string_lossy());
+            PathBuf::from(bin)
+        }
+        None => build::agent(ws, true)?,
+    };
     let agent = dir.join("zone-agent");
     std::fs::copy(&built, &agent).with_context(|| format!("copy {} to {}", built.display(), agent.display()))?;
     step("bench: building the benchmarks");

@@ -361,7 +361,7 @@ fn per_packet(d: &mut String, pp: &PerPacket) {
 
     let _ = writeln!(d, "\n## 2. Scaling\n");
     for (variant, title) in [
-        (Variant::Rules, "By rule count: generated rules, each with its own source host and port (lgwan → mynumber TCP, mynumber → lgwan UDP, lgwan → internet TCP; one in ten MAC-bound, one in four with an IPv6 source)"),
+        (Variant::Rules, "By rule count: generated rules, each with its own source host and port (lgwan → mynumber TCP, mynumber → lgwan UDP to a host, lgwan → internet TCP to a host; one in ten MAC-bound, one in four with an IPv6 source), the hosts spread over the zones' /16s around the frames' own hosts"),
         (Variant::Cidr, "By destination-list length: SaaS rules lgwan → internet with up to 1 000 prefixes each (IPv4 /16…/28 and one in five IPv6 /40…/64, the shape of the published Microsoft 365 lists); the size is the number of prefixes"),
     ] {
         let cs = configs(pp, variant);
