@@ -199,8 +199,11 @@ pub struct MacKey {
 }
 
 /// `ZA_FLOWS` key. Normalised so that both directions of a flow give the same key: end `a`
-/// is the smaller (address, port) pair. IPv4 addresses use the first 4 bytes.
-#[repr(C)]
+/// is the (address, port) pair that sorts first in the data path's order (the address as
+/// two native-endian u64 words, then the port); `FlowState::orig_is_a` says which end
+/// opened the flow. IPv4 addresses use the first 4 bytes.
+// align(8): the data path copies and hashes it in whole words (same size and layout).
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     pub a: [u8; 16],

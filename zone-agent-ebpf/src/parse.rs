@@ -30,17 +30,31 @@ pub const FRAG_FIRST: u8 = 1;
 pub const FRAG_LATER: u8 = 2;
 
 /// The fields of a flow-like tuple: what rules and the flow table look at.
+// repr(C, align(8)) with the addresses first: they sit on 8-byte boundaries, so copies and
+// comparisons compile to word loads (BPF has no unaligned loads; for align-1 data LLVM emits
+// one load per byte).
 #[derive(Clone, Copy)]
+#[repr(C, align(8))]
 pub struct Tuple {
-    pub family: u8,
-    pub proto: u8,
-    /// True if `sport`/`dport` are known (TCP/UDP/ICMP header present).
-    pub l4: bool,
     pub src: [u8; 16],
     pub dst: [u8; 16],
     /// TCP/UDP ports; for ICMP echo the identifier on the requester's side (see `icmp_ports`).
     pub sport: u16,
     pub dport: u16,
+    pub family: u8,
+    pub proto: u8,
+    /// True if `sport`/`dport` are known (TCP/UDP/ICMP header present).
+    pub l4: bool,
+}
+
+impl Tuple {
+    /// An address of this tuple as two native-endian words.
+    #[inline(always)]
+    pub fn words(a: &[u8; 16]) -> [u64; 2] {
+        // SAFETY: only called on `src`/`dst` of a `Tuple`, which are 8-byte aligned (see
+        // the repr above); any bit pattern is a valid u64.
+        unsafe { *(a.as_ptr() as *const [u64; 2]) }
+    }
 }
 
 // align(8): `reset` clears it in whole words.

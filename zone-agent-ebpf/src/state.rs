@@ -25,7 +25,9 @@ pub fn now() -> u64 {
 /// Key of the flow a tuple belongs to, and whether the tuple's source is end `a`.
 #[inline(always)]
 pub fn key(t: &Tuple) -> (FlowKey, bool) {
-    let src_is_a = (t.src, t.sport) <= (t.dst, t.dport);
+    // Any total order makes both directions give one key; word order is the cheapest.
+    let (s, d) = (Tuple::words(&t.src), Tuple::words(&t.dst));
+    let src_is_a = (s[0], s[1], t.sport) <= (d[0], d[1], t.dport);
     let (a, a_port, b, b_port) = if src_is_a {
         (t.src, t.sport, t.dst, t.dport)
     } else {
