@@ -207,7 +207,7 @@ fn goodput(e: &EndToEnd, path: &Path) -> Result<()> {
             let xm = i as f64 + 0.5;
             chart.draw_series(std::iter::once(PathElement::new(vec![(xm, lo), (xm, hi)], BLACK.stroke_width(2)))).map_err(err)?;
             chart
-                .draw_series(std::iter::once(Text::new(format!("{m:.decimals$}"), (x0, m + ymax * 0.03), (FAMILY, 14).into_font())))
+                .draw_series(std::iter::once(Text::new(format!("{m:.decimals$}"), (x0, m.max(hi) + ymax * 0.06), (FAMILY, 14).into_font())))
                 .map_err(err)?;
         }
     }

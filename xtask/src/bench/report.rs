@@ -39,8 +39,12 @@ impl Meta {
             .ok()
             .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
             .unwrap_or(0.0);
+        // A given agent binary is part of the command (it is what was measured).
+        let env = std::env::var_os(zone_agent_lab::AGENT_BIN_ENV)
+            .map(|b| format!("{}={} ", zone_agent_lab::AGENT_BIN_ENV, b.to_string_lossy()))
+            .unwrap_or_default();
         Meta {
-            command: format!("cargo xtask {}", args.join(" ")),
+            command: format!("{env}cargo xtask {}", args.join(" ")),
             date,
             cpu: super::cpu_model(),
             cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
