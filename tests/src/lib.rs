@@ -15,6 +15,7 @@
 //! Everything here needs root.
 
 pub mod agent;
+pub mod bench;
 mod child;
 pub mod craft;
 mod lab;

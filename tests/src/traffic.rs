@@ -302,7 +302,7 @@ pub fn tcp_echo(lab: &Lab, host: &Host, port: u16, v6: bool) -> ChildGuard {
 }
 
 /// Counts of a [`continuous`] run.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ContinuousSummary {
     /// Lines sent / echoed intact on the long-lived connection, and errors (reset, timeout).
     pub stream_sent: u64,

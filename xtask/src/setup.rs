@@ -20,6 +20,8 @@ enum Check {
     Command(&'static str),
     /// The lab's Python (`zone_agent_lab::python()`) can import the module.
     PyModule(&'static str),
+    /// The file exists (data, not a command).
+    File(&'static str),
 }
 
 const TOOLS: &[Tool] = &[
@@ -103,6 +105,18 @@ const TOOLS: &[Tool] = &[
         what: "setpriv",
         check: Check::Command("setpriv"),
         package: "util-linux",
+    },
+    // `cargo xtask bench`: TSO off on the lab hosts (like-for-like goodput), and the font
+    // its plots' text is drawn with.
+    Tool {
+        what: "ethtool",
+        check: Check::Command("ethtool"),
+        package: "ethtool",
+    },
+    Tool {
+        what: "DejaVu Sans",
+        check: Check::File("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"),
+        package: "fonts-dejavu-core",
     },
     // The test of systemd/zone-agent.service (`systemd-analyze verify`); installing the
     // package on a machine that does not boot with systemd only adds the tools.
@@ -339,6 +353,7 @@ fn missing_tools(ws: &Workspace) -> Vec<&'static Tool> {
                     .args(["-c", &format!("import {module}")]),
             )
             .is_none(),
+            Check::File(path) => !Path::new(path).is_file(),
         })
         .collect();
     missing.sort_by_key(|t| t.package);

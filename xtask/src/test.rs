@@ -32,7 +32,7 @@ pub struct Args {
 
 /// Runs inside the sandbox before the tests: a private bpffs, a private `/run/netns` (so
 /// `ip netns` works and its names cannot collide with the host's), loopback up.
-const SANDBOX_SH: &str = r#"set -e
+pub(crate) const SANDBOX_SH: &str = r#"set -e
 mount -t bpf bpf /sys/fs/bpf
 mkdir -p /run/netns
 mount -t tmpfs -o mode=0755 tmpfs /run/netns
