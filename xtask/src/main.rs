@@ -4,7 +4,8 @@
 //! - `build`: setup, then `target/release/zone-agent` with the eBPF object embedded.
 //! - `test`:  setup + build, unit tests, then the privileged namespace suites under `unshare`.
 //! - `demo`:  setup + build, then a three-zone lab with the agent enforcing a policy.
-//! - `bench`: setup, then the per-packet cost of the XDP program into BENCHMARKS.md.
+//! - `bench`: setup, then the SPEC §7 benchmark (per packet, scaling, end to end, reload,
+//!   agent cost) into BENCHMARKS.md and docs/bench/.
 //! - `install`: build, then the binary, systemd unit, example config and policy in place.
 //! - `fuzz`:  the cargo-fuzz targets, then the differential tests with fresh seeds, in N minutes.
 
@@ -44,7 +45,8 @@ enum Task {
     Test(test::Args),
     /// Setup + build, then run the three-zone demo in network namespaces (root).
     Demo(demo::Args),
-    /// Setup, then measure the XDP program's per-packet cost and write BENCHMARKS.md (root).
+    /// Setup, then the SPEC §7 benchmark: per-packet cost vs floor and xdp-filter, scaling,
+    /// goodput vs nftables, reload under load, agent cost; writes BENCHMARKS.md (root).
     Bench(bench::Args),
     /// Build, then install the binary, the systemd unit, an example config and policy
     /// (existing config and policy are kept). See docs/operations.md.
