@@ -75,12 +75,15 @@ const ICMP6_TYPES: [u8; 10] = [128, 129, 1, 2, 3, 4, 133, 135, 136, 143];
 /// GRE, IPIP, IPv6-in-IPv4, ESP, SCTP, reserved, hop-by-hop number, ICMP and ICMPv6 numbers in
 /// either family, TCP/UDP with whatever bytes follow.
 const OTHER_PROTOS: [u8; 11] = [47, 4, 41, 50, 132, 255, 0, 1, 58, 6, 17];
-/// Idle time steps, in ms. Every one is a whole number of seconds plus 250 ms and a case takes
-/// at most `MAX_ADVANCES` of them, so an entry's idle time is never within 250 ms of a whole
-/// number of seconds, which all lifetimes are: a few ms of real time between the kernel's
-/// clock and the model's cannot flip a decision. There is one step just below and one just
-/// above each lifetime (10 s closing, 30 s other and fragments, 60 s TCP open, 120 s UDP,
-/// 7200 s TCP established).
+/// Idle time steps, in ms: one just below and one just above each lifetime (10 s closing,
+/// 30 s other flows and fragments, 60 s TCP opening, 120 s UDP, 7200 s TCP established).
+/// Both sides read the same clock (CLOCK_MONOTONIC_COARSE, which `bpf_ktime_get_coarse_ns`
+/// reads), the model right after the kernel's run, so they see the same instant unless a
+/// clock tick falls in between (a few µs of a tick of milliseconds). The steps are whole
+/// seconds plus 250 ms and a case takes at most `MAX_ADVANCES` of them, so an entry's idle
+/// time is never a whole number of seconds, which every lifetime is, unless the real time
+/// the case itself takes (mostly `apply`) makes up the rest: only that together with such a
+/// tick could make the two sides judge one entry differently.
 const ADVANCES_MS: [u64; 11] = [1_250, 9_250, 10_250, 29_250, 30_250, 59_250, 60_250, 119_250, 120_250, 7_199_250, 7_200_250];
 const MAX_ADVANCES: usize = 3;
 /// Each reload is a `Datapath::apply`, which costs a few hundred ms of map updates here.
@@ -567,6 +570,8 @@ enum StepGen {
     Fragmented { pkt: PktGen, id: u32, n: u8 },
     /// A later fragment of an earlier frame's datagram.
     LaterFrag { back: u8, offset: u16, more: bool, variant: u8 },
+    /// ARP, another ethertype, or neighbour discovery (link-scoped or not) on a zone's way in.
+    Neighbor { kind: u8, zone: u8, iface: u8, host: u8 },
     Advance(u8),
     Reload,
     /// Every truncation (≥ 14 bytes) of an earlier frame.
@@ -1083,6 +1088,40 @@ impl Resolver<'_> {
                     self.send_like(&s, f);
                 }
             }
+            StepGen::Neighbor { kind, zone, iface, host } => {
+                let zone = zone % self.policy().zones.len() as u8 + 1;
+                let (ifname, vlan) = self.zone_iface(zone, *iface);
+                let tags = if vlan == 0 { vec![] } else { vec![vlan] };
+                let own: Ipv6Addr = format!("fe80::ff:fe00:{host:x}").parse().unwrap();
+                let global = self.addr(AddrGen::Own(*host, HostGen { anchor: Some(*host), low: 1 }), true, zone);
+                let nd = |dst: IpAddr, ty: u8, hop: u8| Frame::new(IpAddr::V6(own), dst).icmp(ty, 0, 0).hop_limit(hop);
+                let frame = match kind % 7 {
+                    0 => None,
+                    1 => Some(nd("ff02::1:ff00:1".parse().unwrap(), 135, 255)),
+                    2 => Some(nd("fe80::1".parse().unwrap(), 136, 255)),
+                    3 => Some(nd("ff02::2".parse().unwrap(), 133, 255)),
+                    4 => Some(nd(global, 135, 255)),
+                    5 => Some(nd("ff02::1:ff00:1".parse().unwrap(), 135, 64)),
+                    _ => Some(nd("ff02::1".parse().unwrap(), 134, 255)),
+                };
+                let bytes = match frame {
+                    Some(f) => {
+                        let mut f = f;
+                        f.vlans = tags;
+                        f.bytes()
+                    }
+                    None => {
+                        let mut b = if kind % 2 == 0 { common::frames::arp() } else { common::frames::non_ip() };
+                        if vlan != 0 {
+                            let mut tag = 0x8100u16.to_be_bytes().to_vec();
+                            tag.extend_from_slice(&vlan.to_be_bytes());
+                            b.splice(12..12, tag);
+                        }
+                        b
+                    }
+                };
+                self.ops.push(Op::Send { iface: ifname, bytes });
+            }
             StepGen::Advance(k) => {
                 if self.advances < MAX_ADVANCES {
                     self.advances += 1;
@@ -1285,6 +1324,8 @@ fn step_gen() -> BoxedStrategy<StepGen> {
         6 => (pkt_gen(), frag_id(), any::<u8>()).prop_map(|(pkt, id, n)| StepGen::Fragmented { pkt, id, n }),
         6 => (back(), frag_offset(), any::<bool>(), any::<u8>())
             .prop_map(|(back, offset, more, variant)| StepGen::LaterFrag { back, offset, more, variant }),
+        3 => (any::<u8>(), any::<u8>(), any::<u8>(), any::<u8>())
+            .prop_map(|(kind, zone, iface, host)| StepGen::Neighbor { kind, zone, iface, host }),
         3 => any::<u8>().prop_map(StepGen::Advance),
         2 => Just(StepGen::Reload),
         2 => back().prop_map(|back| StepGen::Truncate { back }),
@@ -1308,6 +1349,8 @@ struct Totals {
     advances: u64,
     advances_skipped: u64,
     corpus: u64,
+    /// Generated policies that `compile` refused (capacity), so no case.
+    rejected: u64,
     /// Model decisions by reason, to see what the generators reach.
     reasons: BTreeMap<String, u64>,
     apply_time: std::time::Duration,
@@ -1786,7 +1829,10 @@ fn xdp_agrees_with_model_on_random_cases() {
             let (policies, ops) = case.resolve().map_err(TestCaseError::fail)?;
             match engine.borrow_mut().run(&policies, &ops) {
                 Ok(()) => Ok(()),
-                Err(RunError::Reject(why)) => Err(TestCaseError::reject(why)),
+                Err(RunError::Reject(why)) => {
+                    engine.borrow_mut().totals.rejected += 1;
+                    Err(TestCaseError::reject(why))
+                }
                 Err(RunError::Mismatch(why)) => Err(TestCaseError::fail(why)),
             }
         });
@@ -1813,7 +1859,7 @@ fn xdp_agrees_with_model_on_random_cases() {
     });
     eprintln!(
         "differential: seed {seed:#x}: {} sequences ({} from the regression corpus), {} frames and {} truncations compared, \
-         {} reloads, {} idle-time steps ({} skipped), in {:.1?}",
+         {} reloads, {} idle-time steps ({} skipped), {} generated policies rejected by compile, in {:.1?}",
         totals.cases,
         totals.corpus,
         totals.frames,
@@ -1821,6 +1867,7 @@ fn xdp_agrees_with_model_on_random_cases() {
         totals.reloads,
         totals.advances,
         totals.advances_skipped,
+        totals.rejected,
         started.elapsed()
     );
     eprintln!("differential: model decisions: {:?}; apply {:?}", totals.reasons, totals.apply_time);
