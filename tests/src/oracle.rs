@@ -78,17 +78,6 @@ impl Crafted {
     }
 }
 
-/// Where each marker arrived: `seen[marker]` lists host indices (empty: it did not cross).
-#[derive(Clone, Debug, Default)]
-pub struct Capture {
-    pub seen: std::collections::BTreeMap<u32, Vec<usize>>,
-}
-
-impl Capture {
-    pub fn crossed(&self, marker: u32) -> bool {
-        self.seen.get(&marker).is_some_and(|h| !h.is_empty())
-    }
-}
 
 const DRIVER_PY: &str = r#"
 import ctypes, ipaddress, os, socket, sys, time
@@ -212,7 +201,7 @@ def drain():
                 other += 1
     return got
 
-def settled():
+def settled(settle):
     quiet_since, deadline = time.monotonic(), time.monotonic() + 10 * settle + 5
     while time.monotonic() - quiet_since < settle and time.monotonic() < deadline:
         if drain():
@@ -235,9 +224,11 @@ for k, frames in enumerate(phases):
         drain()
         time.sleep(gap)
     last = time.monotonic()
-    settled()
+    # Markers are unique, so a phase's frames may still arrive during the next one; a short
+    # quiet spell is enough to know the gateway has decided them before the caller changes it.
+    settled(settle if k == len(phases) - 1 else settle / 5)
     for m, h in seen:
-        print(f"seen {k} {m} {h}")
+        print(f"seen {m} {h}")
     seen.clear()
 print(f"done other {other} span {last - first:.3f}", flush=True)
 "#;
@@ -252,12 +243,18 @@ const DRIVER_SLACK: Duration = Duration::from_secs(60);
 /// What [`send_and_capture`] saw.
 #[derive(Clone, Debug, Default)]
 pub struct Run {
-    /// One capture per phase.
-    pub phases: Vec<Capture>,
+    /// Where each marker arrived: host indices (empty: it did not cross).
+    pub seen: std::collections::BTreeMap<u32, Vec<usize>>,
     /// From the first frame sent to the last, all phases and what ran between them.
     pub span: Duration,
     /// Frames captured that carried no marker of the sequence (the hosts' own chatter).
     pub other: u64,
+}
+
+impl Run {
+    pub fn crossed(&self, marker: u32) -> bool {
+        self.seen.get(&marker).is_some_and(|h| !h.is_empty())
+    }
 }
 
 /// Sends each phase's packets in order, each from `hosts[p.sender]` (to the gateway's MAC on
@@ -313,19 +310,16 @@ pub fn send_and_capture(lab: &Lab, hosts: &[Host], phases: &[Vec<Crafted>], mut 
         status => panic!("the packet driver failed ({status:?}):\n{}", driver.log_text()),
     }
     let log = driver.log_text();
-    let mut run = Run { phases: vec![Capture::default(); phases.len()], ..Run::default() };
-    for (k, packets) in phases.iter().enumerate() {
-        for p in packets {
-            run.phases[k].seen.insert(p.marker, Vec::new());
-        }
+    let mut run = Run::default();
+    for p in phases.iter().flatten() {
+        run.seen.insert(p.marker, Vec::new());
     }
     for line in log.lines() {
         let w: Vec<&str> = line.split_whitespace().collect();
         match w.as_slice() {
-            ["seen", k, m, h] => {
-                let k: usize = k.parse().expect("phase");
+            ["seen", m, h] => {
                 let (m, h): (u32, usize) = (m.parse().expect("marker"), h.parse().expect("host"));
-                run.phases[k].seen.entry(m).or_default().push(h);
+                run.seen.entry(m).or_default().push(h);
             }
             ["done", "other", n, "span", span] => {
                 run.other = n.parse().expect("count");

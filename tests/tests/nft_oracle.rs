@@ -4,14 +4,15 @@
 //!
 //! Each sequence is sent twice, each time into a fresh lab (three zone hosts behind a
 //! gateway): once with only the exported ruleset loaded in the gateway (nftables and
-//! conntrack), once with only `zone-agent run`. The sequence has three phases: policy A,
-//! a reload to policy B, a reload back to A. The test compares, per packet, whether it
-//! reached the far side.
+//! conntrack), once with only `zone-agent run`. The sequence has four phases: policy A, a
+//! pause (a timeout runs out), a reload to policy B, a reload back to A. The test compares,
+//! per packet, whether it reached the far side.
 //!
 //! The sequence mixes whole exchanges (TCP handshake, data, FIN or RST; UDP request and
 //! response; ICMP echo) interleaved with one another, reply-shaped packets with no flow behind
 //! them, ICMP errors quoting earlier packets (from the right side, the wrong side, or to the
-//! wrong address), other protocols, spoofed and unknown sources, the wrong MAC for a MAC-bound
+//! wrong address), other protocols, spoofed and unknown sources, RSTs forged from another
+//! zone for a live flow, the wrong MAC for a MAC-bound
 //! rule, and destinations in every zone, in the nested prefixes and in no zone. The reference
 //! model (`policy::model`) tracks the state while generating, to steer clear of the intended
 //! differences listed at [`Gen::emit`]; its verdicts are reported beside the two runs, and
@@ -31,7 +32,7 @@ use zone_agent::policy::model::{
 };
 use zone_agent::policy::types::{Policy, Protocol};
 use zone_agent::policy::validate;
-use zone_agent_common::{FLOW_TCP_CLOSING_NS, PassReason};
+use zone_agent_common::{DropReason, FLOW_TCP_CLOSING_NS, PassReason};
 use zone_agent_lab::oracle::{self, Body, Crafted};
 use zone_agent_lab::{Host, HostSpec, Lab};
 
@@ -395,11 +396,11 @@ struct Gen {
     tainted: HashSet<Key>,
     /// Packets an ICMP error may quote: TCP, UDP, ICMP echo.
     quotable: Vec<usize>,
-    /// The policy text of each phase (index 0: phase 1).
-    texts: Vec<&'static str>,
-    /// The phase in which a packet of a flow last passed: both sides' state of that flow
-    /// belongs to that phase's policy.
-    validated: HashMap<Key, u8>,
+    /// The policy text of each load (index 0: the first), the last one in force.
+    loads: Vec<&'static str>,
+    /// The load under which a packet of a flow last passed: both sides' state of that flow
+    /// belongs to it.
+    validated: HashMap<Key, usize>,
 }
 
 impl Gen {
@@ -416,7 +417,7 @@ impl Gen {
             next_port: 33000,
             next_id: 1,
             tainted: HashSet::new(),
-            texts: vec![text],
+            loads: vec![text],
             validated: HashMap::new(),
             quotable: Vec::new(),
         }
@@ -445,6 +446,18 @@ impl Gen {
         HOSTS[h].6.to_string()
     }
 
+    /// A pause of [`WAIT`] between two phases, nothing reloaded. Most TCP exchanges still
+    /// open get a forged RST just before it, and go on after it.
+    fn wait(&mut self) {
+        for i in self.forgeable() {
+            if self.rng.chance(70) {
+                self.forge_reset(i);
+            }
+        }
+        self.now += u64::try_from(WAIT.as_nanos()).expect("ns");
+        self.phase += 1;
+    }
+
     /// Plans `n` more packets.
     fn run(&mut self, n: usize) {
         let target = self.out.len() + n;
@@ -461,6 +474,8 @@ impl Gen {
                 self.icmp_error();
             } else if roll < 43 {
                 self.other_protocol();
+            } else if roll < 46 {
+                self.forged_reset();
             } else {
                 self.advance();
             }
@@ -471,7 +486,7 @@ impl Gen {
     /// from the initiator (see [`Gen::emit`], reload).
     fn reload(&mut self, text: &'static str) {
         let policy = parse_policy(&policy_text(text));
-        self.texts.push(text);
+        self.loads.push(text);
         self.model.reload(policy.clone());
         self.policy = policy;
         self.phase += 1;
@@ -738,6 +753,48 @@ impl Gen {
         self.emit(c, format!("icmp {ty}/{code} {how} {src} -> {dst} quoting #{}", q.marker));
     }
 
+    /// A RST that a host of another zone forges for an exchange past its handshake: the
+    /// next sequence number of one side, that side's address, sent from elsewhere. Spoofed,
+    /// so dropped; it must change no state either (conntrack runs before the ruleset: the
+    /// export has to drop it first).
+    fn forged_reset(&mut self) {
+        let candidates = self.forgeable();
+        if !candidates.is_empty() {
+            let i = self.rng.pick(&candidates);
+            self.forge_reset(i);
+        }
+    }
+
+    /// The exchanges a RST can be forged for: TCP past the handshake, next sender in a zone.
+    fn forgeable(&self) -> Vec<usize> {
+        (0..self.active.len())
+            .filter(|&i| {
+                self.active[i].steps.front().is_some_and(|s| {
+                    matches!(s.c.body, Body::Tcp { flags, .. } if flags & TCP_SYN == 0)
+                        && model::addr_zone(&self.policy, s.c.src) != 0
+                })
+            })
+            .collect()
+    }
+
+    fn forge_reset(&mut self, i: usize) {
+        let next = &self.active[i].steps[0].c;
+        let Body::Tcp { sport, dport, seq, ack, .. } = next.body else { unreachable!("a TCP step") };
+        let zone = model::addr_zone(&self.policy, next.src);
+        let others: Vec<usize> = (0..HOSTS.len()).filter(|&h| Policy::zone_id(h) != zone).collect();
+        let sender = self.rng.pick(&others);
+        let flags = TCP_RST | TCP_ACK;
+        let c = Crafted {
+            marker: 0,
+            sender,
+            src_mac: Self::host_mac(sender),
+            body: Body::Tcp { sport, dport, flags, seq, ack, len: 0 },
+            ..next.clone()
+        };
+        let what = format!("forged RST {}:{sport} -> {}:{dport}", c.src, c.dst);
+        self.emit(c, what);
+    }
+
     /// Another IP protocol, or an ICMP message that is neither echo nor error.
     fn other_protocol(&mut self) {
         let v6 = self.rng.chance(40);
@@ -764,9 +821,8 @@ impl Gen {
     /// (see [`Gen::emit`], reload): not when a packet of the flow last passed under an earlier
     /// load of the current policy's text.
     fn relatable(&self, k: &Key) -> bool {
-        self.validated.get(k).is_none_or(|&ph| {
-            ph == self.phase || self.texts[usize::from(ph - 1)] != self.texts[usize::from(self.phase - 1)]
-        })
+        let now = self.loads.len() - 1;
+        self.validated.get(k).is_none_or(|&load| load == now || self.loads[load] != self.loads[now])
     }
 
     /// Plans `c` and lets the model decide it. `None`: not sent (its flow is tainted).
@@ -809,13 +865,14 @@ impl Gen {
         self.now += 1_000_000;
         let d = self.model.decide(&p, self.now);
         if let Some(k) = fk {
-            let rst = p.tcp_rst();
+            // A spoofed packet changes no state (the data path drops it first).
+            let rst = p.tcp_rst() && d.outcome != Outcome::Drop(DropReason::SpoofedSource);
             let opened_here = d.outcome == Outcome::Pass(PassReason::Rule) && !conntrack_opens(&c);
             if rst || opened_here {
                 self.tainted.insert(k);
             }
             if d.xdp_pass(false) {
-                self.validated.insert(k, self.phase);
+                self.validated.insert(k, self.loads.len() - 1);
             }
             self.quotable.push(self.out.len());
         }
@@ -920,13 +977,31 @@ struct Sequence {
     packets: Vec<Planned>,
 }
 
+/// What happens between two phases.
+#[derive(Clone, Copy)]
+enum Boundary {
+    /// A pause of [`WAIT`]: conntrack's close timeout (shortened to 1 s in the nftables run)
+    /// runs out, so a connection that a forged RST closed is gone by the next phase.
+    Wait,
+    /// Both enforcers load this policy.
+    Reload(&'static str),
+}
+
+/// Phase 1 runs policy A; then these boundaries, each followed by a phase.
+const PLAN: [Boundary; 3] = [Boundary::Wait, Boundary::Reload(POLICY_B), Boundary::Reload(POLICY_A)];
+
+const WAIT: std::time::Duration = std::time::Duration::from_millis(1500);
+
 fn generate(seed: u64, per_phase: usize) -> Sequence {
     let mut g = Gen::new(seed, POLICY_A);
     g.run(per_phase);
-    g.reload(POLICY_B);
-    g.run(per_phase);
-    g.reload(POLICY_A);
-    g.run(per_phase);
+    for b in PLAN {
+        match b {
+            Boundary::Wait => g.wait(),
+            Boundary::Reload(text) => g.reload(text),
+        }
+        g.run(per_phase);
+    }
     Sequence { seed, packets: g.out }
 }
 
@@ -973,50 +1048,45 @@ fn run(seq: &Sequence, enforcer: Enforcer) -> oracle::Run {
     let name = format!("nft_oracle_{enforcer:?}_{}", seq.seed).to_lowercase();
     let (lab, hosts) = lab(&name);
     let policy = lab.dir().join("policy.toml");
-    let policy_a = lab.dir().join("policy-a.toml");
-    let policy_b = lab.dir().join("policy-b.toml");
-    for (path, text) in [(&policy, POLICY_A), (&policy_a, POLICY_A), (&policy_b, POLICY_B)] {
-        std::fs::write(path, policy_text(text)).expect("write policy");
-    }
+    std::fs::write(&policy, policy_text(POLICY_A)).expect("write policy");
     let gw = lab.gateway().to_string();
     let mut _agent = None;
-    let rulesets = match enforcer {
+    match enforcer {
         Enforcer::Nft => {
-            let a = oracle::export_nft(&lab, &policy_a);
-            let b = oracle::export_nft(&lab, &policy_b);
-            oracle::nft_file(&lab, &gw, "policy-a", &a, true);
-            oracle::nft_file(&lab, &gw, "policy-b", &b, true);
-            oracle::nft_file(&lab, &gw, "policy-a", &a, false);
-            Some((a, b))
+            let ruleset = oracle::export_nft(&lab, &policy);
+            oracle::nft_file(&lab, &gw, "policy", &ruleset, true);
+            oracle::nft_file(&lab, &gw, "policy", &ruleset, false);
+            // Conntrack is loaded now. A closed connection lingers 10 s by default; 1 s lets
+            // the test see, after a short wait, whether a forged RST closed one.
+            lab.sysctls(&gw, &[("net.netfilter.nf_conntrack_tcp_timeout_close", "1")]);
         }
-        Enforcer::Agent => {
-            _agent = Some(oracle::start_agent(&lab, &policy));
-            None
-        }
-    };
-    let phases: Vec<Vec<Crafted>> =
-        [1, 2, 3].map(|k| seq.packets.iter().filter(|p| p.phase == k).map(|p| p.c.clone()).collect()).into();
-    // Before phase 2 policy B, before phase 3 policy A again.
-    let run = oracle::send_and_capture(&lab, &hosts, &phases, |k| {
-        let (name, file) = if k == 1 { ("policy-b", &policy_b) } else { ("policy-a", &policy_a) };
-        match &rulesets {
-            Some((a, b)) => {
-                oracle::nft_file(&lab, &gw, name, if k == 1 { b } else { a }, false);
-            }
-            None => {
-                // Renamed into place: the agent's file watcher never reads half a file.
-                std::fs::copy(file, policy.with_extension("tmp")).expect("copy the next policy");
-                std::fs::rename(policy.with_extension("tmp"), &policy).expect("next policy in place");
-                oracle::reload_agent(&lab);
+        Enforcer::Agent => _agent = Some(oracle::start_agent(&lab, &policy)),
+    }
+    let phases: Vec<Vec<Crafted>> = (1..=PLAN.len() + 1)
+        .map(|k| seq.packets.iter().filter(|p| usize::from(p.phase) == k).map(|p| p.c.clone()).collect())
+        .collect();
+    let run = oracle::send_and_capture(&lab, &hosts, &phases, |k| match PLAN[k - 1] {
+        // The wait is the point here: a timeout has to run out.
+        Boundary::Wait => std::thread::sleep(WAIT),
+        Boundary::Reload(text) => {
+            // Renamed into place: the agent's file watcher never reads half a file.
+            let tmp = policy.with_extension("tmp");
+            std::fs::write(&tmp, policy_text(text)).expect("write the next policy");
+            std::fs::rename(&tmp, &policy).expect("next policy in place");
+            match enforcer {
+                Enforcer::Nft => {
+                    let ruleset = oracle::export_nft(&lab, &policy);
+                    oracle::nft_file(&lab, &gw, "policy", &ruleset, true);
+                    oracle::nft_file(&lab, &gw, "policy", &ruleset, false);
+                }
+                Enforcer::Agent => oracle::reload_agent(&lab),
             }
         }
     });
     // Each packet can only have arrived where the gateway routes its destination.
-    for (capture, packets) in run.phases.iter().zip(&phases) {
-        for p in packets {
-            for h in &capture.seen[&p.marker] {
-                assert_eq!(*h, host_of(p.dst), "#{} arrived at host {h}, not where it is routed", p.marker);
-            }
+    for p in phases.iter().flatten() {
+        for h in &run.seen[&p.marker] {
+            assert_eq!(*h, host_of(p.dst), "#{} arrived at host {h}, not where it is routed", p.marker);
         }
     }
     // The shortest idle timeout on either side is a closed TCP flow's (zone-agent): a
@@ -1070,8 +1140,7 @@ fn nftables_export_and_xdp_pass_the_same_packets() {
         let agent = run(&seq, Enforcer::Agent);
         let (mut n_crossed, mut n_blocked) = (0, 0);
         for p in &seq.packets {
-            let i = usize::from(p.phase - 1);
-            let (by_nft, by_agent) = (nft.phases[i].crossed(p.c.marker), agent.phases[i].crossed(p.c.marker));
+            let (by_nft, by_agent) = (nft.crossed(p.c.marker), agent.crossed(p.c.marker));
             let by_model = p.model.xdp_pass(false);
             if by_nft { n_crossed += 1 } else { n_blocked += 1 }
             let kind = p.what.split_whitespace().next().unwrap_or("").to_string();

@@ -4,7 +4,9 @@
 //! operator can read, audit or fall back to it, and so that the tests and the benchmark
 //! have an independent enforcement of the same policy. One table, `inet zone_agent`, with a
 //! `prerouting` chain at priority -150 (after conntrack and defragmentation) that sends each
-//! zone interface to a chain of its own:
+//! zone interface to a chain of its own (and, in enforce mode, a `guard` chain at priority raw
+//! that drops what steps 2 and 3 drop before conntrack sees it, as the data path drops it
+//! before any state):
 //!
 //! 1. link-scoped neighbour discovery passes (ARP never reaches an inet table);
 //! 2. a zone interface with a VLAN that belongs to no zone → drop (`unknown_interface`);
@@ -84,7 +86,10 @@ pub fn export(policy: &Policy) -> String {
         .collect();
     write_set(&mut out, "link_dst_v6", V6, &ranges_of(&link_dst_v6));
 
-    write_prerouting(&mut out, policy);
+    if policy.mode == Mode::Enforce {
+        write_guard(&mut out, policy);
+    }
+    write_dispatch(&mut out, policy, "prerouting", "-150", "jump from_zone");
     for (i, zone) in policy.zones.iter().enumerate() {
         write_zone_chain(&mut out, policy, i, &zone.name, tag);
     }
@@ -118,9 +123,12 @@ fn mark(tag: u16, from: u8, to: u8) -> u32 {
     (tag as u32) << 16 | (to as u32) << 8 | from as u32
 }
 
-fn write_prerouting(out: &mut String, policy: &Policy) {
-    let _ = writeln!(out, "    chain prerouting {{");
-    let _ = writeln!(out, "        type filter hook prerouting priority -150; policy accept;");
+/// A base chain on prerouting at `priority` that passes neighbour discovery (step 1), sends
+/// each zone interface on with `<target><zone id>` (`jump from_zone`, say) and drops what
+/// comes in on a zone interface (or one of its VLANs) that no zone claims (step 2).
+fn write_dispatch(out: &mut String, policy: &Policy, name: &str, priority: &str, target: &str) {
+    let _ = writeln!(out, "    chain {name} {{");
+    let _ = writeln!(out, "        type filter hook prerouting priority {priority}; policy accept;");
     // The frame parser's neighbour-discovery pass: ND with hop limit 255 to a link-local
     // unicast or link-scope multicast address.
     let _ = writeln!(
@@ -134,7 +142,7 @@ fn write_prerouting(out: &mut String, policy: &Policy) {
     let mut tagged: Vec<&str> = Vec::new();
     for (i, z) in policy.zones.iter().enumerate() {
         for iface in &z.interfaces {
-            jumps.push(format!("{} : jump from_zone{}", quote(&iface.to_string()), Policy::zone_id(i)));
+            jumps.push(format!("{} : {target}{}", quote(&iface.to_string()), Policy::zone_id(i)));
             if !parents.contains(&iface.name.as_str()) {
                 parents.push(&iface.name);
             }
@@ -158,19 +166,40 @@ fn write_prerouting(out: &mut String, policy: &Policy) {
     let _ = writeln!(out, "    }}");
 }
 
+/// Step 3 for zone `z`, family `ip` (`fam`): the source belongs to another zone (link-scoped
+/// sources belong to this link).
+fn spoofed_line(policy: &Policy, z: u8, ip: &str, fam: &str) -> String {
+    let spoofed = drop_action(policy, "spoofed_source");
+    format!("        {ip} saddr != @link_src_{fam} {ip} saddr @known_{fam} {ip} saddr != @zone{z}_{fam} {spoofed}")
+}
+
+/// Steps 1–3 once more, before conntrack (priority raw, -300): what the data path drops as
+/// spoofed or from an unknown interface, it drops before any state, while conntrack would
+/// track it ahead of the ruleset (an in-window RST forged from another zone would close the
+/// connection it names). Enforce mode only: audit mode passes those packets anyway, and
+/// counts them in the zone chains.
+fn write_guard(out: &mut String, policy: &Policy) {
+    // goto: a packet the zone's guard lets be must not come back here to the step 2 drops.
+    write_dispatch(out, policy, "guard", "raw", "goto guard_zone");
+    for i in 0..policy.zones.len() {
+        let z = Policy::zone_id(i);
+        let _ = writeln!(out, "    chain guard_zone{z} {{");
+        for (ip, fam) in [("ip", "v4"), ("ip6", "v6")] {
+            let _ = writeln!(out, "{}", spoofed_line(policy, z, ip, fam));
+        }
+        let _ = writeln!(out, "    }}");
+    }
+}
+
 fn write_zone_chain(out: &mut String, policy: &Policy, index: usize, name: &str, tag: u16) {
     let z = Policy::zone_id(index);
     let _ = writeln!(out, "    chain from_zone{z} {{");
     let _ = writeln!(out, "        # zone {}", quote(name));
-    let spoofed = drop_action(policy, "spoofed_source");
     let unknown = default_action(policy, policy.defaults.unknown, "unknown_zone");
     let intra = default_action(policy, policy.defaults.intra_zone, "intra_zone");
     for (ip, fam) in [("ip", "v4"), ("ip6", "v6")] {
-        // 3. The source belongs to another zone (link-scoped sources belong to this link).
-        let _ = writeln!(
-            out,
-            "        {ip} saddr != @link_src_{fam} {ip} saddr @known_{fam} {ip} saddr != @zone{z}_{fam} {spoofed}"
-        );
+        // 3.
+        let _ = writeln!(out, "{}", spoofed_line(policy, z, ip, fam));
         // 4. Source or destination in no zone.
         let _ = writeln!(out, "        {ip} saddr != @link_src_{fam} {ip} saddr != @known_{fam} {unknown}");
         let _ = writeln!(out, "        {ip} daddr != @link_dst_{fam} {ip} daddr != @known_{fam} {unknown}");
@@ -557,6 +586,43 @@ networks = [\"10.2.0.0/16\", \"fd02::/48\"]
         let web = lines("2 web");
         assert_eq!(web.len(), 2, "{web:#?}");
         assert!(web.iter().all(|l| l.contains("ct mark set") && !l.contains("related")), "{web:#?}");
+    }
+
+    /// The text of chain `name` in `text` (its lines, trimmed).
+    fn chain<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
+        let start = format!("chain {name} {{");
+        text.lines()
+            .map(str::trim)
+            .skip_while(|l| *l != start)
+            .skip(1)
+            .take_while(|l| *l != "}")
+            .collect()
+    }
+
+    /// Found by the namespace lab's nftables oracle: conntrack runs before a ruleset at
+    /// priority -150, so a RST forged from another zone, dropped there as spoofed, had
+    /// already closed the connection it named (the flow broke once conntrack let the closed
+    /// entry go). The data path drops a spoofed packet before any state.
+    #[test]
+    fn spoofed_and_unknown_interface_drops_come_before_conntrack() {
+        let vlan = TWO_ZONES.replace("interfaces = [\"if1\"]", "interfaces = [\"if1\", \"if2.7\"]");
+        let text = export(&parse(&vlan));
+        let guard = chain(&text, "guard");
+        assert_eq!(guard[0], "type filter hook prerouting priority raw; policy accept;", "{text}");
+        assert!(guard[1].starts_with("icmpv6 type { nd-router-solicit,") && guard[1].ends_with(" accept"), "{guard:#?}");
+        assert_eq!(guard[2], "iifname vmap { \"if0\" : goto guard_zone1, \"if1\" : goto guard_zone2, \"if2.7\" : goto guard_zone2 }");
+        assert!(guard[3..].iter().all(|l| l.starts_with("iifname ") && l.ends_with("drop comment \"unknown_interface\"")), "{guard:#?}");
+        assert!(guard.iter().any(|l| l.starts_with("iifname \"if2.*\"")), "{guard:#?}");
+        for z in [1, 2] {
+            assert_eq!(chain(&text, &format!("guard_zone{z}")), [
+                format!("ip saddr != @link_src_v4 ip saddr @known_v4 ip saddr != @zone{z}_v4 counter drop comment \"spoofed_source\""),
+                format!("ip6 saddr != @link_src_v6 ip6 saddr @known_v6 ip6 saddr != @zone{z}_v6 counter drop comment \"spoofed_source\""),
+            ]);
+        }
+        // Audit mode passes spoofed packets anyway, and counts them in the zone chains.
+        let audit = export(&parse(&TWO_ZONES.replace("version = 1", "version = 1\nmode = \"audit\"")));
+        assert!(!audit.contains("chain guard"), "{audit}");
+        assert!(chain(&audit, "from_zone1")[1].ends_with("counter accept comment \"audit spoofed_source\""), "{audit}");
     }
 
     fn arb_net() -> impl Strategy<Value = String> {
