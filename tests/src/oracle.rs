@@ -234,7 +234,7 @@ print(f"done other {other} span {last - first:.3f}", flush=True)
 "#;
 
 /// Pause after each frame: the gateway has decided it before the next one comes.
-const GAP: Duration = Duration::from_micros(1500);
+const GAP: Duration = Duration::from_millis(1);
 /// A phase's capture ends once no frame arrived for this long.
 const SETTLE: Duration = Duration::from_millis(500);
 /// Bound for the driver's start (importing scapy, building the frames) and each wait.
