@@ -234,7 +234,7 @@ print(f"done other {other} span {last - first:.3f}", flush=True)
 "#;
 
 /// Pause after each frame: the gateway has decided it before the next one comes.
-const GAP: Duration = Duration::from_micros(1500);
+const GAP: Duration = Duration::from_millis(1);
 /// A phase's capture ends once no frame arrived for this long.
 const SETTLE: Duration = Duration::from_millis(500);
 /// Bound for the driver's start (importing scapy, building the frames) and each wait.
@@ -340,19 +340,17 @@ pub fn sink(lab: &Lab, host: &Host) {
     nft_file(lab, &host.ns, "sink", rules, false);
 }
 
-/// Routes `cidr` (or a single address) from the gateway to `host`'s link and pins `addrs`
-/// (inside it) to the host's MAC, so packets for them leave towards `host` without neighbour
-/// resolution. A prefix already on the link needs no route: pass `None`.
-pub fn route_to(lab: &Lab, host: &Host, cidr: Option<&str>, addrs: &[IpAddr]) {
-    let gw = lab.gateway();
-    let dev = host.gw_l3_iface();
-    if let Some(cidr) = cidr {
-        let family = if cidr.contains(':') { "-6" } else { "-4" };
-        lab.ip(gw, &[family, "route", "replace", cidr, "dev", &dev]);
-    }
-    for a in addrs {
-        lab.neigh(gw, &dev, *a, &host.mac);
-    }
+/// Routes `cidr` from the gateway to `host`'s link (as on-link: pin its addresses with
+/// [`pin_neighbour`]).
+pub fn route_to(lab: &Lab, host: &Host, cidr: &str) {
+    let family = if cidr.contains(':') { "-6" } else { "-4" };
+    lab.ip(lab.gateway(), &[family, "route", "replace", cidr, "dev", &host.gw_l3_iface()]);
+}
+
+/// A permanent neighbour entry in the gateway: `addr` is `host`'s MAC on its link, so packets
+/// for it leave towards `host` without neighbour resolution (the host would not answer).
+pub fn pin_neighbour(lab: &Lab, host: &Host, addr: IpAddr) {
+    lab.neigh(lab.gateway(), &host.gw_l3_iface(), addr, &host.mac);
 }
 
 /// Writes `text` to `<lab dir>/<name>.nft` and loads it (`check`: only `nft -c -f`) in `ns`;

@@ -19,7 +19,8 @@
 //! both runs must agree with them too.
 //!
 //! `ZA_NFT_SEED` picks the first seed, `ZA_NFT_SEQUENCES` how many sequences (default 2),
-//! `ZA_NFT_PACKETS` how many packets per phase (default 400).
+//! `ZA_NFT_PACKETS` how many packets per phase (default 400); `ZA_NFT_DUMP=FILE` writes
+//! every packet with its verdicts there, for reading a failure.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
@@ -1035,10 +1036,10 @@ fn lab(name: &str) -> (Lab, Vec<Host>) {
         oracle::sink(&lab, h);
     }
     for (cidr, h) in ROUTES {
-        oracle::route_to(&lab, &hosts[h], Some(cidr), &[]);
+        oracle::route_to(&lab, &hosts[h], cidr);
     }
     for (a, h) in PLACES {
-        oracle::route_to(&lab, &hosts[h], None, &[ip(a)]);
+        oracle::pin_neighbour(&lab, &hosts[h], ip(a));
     }
     (lab, hosts)
 }
