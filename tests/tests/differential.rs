@@ -1827,7 +1827,8 @@ fn xdp_agrees_with_model_on_random_cases() {
         let mut runner = TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes));
         let result = runner.run(&case_gen(), |case| {
             let (policies, ops) = case.resolve().map_err(TestCaseError::fail)?;
-            match engine.borrow_mut().run(&policies, &ops) {
+            let result = engine.borrow_mut().run(&policies, &ops);
+            match result {
                 Ok(()) => Ok(()),
                 Err(RunError::Reject(why)) => {
                     engine.borrow_mut().totals.rejected += 1;
