@@ -521,6 +521,35 @@ enum FragGen {
 struct ExtGen {
     kind: u8,
     len: u8,
+    /// Routing header: routing type and segments left (0: the route is used up).
+    routing: (u8, u8),
+}
+
+/// IPv4 options: none, NOP words, or a list that may hold a (loose, strict) source route,
+/// record route or timestamp, with right or broken lengths.
+#[derive(Clone, Debug)]
+enum V4Opts {
+    Nops(u8),
+    List(Vec<(u8, u8, u8)>),
+}
+
+/// `(kind, length, pointer)` items as option bytes: EOL and NOP are one byte, the others
+/// carry `length` bytes in all (a broken length stays as written), then EOL padding to a
+/// multiple of 4, 40 bytes at most.
+fn v4_option_bytes(items: &[(u8, u8, u8)]) -> Vec<u8> {
+    let mut b = vec![];
+    for &(kind, len, ptr) in items {
+        match kind {
+            0 | 1 => b.push(kind),
+            _ => {
+                b.extend([kind, len, ptr]);
+                b.extend(std::iter::repeat_n(0x0a, (len as usize).saturating_sub(3)));
+            }
+        }
+    }
+    b.truncate(40);
+    b.resize(b.len().div_ceil(4) * 4, 0);
+    b
 }
 
 #[derive(Clone, Debug)]
@@ -532,7 +561,7 @@ struct Shape {
     /// Untagged ingress sent as priority-tagged (VID 0).
     prio_tag: bool,
     pcp: u8,
-    v4_opt_words: u8,
+    v4_opts: V4Opts,
     exts: Vec<ExtGen>,
     frag: FragGen,
     frag_pos: u8,
@@ -884,14 +913,23 @@ impl Resolver<'_> {
                         f.v6_ext.push((51, b));
                         f
                     }
+                    (Some(e), _) if e.kind == 43 => {
+                        let mut b = vec![0u8; 8 + e.len as usize * 8];
+                        b[1] = e.len;
+                        (b[2], b[3]) = e.routing;
+                        f.v6_ext.push((43, b));
+                        f
+                    }
                     (Some(e), _) => f.v6_ext(e.kind, e.len),
                     (None, None) => f,
                 };
             }
             frag_id = frag.map(|f| f.2);
         } else {
-            if s.v4_opt_words > 0 {
-                f = f.options(s.v4_opt_words as usize % 11);
+            match &s.v4_opts {
+                V4Opts::Nops(0) => {}
+                V4Opts::Nops(n) => f = f.options(*n as usize % 11),
+                V4Opts::List(items) => f.v4_options = v4_option_bytes(items),
             }
             let frag = match s.frag {
                 FragGen::None => None,
@@ -1266,8 +1304,19 @@ fn pkt_gen() -> BoxedStrategy<PktGen> {
             .prop_map(|(ty, code, id)| L4Gen::Icmp { ty, code, id }),
         1 => (any::<u8>(), 0u8..40).prop_map(|(proto, len)| L4Gen::Other { proto, len }),
     ];
-    let ext = (prop_oneof![Just(0u8), Just(43), Just(60), Just(51)], prop_oneof![6 => Just(0u8), 2 => 1u8..4, 1 => 4u8..40])
-        .prop_map(|(kind, len)| ExtGen { kind, len });
+    let routing = prop_oneof![3 => Just((0u8, 0u8)), 1 => (0u8..5, 0u8..4), 1 => any::<(u8, u8)>()];
+    let ext = (prop_oneof![Just(0u8), Just(43), Just(60), Just(51)], prop_oneof![6 => Just(0u8), 2 => 1u8..4, 1 => 4u8..40], routing)
+        .prop_map(|(kind, len, routing)| ExtGen { kind, len, routing });
+    let option = (
+        prop_oneof![Just(1u8), Just(0), Just(131), Just(137), Just(7), Just(68), any::<u8>()],
+        prop_oneof![4 => Just(7u8), 1 => Just(3), 1 => Just(11), 1 => 0u8..3, 1 => any::<u8>()],
+        prop_oneof![3 => Just(4u8), 1 => any::<u8>()],
+    );
+    let v4_opts = prop_oneof![
+        6 => Just(V4Opts::Nops(0)),
+        1 => (1u8..=10).prop_map(V4Opts::Nops),
+        2 => vec(option, 1..=4).prop_map(V4Opts::List),
+    ];
     let frag = prop_oneof![
         8 => Just(FragGen::None),
         2 => frag_id().prop_map(FragGen::First),
@@ -1279,7 +1328,7 @@ fn pkt_gen() -> BoxedStrategy<PktGen> {
         prop::bool::weighted(0.15),
         prop::bool::weighted(0.1),
         any::<u8>(),
-        prop_oneof![6 => Just(0u8), 1 => 1u8..=10],
+        v4_opts,
         prop_oneof![6 => Just(vec![]), 3 => vec(ext.clone(), 1..=3), 1 => vec(ext, 4..=8)],
         frag,
         any::<u8>(),
@@ -1288,12 +1337,12 @@ fn pkt_gen() -> BoxedStrategy<PktGen> {
         prop::bool::weighted(0.1),
         prop_oneof![4 => Just(0u8), 1 => any::<u8>()],
     )
-        .prop_map(|(inner_tags, qinq, prio_tag, pcp, v4_opt_words, exts, frag, frag_pos, pad, corrupt, hop255, payload)| Shape {
+        .prop_map(|(inner_tags, qinq, prio_tag, pcp, v4_opts, exts, frag, frag_pos, pad, corrupt, hop255, payload)| Shape {
             inner_tags,
             qinq,
             prio_tag,
             pcp,
-            v4_opt_words,
+            v4_opts,
             exts,
             frag,
             frag_pos,
