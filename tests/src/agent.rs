@@ -21,7 +21,17 @@ const AGENT_READY: Duration = Duration::from_secs(30);
 pub fn start(lab: &Lab, policy: &str) -> ChildGuard {
     let path = lab.dir().join("policy.toml");
     fs::write(&path, policy).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
-    let state = lab.dir().join("state");
+    start_file(lab, &path)
+}
+
+/// `<lab dir>/state`: the state dir (and admin socket) of the agent [`start_file`] starts.
+pub fn state_dir(lab: &Lab) -> std::path::PathBuf {
+    lab.dir().join("state")
+}
+
+/// Starts `zone-agent run --policy <path>` in the gateway, as [`start`] does.
+pub fn start_file(lab: &Lab, path: &Path) -> ChildGuard {
+    let state = state_dir(lab);
     fs::create_dir_all(&state).expect("state dir");
     // `ip netns exec` remounts /sys: /sys/fs/bpf is no bpffs in there, the lab's own is.
     let pins = lab.bpffs().join("zone-agent");
@@ -31,7 +41,7 @@ pub fn start(lab: &Lab, policy: &str) -> ChildGuard {
         s(&bin),
         "run".into(),
         "--policy".into(),
-        s(&path),
+        s(path),
         "--metrics-addr".into(),
         METRICS_ADDR.into(),
         "--state-dir".into(),

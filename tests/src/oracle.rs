@@ -19,11 +19,9 @@ use std::fmt::Write as _;
 use std::fs;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::child::ChildGuard;
 use crate::lab::{Host, Lab};
-use crate::scrape;
 
 /// What follows the IP header of a crafted packet.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -371,54 +369,10 @@ pub fn export_nft(lab: &Lab, policy: &Path) -> String {
     lab.run_ok(lab.gateway(), &[bin.to_str().expect("UTF-8 path"), "policy", "export", p, "--format", "nft"])
 }
 
-/// Where [`start_agent`] serves metrics inside the gateway namespace.
-const METRICS_ADDR: &str = "127.0.0.1:9750";
-/// Bound for the agent to load, attach and answer /metrics.
-const AGENT_READY: Duration = Duration::from_secs(30);
-
-/// The state dir [`start_agent`] gives the agent (admin socket).
-pub fn agent_state_dir(lab: &Lab) -> PathBuf {
-    lab.dir().join("state")
-}
-
-/// Starts `zone-agent run --policy <policy>` in the gateway, pinned in the lab's bpffs, and
-/// returns once /metrics answers (the policy is then applied and attached).
-pub fn start_agent(lab: &Lab, policy: &Path) -> ChildGuard {
-    let state = agent_state_dir(lab);
-    fs::create_dir_all(&state).expect("state dir");
-    let s = |p: &Path| p.to_str().expect("UTF-8 path").to_owned();
-    let argv = [
-        s(&crate::agent_bin()),
-        "run".into(),
-        "--policy".into(),
-        s(policy),
-        "--metrics-addr".into(),
-        METRICS_ADDR.into(),
-        "--state-dir".into(),
-        s(&state),
-        "--pin-dir".into(),
-        s(&lab.bpffs().join("zone-agent")),
-    ];
-    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let gw = lab.gateway();
-    let mut agent = lab.spawn(gw, &argv, &lab.log_path("zone-agent"));
-    let started = Instant::now();
-    while scrape::metrics(lab, gw, METRICS_ADDR).is_none() {
-        if let Some(status) = agent.exited() {
-            panic!("zone-agent exited ({status}) before serving metrics:\n{}", agent.log_text());
-        }
-        if started.elapsed() > AGENT_READY {
-            panic!("zone-agent did not answer /metrics within {AGENT_READY:?}:\n{}", agent.log_text());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    agent
-}
-
-/// `zone-agent reload` against the agent [`start_agent`] started; panics unless it succeeded.
+/// `zone-agent reload` against the agent `agent::start_file` started; panics unless it succeeded.
 pub fn reload_agent(lab: &Lab) {
     let bin = crate::agent_bin();
-    let state = agent_state_dir(lab);
+    let state = crate::agent::state_dir(lab);
     let out = lab.run_ok(lab.gateway(), &[
         bin.to_str().expect("UTF-8 path"),
         "reload",

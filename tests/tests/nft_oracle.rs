@@ -1061,7 +1061,7 @@ fn run(seq: &Sequence, enforcer: Enforcer) -> oracle::Run {
             // the test see, after a short wait, whether a forged RST closed one.
             lab.sysctls(&gw, &[("net.netfilter.nf_conntrack_tcp_timeout_close", "1")]);
         }
-        Enforcer::Agent => _agent = Some(oracle::start_agent(&lab, &policy)),
+        Enforcer::Agent => _agent = Some(zone_agent_lab::agent::start_file(&lab, &policy)),
     }
     let phases: Vec<Vec<Crafted>> = (1..=PLAN.len() + 1)
         .map(|k| seq.packets.iter().filter(|p| usize::from(p.phase) == k).map(|p| p.c.clone()).collect())
