@@ -8,9 +8,11 @@
 #![no_std]
 
 pub mod maps;
+pub mod policy_file;
 pub mod scope;
 pub mod verdict;
 
 pub use maps::*;
+pub use policy_file::*;
 pub use scope::*;
 pub use verdict::*;

@@ -2,10 +2,17 @@
 //! fix it. Every stage (parse, validate, later compile) reports through [`Diagnostic`] so that
 //! `policy check` and a rejected reload print the same thing.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use super::text::{Escaped, escape};
 use super::types::Loc;
+
+/// Diagnostics of one kind (the same message but for the names and numbers in it) shown per
+/// file; the rest are summed up in one line, so that a policy with 100 000 copies of one
+/// mistake prints a screenful, not 100 000 of them.
+pub const SHOWN_PER_KIND: usize = 10;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Severity {
@@ -38,6 +45,9 @@ pub struct Diagnostic {
     pub severity: Severity,
     pub message: String,
     pub help: Option<String>,
+    /// 0 for a diagnostic; otherwise this one stands for that many further diagnostics of one
+    /// kind that are not shown (see [`SHOWN_PER_KIND`]), the first of them at its location.
+    pub omitted: usize,
 }
 
 impl Diagnostic {
@@ -73,6 +83,7 @@ impl Diagnostic {
             severity,
             message,
             help,
+            omitted: 0,
         }
     }
 
@@ -86,21 +97,27 @@ impl Diagnostic {
     pub fn is_error(&self) -> bool {
         self.severity == Severity::Error
     }
+
+    /// How many problems this diagnostic reports: 1, or the number it sums up.
+    pub fn count(&self) -> usize {
+        self.omitted.max(1)
+    }
 }
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Messages quote the file's text: control characters in it are shown, not obeyed.
         write!(
             f,
             "{}:{}:{}: {}: {}",
-            self.file.display(),
+            Escaped(&self.file.to_string_lossy()),
             self.line,
             self.col,
             self.severity,
-            self.message
+            escape(&self.message)
         )?;
         if let Some(help) = &self.help {
-            write!(f, "\n  help: {help}")?;
+            write!(f, "\n  help: {}", escape(help))?;
         }
         Ok(())
     }
@@ -120,6 +137,11 @@ impl Diagnostics {
 
     pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
         self.0.iter().filter(|d| d.is_error())
+    }
+
+    /// Errors found, including those summed up and not shown.
+    pub fn error_count(&self) -> usize {
+        self.errors().map(Diagnostic::count).sum()
     }
 
     pub fn warnings(&self) -> impl Iterator<Item = &Diagnostic> {
@@ -221,6 +243,26 @@ pub(crate) struct Sink<'a> {
     lines: LineIndex<'a>,
     diags: Vec<Diagnostic>,
     errors: usize,
+    /// Per kind of diagnostic: how many are kept, and the summary of those that are not.
+    kinds: HashMap<(Severity, String), (usize, Option<usize>)>,
+}
+
+/// The kind of a diagnostic: its message without what is quoted and without numbers
+/// (`duplicate rule name "r7"` and `duplicate rule name "r8"` are one kind).
+fn kind(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut quoted = false;
+    for c in message.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                out.push(c);
+            }
+            _ if quoted || c.is_ascii_digit() => {}
+            _ => out.push(c),
+        }
+    }
+    out
 }
 
 impl<'a> Sink<'a> {
@@ -230,6 +272,7 @@ impl<'a> Sink<'a> {
             lines: LineIndex::new(text),
             diags: Vec::new(),
             errors: 0,
+            kinds: HashMap::new(),
         }
     }
 
@@ -242,13 +285,46 @@ impl<'a> Sink<'a> {
     }
 
     pub(crate) fn error(&mut self, loc: Loc, message: impl Into<String>, help: impl Into<String>) {
-        self.diags.push(Diagnostic::error(
-            self.path,
-            loc,
-            message,
-            Some(help.into()),
-        ));
         self.errors += 1;
+        self.push(Severity::Error, loc, message.into(), help.into());
+    }
+
+    /// Keeps the first [`SHOWN_PER_KIND`] diagnostics of a kind; counts the others in one
+    /// summary at the first of them.
+    fn push(&mut self, severity: Severity, loc: Loc, message: String, help: String) {
+        let (kept, summary) = self.kinds.entry((severity, kind(&message))).or_default();
+        if *kept < SHOWN_PER_KIND {
+            *kept += 1;
+            let d = Diagnostic::new(self.path.into(), loc, severity, message, Some(help));
+            self.diags.push(d);
+            return;
+        }
+        match summary {
+            Some(i) => self.diags[*i].omitted += 1,
+            None => {
+                *summary = Some(self.diags.len());
+                let mut d = Diagnostic::new(self.path.into(), loc, severity, message, None);
+                d.omitted = 1;
+                self.diags.push(d);
+            }
+        }
+    }
+
+    /// The diagnostics in file order, summaries worded.
+    fn sorted(self) -> Vec<Diagnostic> {
+        let mut diags = self.diags;
+        for d in diags.iter_mut().filter(|d| d.omitted > 0) {
+            d.message = format!(
+                "… and {} more {}{} of this kind, not shown; the first of them here: {}",
+                d.omitted,
+                d.severity,
+                if d.omitted == 1 { "" } else { "s" },
+                d.message
+            );
+        }
+        // Stable: problems found at the same place keep the order they were found in.
+        diags.sort_by_key(|d| (d.line, d.col));
+        diags
     }
 
     pub(crate) fn warning(
@@ -257,12 +333,7 @@ impl<'a> Sink<'a> {
         message: impl Into<String>,
         help: impl Into<String>,
     ) {
-        self.diags.push(Diagnostic::warning(
-            self.path,
-            loc,
-            message,
-            Some(help.into()),
-        ));
+        self.push(Severity::Warning, loc, message.into(), help.into());
     }
 
     /// Errors so far: comparing two counts tells whether a step found anything wrong.
@@ -272,10 +343,9 @@ impl<'a> Sink<'a> {
 
     /// `Ok(value, warnings)` if nothing was an error, else every diagnostic, in file order.
     pub(crate) fn finish<T>(self, value: T) -> Result<(T, Vec<Diagnostic>), Diagnostics> {
-        let mut diags = self.diags;
-        // Stable: problems found at the same place keep the order they were found in.
-        diags.sort_by_key(|d| (d.line, d.col));
-        if self.errors > 0 {
+        let errors = self.errors;
+        let diags = self.sorted();
+        if errors > 0 {
             Err(Diagnostics(diags))
         } else {
             Ok((value, diags))
@@ -284,9 +354,7 @@ impl<'a> Sink<'a> {
 
     /// The diagnostics so far as a rejection (used when checking cannot go on at all).
     pub(crate) fn reject(self) -> Diagnostics {
-        let mut diags = self.diags;
-        diags.sort_by_key(|d| (d.line, d.col));
-        Diagnostics(diags)
+        Diagnostics(self.sorted())
     }
 }
 

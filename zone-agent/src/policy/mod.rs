@@ -12,7 +12,9 @@ pub mod lint;
 pub mod model;
 pub mod nft;
 pub mod parse;
+pub mod read;
 pub mod template;
+pub mod text;
 pub mod types;
 pub mod validate;
 

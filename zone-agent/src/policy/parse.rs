@@ -20,6 +20,7 @@ use ipnet::IpNet;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::diagnostic::Sink;
+use super::validate::{MAX_RULES, MAX_ZONES};
 use super::types::{
     Action, Criticality, Defaults, Loc, Mac, Mode, PortRange, Protocol, Segment, ZoneIface,
 };
@@ -455,6 +456,27 @@ pub(crate) fn document(text: &str, sink: &mut Sink<'_>) -> Option<Document> {
         TOP_KEYS,
     );
     top.check_keys(sink);
+    // Capacity first, before any zone or rule is read: a policy beyond the data path's limits
+    // is refused with one error, in time and memory bounded by the file's size, instead of
+    // after a diagnostic per table, validation's duplicate search and the lint.
+    let zones_fit = top.within_capacity(
+        "zones",
+        MAX_ZONES,
+        |n| format!("too many zones: {n} defined, the data path supports at most {MAX_ZONES}"),
+        "zone ids are one byte in the data path (0 means \"no zone\"); merge zones that share a policy",
+        sink,
+    );
+    let rules_fit = top.within_capacity(
+        "rules",
+        MAX_RULES,
+        |n| format!("map capacity exceeded: {n} rules, the data path holds at most {MAX_RULES}"),
+        "merge rules between the same zones with the same protocol: one rule may list several \
+         ports, sources and destinations",
+        sink,
+    );
+    if !(zones_fit && rules_fit) {
+        return None;
+    }
 
     let version = top.version(sink);
     let mode = top
@@ -665,6 +687,16 @@ fn check_zone_name(name: &At<String>, sink: &mut Sink<'_>) {
         .find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '_' | '-'))
     {
         sink.error(name.loc, format!("zone name \"{n}\" contains {c:?}"), help);
+    } else if zone_agent_common::RESERVED_ZONE_NAMES.contains(&n.as_str()) {
+        sink.error(
+            name.loc,
+            format!("zone name \"{n}\" is reserved"),
+            format!(
+                "\"{n}\" is what metrics and reports call traffic in no zone; choose another name \
+                 (reserved: {})",
+                zone_agent_common::RESERVED_ZONE_NAMES.join(", ")
+            ),
+        );
     }
 }
 
@@ -882,6 +914,30 @@ impl<'n> Table<'n> {
     }
 
     /// An array of tables such as `[[zones]]`: each table's location and entries.
+    /// Whether array `key` has at most `max` items; if not, the error (made by `message` from
+    /// the count) is reported at the first item too many.
+    fn within_capacity(
+        &self,
+        key: &str,
+        max: usize,
+        message: impl FnOnce(usize) -> String,
+        help: &str,
+        sink: &mut Sink<'_>,
+    ) -> bool {
+        let Some(e) = self.entries.iter().find(|e| e.key == key) else {
+            return true;
+        };
+        let Value::Array(items) = &e.node.value else {
+            return true;
+        };
+        let Some(extra) = items.get(max) else {
+            return true;
+        };
+        let loc = self.loc_of(&extra.span, self.value_loc(e, sink), sink);
+        sink.error(loc, message(items.len()), help);
+        false
+    }
+
     fn table_list(
         &self,
         key: &str,

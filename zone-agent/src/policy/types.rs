@@ -210,10 +210,11 @@ impl Policy {
     }
 
     pub fn zone_name(&self, id: u8) -> &str {
+        use zone_agent_common::NO_ZONE_LABEL;
         if id == 0 {
-            "none"
+            NO_ZONE_LABEL
         } else {
-            self.zones.get(id as usize - 1).map(|z| z.name.as_str()).unwrap_or("none")
+            self.zones.get(id as usize - 1).map(|z| z.name.as_str()).unwrap_or(NO_ZONE_LABEL)
         }
     }
 }

@@ -20,11 +20,12 @@ use super::parse::{self, At, Document, List, RuleDoc, ZoneDoc};
 use super::types::{Loc, Mac, Policy, PortRange, Protocol, Rule, Zone};
 
 /// Zones a policy may define: the data path numbers zones in one byte with 0 meaning "no
-/// zone", and its per-zone tables have `MAX_ZONES` slots.
+/// zone", and its per-zone tables have `MAX_ZONES` slots. `parse` checks it before reading any
+/// zone.
 pub const MAX_ZONES: usize = zone_agent_common::MAX_ZONES as usize - 1;
 
 /// Rules a policy may define (the size the data path's rule tables are dimensioned and
-/// benchmarked for).
+/// benchmarked for). `parse` checks it before reading any rule.
 pub const MAX_RULES: usize = 100_000;
 
 /// Where interfaces are looked up on the host.
@@ -78,16 +79,9 @@ pub fn check_str(
     sink.finish(policy)
 }
 
-/// Reads and checks the policy file at `path`.
+/// Reads (through the bounded [`read`](super::read::read)) and checks the policy file at `path`.
 pub fn load(path: &Path, env: &dyn Environment) -> Result<(Policy, Vec<Diagnostic>), Diagnostics> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        Diagnostic::error(
-            path,
-            Loc { line: 1, col: 1 },
-            format!("cannot read policy file: {e}"),
-            Some("check the path and that this user may read the file".into()),
-        )
-    })?;
+    let bytes = super::read::read(path)?;
     check_bytes(path, &bytes, env)
 }
 
@@ -142,14 +136,6 @@ fn zone(z: ZoneDoc) -> Zone {
 // === Zones ===
 
 fn check_zones(zones: &[ZoneDoc], env: &dyn Environment, sink: &mut Sink<'_>) {
-    if let Some(extra) = zones.get(MAX_ZONES) {
-        sink.error(
-            extra.loc,
-            format!("too many zones: {} defined, the data path supports at most {MAX_ZONES}", zones.len()),
-            "zone ids are one byte in the data path (0 means \"no zone\"); merge zones that share a policy",
-        );
-    }
-
     let mut names: HashMap<&str, Loc> = HashMap::new();
     let mut ifaces: HashMap<(&str, Option<u16>), (usize, Loc)> = HashMap::new();
     let mut networks: HashMap<IpNet, (usize, Loc)> = HashMap::new();
@@ -380,18 +366,6 @@ impl RuleShape {
 }
 
 fn rules(docs: &[RuleDoc], zones: &ZoneIndex<'_>, sink: &mut Sink<'_>) -> Vec<Rule> {
-    if let Some(extra) = docs.get(MAX_RULES) {
-        sink.error(
-            extra.loc,
-            format!(
-                "map capacity exceeded: {} rules, the data path holds at most {MAX_RULES}",
-                docs.len()
-            ),
-            "merge rules between the same zones with the same protocol: one rule may list several \
-             ports, sources and destinations",
-        );
-    }
-
     let mut names: HashMap<&str, Loc> = HashMap::new();
     let mut shapes: HashMap<RuleShape, usize> = HashMap::new();
     let mut used = vec![false; zones.zones.len()];

@@ -25,13 +25,13 @@ pub struct SetNames {
 
 impl SetNames {
     pub fn of(p: &Policy) -> Self {
-        let mut zones = vec!["none".to_string()];
+        let mut zones = vec![zone_agent_common::NO_ZONE_LABEL.to_string()];
         zones.extend(p.zones.iter().map(|z| z.name.clone()));
         SetNames { generation: 0, zones, rules: p.rules.iter().map(|r| r.name.clone()).collect() }
     }
 
     fn zone(&self, id: u8) -> String {
-        self.zones.get(id as usize).cloned().unwrap_or_else(|| "none".into())
+        self.zones.get(id as usize).cloned().unwrap_or_else(|| zone_agent_common::NO_ZONE_LABEL.into())
     }
 }
 
