@@ -12,6 +12,8 @@ use anyhow::{Context as _, bail};
 use super::PolicyCommand;
 use crate::policy::{
     self, compile, diff,
+    diagnostic::SHOWN_PER_KIND,
+    text::{Escaped, escape, escape_lines},
     model::{Frag, Model, Packet},
     template,
     validate::{Environment, HostEnvironment, OfflineEnvironment},
@@ -64,7 +66,7 @@ fn export(file: &Path, format: ExportFormat, output: Option<&Path>) -> anyhow::R
         Ok(x) => x,
         Err(diags) => {
             eprintln!("{diags}");
-            eprintln!("{}: {} error(s); nothing exported", file.display(), diags.errors().count());
+            eprintln!("{}: {} error(s); nothing exported", shown(file), diags.error_count());
             return Ok(ExitCode::from(1));
         }
     };
@@ -96,20 +98,31 @@ fn check(file: &std::path::Path, offline: bool) -> anyhow::Result<ExitCode> {
             for w in &warnings {
                 eprintln!("{w}");
             }
-            // Accepted guideline findings are silent otherwise: show that they exist.
-            for r in p.rules.iter().filter(|r| r.acknowledge.is_some()) {
+            // Accepted guideline findings are silent otherwise: show that they exist (the first
+            // few: a generated policy may acknowledge thousands).
+            let acked: Vec<_> = p.rules.iter().filter(|r| r.acknowledge.is_some()).collect();
+            for r in acked.iter().take(SHOWN_PER_KIND) {
                 eprintln!(
                     "{}:{}:{}: note: guideline findings on rule \"{}\" are acknowledged: {}",
-                    file.display(),
+                    shown(file),
                     r.loc.line,
                     r.loc.col,
-                    r.name,
-                    r.acknowledge.as_deref().unwrap_or_default()
+                    Escaped(&r.name),
+                    Escaped(r.acknowledge.as_deref().unwrap_or_default())
+                );
+            }
+            if let Some(r) = acked.get(SHOWN_PER_KIND) {
+                eprintln!(
+                    "{}:{}:{}: note: … and {} more rules with acknowledged guideline findings, not shown",
+                    shown(file),
+                    r.loc.line,
+                    r.loc.col,
+                    acked.len() - SHOWN_PER_KIND
                 );
             }
             println!(
                 "{}: OK — {} zones, {} rules, {} data-path entries{}",
-                file.display(),
+                shown(file),
                 p.zones.len(),
                 p.rules.len(),
                 c.entries(),
@@ -119,8 +132,7 @@ fn check(file: &std::path::Path, offline: bool) -> anyhow::Result<ExitCode> {
         }
         Err(diags) => {
             eprintln!("{diags}");
-            let n = diags.0.iter().filter(|d| matches!(d.severity, policy::diagnostic::Severity::Error)).count();
-            eprintln!("{}: {} error(s); the policy was not applied", file.display(), n);
+            eprintln!("{}: {} error(s); the policy was not applied", shown(file), diags.error_count());
             Ok(ExitCode::from(1))
         }
     }
@@ -177,8 +189,8 @@ fn diff(old: &Path, new: &Path) -> anyhow::Result<ExitCode> {
             eprintln!("{diags}");
             eprintln!(
                 "{}: {} error(s); nothing compared",
-                file.display(),
-                diags.errors().count()
+                shown(file),
+                diags.error_count()
             );
         }
     }
@@ -190,9 +202,15 @@ fn diff(old: &Path, new: &Path) -> anyhow::Result<ExitCode> {
         eprintln!("{w}");
     }
     let d = diff::diff(&before, &after);
-    println!("--- {}\n+++ {}", old.display(), new.display());
-    print!("{}", d.render());
+    println!("--- {}\n+++ {}", shown(old), shown(new));
+    // The values in it are escaped one by one; this is the last guard.
+    print!("{}", escape_lines(&d.render()));
     Ok(if d.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// A path as operators see it in messages: control characters escaped.
+fn shown(path: &Path) -> String {
+    escape(&path.to_string_lossy()).into_owned()
 }
 
 fn parse_proto(s: &str) -> anyhow::Result<u8> {

@@ -303,7 +303,7 @@ impl<'a> Sink<'a> {
             Some(i) => self.diags[*i].omitted += 1,
             None => {
                 *summary = Some(self.diags.len());
-                let mut d = Diagnostic::new(self.path.into(), loc, severity, message, None);
+                let mut d = Diagnostic::new(self.path.into(), loc, severity, message, Some(help));
                 d.omitted = 1;
                 self.diags.push(d);
             }

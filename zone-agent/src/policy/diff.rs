@@ -18,6 +18,7 @@ use std::fmt::{self, Write as _};
 
 use ipnet::IpNet;
 
+use super::text::escape;
 use super::types::{Action, Criticality, Mac, Mode, Policy, PortRange, Protocol, Rule, Zone};
 
 /// How one difference changes what the policy lets through.
@@ -124,42 +125,44 @@ impl PolicyDiff {
         *self == PolicyDiff::default()
     }
 
-    /// The text `policy diff` prints.
+    /// The text `policy diff` prints. Every value is [`escape`]d on its own: a description or
+    /// label cannot move the cursor, overprint a line or start a line of its own.
     pub fn render(&self) -> String {
+        let e = |x: &dyn fmt::Display| escape(&x.to_string()).into_owned();
         let mut s = String::new();
         for i in &self.global {
-            let _ = writeln!(s, "{i}");
+            let _ = writeln!(s, "{}", e(i));
         }
         for (name, desc) in &self.zones_added {
-            let _ = writeln!(s, "+ zone \"{name}\": {desc}");
+            let _ = writeln!(s, "+ zone \"{}\": {}", e(name), e(desc));
         }
         for (name, desc) in &self.zones_removed {
-            let _ = writeln!(s, "- zone \"{name}\": {desc}");
+            let _ = writeln!(s, "- zone \"{}\": {}", e(name), e(desc));
         }
         for z in &self.zones_changed {
-            let _ = writeln!(s, "~ zone \"{}\" {}:", z.name, z.change().verb());
+            let _ = writeln!(s, "~ zone \"{}\" {}:", e(&z.name), z.change().verb());
             for i in &z.items {
-                let _ = writeln!(s, "    {i}");
+                let _ = writeln!(s, "    {}", e(i));
             }
         }
         for (name, desc) in &self.rules_added {
-            let _ = writeln!(s, "+ rule \"{name}\": {desc}");
+            let _ = writeln!(s, "+ rule \"{}\": {}", e(name), e(desc));
         }
         for (name, desc) in &self.rules_removed {
-            let _ = writeln!(s, "- rule \"{name}\": {desc}");
+            let _ = writeln!(s, "- rule \"{}\": {}", e(name), e(desc));
         }
         for r in &self.rules_changed {
-            let _ = writeln!(s, "~ rule \"{}\" {}:", r.name, r.change().verb());
+            let _ = writeln!(s, "~ rule \"{}\" {}:", e(&r.name), r.change().verb());
             for i in &r.items {
-                let _ = writeln!(s, "    {i}");
+                let _ = writeln!(s, "    {}", e(i));
             }
         }
         if let Some((old, new)) = &self.order {
             let _ = writeln!(
                 s,
                 "rule order changed (counters go to the first matching rule): {} -> {}",
-                old.join(", "),
-                new.join(", ")
+                e(&old.join(", ")),
+                e(&new.join(", "))
             );
         }
         let _ = writeln!(s, "{}", self.summary());

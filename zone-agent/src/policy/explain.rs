@@ -12,6 +12,7 @@ use super::model::{
     self, Decision, Frag, Outcome, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Packet,
     RuleCheck, RuleInput,
 };
+use super::text::{Escaped, escape_lines};
 use super::types::{Action, Mac, Mode, Policy, Protocol, Rule};
 
 pub fn render(policy: &Policy, p: &Packet, d: &Decision) -> String {
@@ -69,7 +70,7 @@ pub fn render(policy: &Policy, p: &Packet, d: &Decision) -> String {
                 s.push_str(" [audit mode]");
             }
             if let Some(desc) = &r.description {
-                let _ = write!(s, " — {desc}");
+                let _ = write!(s, " — {}", Escaped(desc));
             }
             let _ = writeln!(s, "\n         allows {}", rule_summary(policy, r));
         }
@@ -87,7 +88,8 @@ pub fn render(policy: &Policy, p: &Packet, d: &Decision) -> String {
     }
     // Lines end with '\n' except the last: callers print it with println!.
     s.truncate(s.trim_end().len());
-    s
+    // Descriptions and labels are escaped where they are written; this catches the rest.
+    escape_lines(&s).into_owned()
 }
 
 fn proto_name(proto: u8) -> String {
@@ -143,7 +145,7 @@ fn zone_desc(policy: &Policy, id: u8) -> String {
     }
     let name = policy.zone_name(id);
     match policy.zones.get(id as usize - 1).and_then(|z| z.label.as_deref()) {
-        Some(label) => format!("{name} ({label})"),
+        Some(label) => format!("{name} ({})", Escaped(label)),
         None => name.to_string(),
     }
 }

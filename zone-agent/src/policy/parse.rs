@@ -429,6 +429,22 @@ fn example(key: &str) -> &'static str {
 /// Reads `text` into a [`Document`], reporting every problem to `sink`. `None` only when the
 /// text is not TOML at all (the syntax error is reported).
 pub(crate) fn document(text: &str, sink: &mut Sink<'_>) -> Option<Document> {
+    // A file of a million `[[rules]]` headers is refused before the TOML parser builds a tree
+    // of a million tables (seconds and hundreds of MB): the headers are counted first.
+    let headers = count_headers(text);
+    let zones_fit = headers.zones.count <= MAX_ZONES;
+    if let (false, Some(at)) = (zones_fit, headers.zones.extra) {
+        let (message, help) = too_many_zones(headers.zones.count);
+        sink.error(sink.loc(at), message, help);
+    }
+    let rules_fit = headers.rules.count <= MAX_RULES;
+    if let (false, Some(at)) = (rules_fit, headers.rules.extra) {
+        let (message, help) = too_many_rules(headers.rules.count);
+        sink.error(sink.loc(at), message, help);
+    }
+    if !(zones_fit && rules_fit) {
+        return None;
+    }
     let root = match tree(text) {
         Ok(root) => root,
         Err(e) => {
@@ -459,21 +475,9 @@ pub(crate) fn document(text: &str, sink: &mut Sink<'_>) -> Option<Document> {
     // Capacity first, before any zone or rule is read: a policy beyond the data path's limits
     // is refused with one error, in time and memory bounded by the file's size, instead of
     // after a diagnostic per table, validation's duplicate search and the lint.
-    let zones_fit = top.within_capacity(
-        "zones",
-        MAX_ZONES,
-        |n| format!("too many zones: {n} defined, the data path supports at most {MAX_ZONES}"),
-        "zone ids are one byte in the data path (0 means \"no zone\"); merge zones that share a policy",
-        sink,
-    );
-    let rules_fit = top.within_capacity(
-        "rules",
-        MAX_RULES,
-        |n| format!("map capacity exceeded: {n} rules, the data path holds at most {MAX_RULES}"),
-        "merge rules between the same zones with the same protocol: one rule may list several \
-         ports, sources and destinations",
-        sink,
-    );
+    // Tables written in ways `count_headers` does not see (inline arrays, quoted keys).
+    let zones_fit = top.within_capacity("zones", MAX_ZONES, too_many_zones, sink);
+    let rules_fit = top.within_capacity("rules", MAX_RULES, too_many_rules, sink);
     if !(zones_fit && rules_fit) {
         return None;
     }
@@ -505,6 +509,137 @@ pub(crate) fn document(text: &str, sink: &mut Sink<'_>) -> Option<Document> {
         zones,
         rules,
     })
+}
+
+fn too_many_zones(n: usize) -> (String, &'static str) {
+    (
+        format!("too many zones: {n} defined, the data path supports at most {MAX_ZONES}"),
+        "zone ids are one byte in the data path (0 means \"no zone\"); merge zones that share a policy",
+    )
+}
+
+fn too_many_rules(n: usize) -> (String, &'static str) {
+    (
+        format!("map capacity exceeded: {n} rules, the data path holds at most {MAX_RULES}"),
+        "merge rules between the same zones with the same protocol: one rule may list several \
+         ports, sources and destinations",
+    )
+}
+
+/// How many `[[key]]` headers a file has, and where the one beyond the limit starts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct HeaderCount {
+    count: usize,
+    /// Byte offset of the header after the first `limit` ones.
+    extra: Option<usize>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Headers {
+    zones: HeaderCount,
+    rules: HeaderCount,
+}
+
+/// Counts the `[[zones]]` and `[[rules]]` headers of `text` without parsing it: lines that
+/// begin (after blanks) with such a header and are not inside a multi-line string. A header
+/// spelled otherwise (`[["rules"]]`) is not counted; the count of the parsed tables catches
+/// what this misses, so it never finds more tables than there are.
+fn count_headers(text: &str) -> Headers {
+    let mut headers = Headers::default();
+    let mut open: Option<&'static [u8]> = None;
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let start = offset;
+        offset += line.len();
+        let b = line.as_bytes();
+        let from = match open {
+            Some(delim) => match close_multiline(b, 0, delim) {
+                Some(after) => after,
+                None => continue,
+            },
+            None => {
+                let blanks = b.iter().take_while(|c| matches!(c, b' ' | b'\t')).count();
+                let name = line[blanks..]
+                    .strip_prefix("[[")
+                    .and_then(|h| h.split_once("]]"))
+                    .map(|(name, _)| name.trim_matches([' ', '\t']));
+                let counted = match name {
+                    Some("zones") => Some((&mut headers.zones, MAX_ZONES)),
+                    Some("rules") => Some((&mut headers.rules, MAX_RULES)),
+                    _ => None,
+                };
+                if let Some((slot, limit)) = counted {
+                    slot.count += 1;
+                    if slot.count == limit + 1 {
+                        slot.extra = Some(start + blanks);
+                    }
+                }
+                0
+            }
+        };
+        open = open_multiline(b, from);
+    }
+    headers
+}
+
+const ML_BASIC: &[u8] = b"\"\"\"";
+const ML_LITERAL: &[u8] = b"'''";
+
+/// The delimiter of a multi-line string that `b` (from `i` on, outside any string there)
+/// leaves open, if any.
+fn open_multiline(b: &[u8], mut i: usize) -> Option<&'static [u8]> {
+    while i < b.len() {
+        if let Some(delim) = [ML_BASIC, ML_LITERAL].into_iter().find(|d| b[i..].starts_with(d)) {
+            match close_multiline(b, i + delim.len(), delim) {
+                Some(end) => {
+                    i = end;
+                    continue;
+                }
+                None => return Some(delim),
+            }
+        }
+        match b[i] {
+            b'#' => return None,
+            b'"' => {
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'\'' => {
+                i += 1;
+                while i < b.len() && b[i] != b'\'' {
+                    i += 1;
+                }
+                i += 1;
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// Where a multi-line string that is open at `b[i]` ends (the index after its delimiter), or
+/// `None` if it does not end in `b`.
+fn close_multiline(b: &[u8], mut i: usize, delim: &[u8]) -> Option<usize> {
+    let quote = delim[0];
+    while i < b.len() {
+        if quote == b'"' && b[i] == b'\\' {
+            i += 2;
+            continue;
+        }
+        if b[i..].starts_with(delim) {
+            // Up to two more quotes may end the string's content: `""""` is `"` and the end.
+            let mut end = i + delim.len();
+            while end < b.len() && end < i + delim.len() + 2 && b[end] == quote {
+                end += 1;
+            }
+            return Some(end);
+        }
+        i += 1;
+    }
+    None
 }
 
 fn zone(index: usize, loc: Loc, entries: &[Entry], sink: &mut Sink<'_>) -> ZoneDoc {
@@ -920,8 +1055,7 @@ impl<'n> Table<'n> {
         &self,
         key: &str,
         max: usize,
-        message: impl FnOnce(usize) -> String,
-        help: &str,
+        diagnostic: fn(usize) -> (String, &'static str),
         sink: &mut Sink<'_>,
     ) -> bool {
         let Some(e) = self.entries.iter().find(|e| e.key == key) else {
@@ -934,7 +1068,8 @@ impl<'n> Table<'n> {
             return true;
         };
         let loc = self.loc_of(&extra.span, self.value_loc(e, sink), sink);
-        sink.error(loc, message(items.len()), help);
+        let (message, help) = diagnostic(items.len());
+        sink.error(loc, message, help);
         false
     }
 
@@ -1244,6 +1379,25 @@ mod tests {
     use super::*;
     use std::cell::Cell;
     use std::path::Path;
+
+    #[test]
+    fn headers_are_counted_outside_strings_only() {
+        let text = "version = 1\n[[zones]]\nname = \"a\" # [[zones]]\n  [[ rules ]]\n\
+            description = \"\"\"\n[[rules]]\n\\\"\"\" still open\n[[rules]]\n\"\"\"\"\n\
+            acknowledge = '''x\n[[rules]]'''  [[rules]]\n[[rules]] # real\n\
+            label = \"ends \\\" here\" s = '''\n[[zones]]\n'''\n[[\"rules\"]]\n[[rules.x]]\n";
+        let h = count_headers(text);
+        assert_eq!((h.zones.count, h.rules.count), (1, 2), "{h:?}");
+        // The rule line after the strings closed is seen; none inside them.
+        let mut big = String::from("version = 1\n");
+        for _ in 0..=MAX_RULES {
+            big.push_str("[[rules]]\n");
+        }
+        let h = count_headers(&big);
+        assert_eq!(h.rules.count, MAX_RULES + 1);
+        assert_eq!(h.rules.extra, Some(12 + 10 * MAX_RULES));
+        assert_eq!(count_headers("[[rules]]\n").rules.extra, None);
+    }
 
     type Names = Option<(&'static str, &'static [&'static str])>;
 
