@@ -415,6 +415,7 @@ impl std::fmt::Display for Bounded {
 
 /// Runs the binary and waits at most `limit` for it: a child still running then is killed and
 /// the test fails (a FIFO must not hang the test suite as it hung the agent).
+#[allow(clippy::zombie_processes, reason = "reaped by wait4, which also reports its peak memory")]
 fn run_bounded(args: &[&std::ffi::OsStr], limit: Duration) -> Bounded {
     let start = Instant::now();
     let mut child = Command::new(BIN)
@@ -608,10 +609,11 @@ fn a_million_rules_fail_fast_with_one_capacity_error() {
     );
 }
 
-/// How long refusing a 10 MB file of a million tables may take (measured: 1.3 s in the debug
-/// build, 0.05 s in the release build; parsing it as TOML took 8.9 s and 1.3 s).
+/// How long refusing a 10 MB file of a million tables may take. Measured alone: 0.13 s in the
+/// release build, 1.3 s in the debug build (up to 7 s beside the other tests on two cores);
+/// main took 63 s, 1.4 GB and printed 448 MB for it in the release build.
 const FAST_PARSE: Duration = if cfg!(debug_assertions) {
-    Duration::from_secs(5)
+    Duration::from_secs(15)
 } else {
     Duration::from_secs(1)
 };
@@ -648,9 +650,8 @@ fn assert_safe(what: &str, r: &Bounded) {
         }
     }
     let all = format!("{}{}", r.stdout, r.stderr);
-    for escaped in ["\\u{1b}[2K\\u{1b}[1A\\rok\\u{8}\\u{202e}evil"] {
-        assert!(all.contains(escaped), "{what}: {escaped} is shown: {r}");
-    }
+    let escaped = "\\u{1b}[2K\\u{1b}[1A\\rok\\u{8}\\u{202e}evil";
+    assert!(all.contains(escaped), "{what}: {escaped} is shown: {r}");
 }
 
 fn policy_with(description: &str, label: &str, ack: &str, ports: &str) -> String {
