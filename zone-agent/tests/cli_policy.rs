@@ -728,10 +728,12 @@ fn control_characters_are_shown_escaped_by_check_diff_and_explain() {
         "Japanese labels are kept: {r}"
     );
 
-    // A diagnostic quoting a bad value: the value comes out escaped too.
+    // Diagnostics quoting bad values (a rule name, a zone reference) escape them too.
     let bad = dir.write(
         "bad.toml",
-        &policy_with("x", "a", "ok", "").replace("to = \"b\"", &format!("to = \"b{NASTY}\"")),
+        &policy_with("x", "a", "ok", "")
+            .replace("to = \"b\"", &format!("to = \"b{NASTY}\""))
+            .replace("name = \"relay\"", &format!("name = \"relay{NASTY}\"")),
     );
     let r = check_bounded(&bad, limit);
     assert_eq!(r.code, Some(1), "{r}");
