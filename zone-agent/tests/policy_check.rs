@@ -774,6 +774,29 @@ fn too_many_rules() {
 }
 
 #[test]
+fn too_many_rules_written_as_an_inline_array() {
+    // No `[[rules]]` headers to count before parsing: the parsed tables are counted, still
+    // before any of them is read (one error, not four "missing key" errors a table).
+    let text = format!(
+        "version = 1\nrules = [\n{}]\n\
+         [[zones]]\nname = \"a\"\ninterfaces = [\"eth1\"]\nnetworks = [\"10.1.0.0/16\"]\n",
+        "{},\n".repeat(MAX_RULES + 5)
+    );
+    let diags = match validate::parse_str(Path::new("inline.toml"), &text) {
+        Ok(_) => panic!("{} rules accepted", MAX_RULES + 5),
+        Err(diags) => diags,
+    };
+    assert_eq!(diags.len(), 1, "{diags}");
+    let d = &diags.0[0];
+    assert_eq!((d.line, d.col), (3 + MAX_RULES as u32, 1), "{d}");
+    assert!(
+        d.message
+            .contains("map capacity exceeded: 100005 rules, the data path holds at most 100000"),
+        "{d}"
+    );
+}
+
+#[test]
 fn unreadable_file_is_a_diagnostic_at_the_start() {
     let path = fixture("no-such-policy.toml");
     let diags = match validate::load(&path, &OfflineEnvironment) {
