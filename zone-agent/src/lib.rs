@@ -14,4 +14,5 @@ pub mod datapath;
 pub mod failsafe;
 pub mod fuzzing;
 pub mod policy;
+pub mod service;
 pub mod telemetry;
