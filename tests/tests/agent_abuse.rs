@@ -650,3 +650,91 @@ fn state_files_are_private() {
     let mode = fs::metadata(&t).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "telemetry.json is {mode:o}");
 }
+
+/// `VmRSS` and `VmHWM` (peak) of `pid`, in KiB.
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let text = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// A policy of `n` rules (one port each) between two zones that are not critical (no
+/// warnings per rule).
+fn large_policy(n: u32) -> String {
+    let mut p = POLICY.replace("criticality = \"critical\"", "criticality = \"low\"");
+    p = p.replace("criticality = \"high\"", "criticality = \"low\"");
+    for i in 0..n {
+        p.push_str(&format!(
+            "\n[[rules]]\nname = \"bulk-{i}\"\nfrom = \"lgwan\"\nto = \"mynumber\"\nprotocol = \"tcp\"\nports = [\"{}\"]\n",
+            10_000 + i
+        ));
+    }
+    p
+}
+
+#[test]
+fn large_policy_reload_blocks_nothing_and_memory_is_given_back() {
+    const RULES: u32 = 50_000;
+    let mut lab = Lab::new("abuse_large_policy");
+    let my = mynumber(&mut lab);
+    let lg = lgwan(&mut lab);
+    let policy = lab.dir().join("policy.toml");
+    fs::write(&policy, POLICY).unwrap();
+    let st = default_start(&lab, &policy);
+    let agent = start(&lab, &st);
+    let _srv = tcp_listen(&lab, &my, 443, false);
+    let generation = |lab: &Lab| -> (Option<u64>, Duration) {
+        let (v, took) = status(lab, &st.state, PROMPT * 2);
+        (v.and_then(|v| v["generation"].as_u64()), took)
+    };
+    let (g0, _) = generation(&lab);
+    let g0 = g0.expect("status");
+    let (rss_small, _) = rss_kib(agent.pid());
+
+    write_policy(&policy, &large_policy(RULES));
+    let t0 = Instant::now();
+    let mut worst_status = Duration::ZERO;
+    let mut loaded = None;
+    wait_until(
+        Duration::from_secs(120),
+        "the large policy is enforcing",
+        || {
+            let (g, took) = generation(&lab);
+            worst_status = worst_status.max(took);
+            let done = g == Some(g0 + 1);
+            if done {
+                loaded = Some(t0.elapsed());
+            }
+            done
+        },
+    );
+    let (rss_large, peak) = rss_kib(agent.pid());
+    assert!(tcp_connect(&lab, &lg, ip("10.10.0.10"), 443, None, T));
+
+    write_policy(&policy, POLICY);
+    wait_until(
+        Duration::from_secs(60),
+        "the small policy is enforcing again",
+        || generation(&lab).0 == Some(g0 + 2),
+    );
+    let (rss_back, _) = rss_kib(agent.pid());
+    eprintln!(
+        "{RULES}-rule policy: enforcing after {loaded:?}, worst status meanwhile {worst_status:?}; RSS small {rss_small} KiB, large {rss_large} KiB (peak {peak}), back to small {rss_back} KiB"
+    );
+    assert!(
+        worst_status <= PROMPT,
+        "status took {worst_status:?} during a large reload"
+    );
+    // Most of what the large policy took is given back.
+    let grown = peak.saturating_sub(rss_small);
+    assert!(
+        rss_back <= rss_small + grown / 4 + 8 * 1024,
+        "RSS stays at {rss_back} KiB after returning to the small policy (small {rss_small}, peak {peak})"
+    );
+    assert!(tcp_connect(&lab, &lg, ip("10.10.0.10"), 443, None, T));
+}
