@@ -726,8 +726,9 @@ fn large_policy_reload_blocks_nothing_and_memory_is_given_back() {
     eprintln!(
         "{RULES}-rule policy: enforcing after {loaded:?}, worst status meanwhile {worst_status:?}; RSS small {rss_small} KiB, large {rss_large} KiB (peak {peak}), back to small {rss_back} KiB"
     );
+    // (Main, one lock: 1.8 s; here: tens of ms.)
     assert!(
-        worst_status <= PROMPT,
+        worst_status <= Duration::from_secs(1),
         "status took {worst_status:?} during a large reload"
     );
     // Most of what the large policy took is given back.
