@@ -19,7 +19,7 @@ use crate::{
     datapath::{Adoption, Datapath, XdpMode},
     failsafe,
     policy::{self, Diagnostics, Policy, compile::Compiled, validate::HostEnvironment},
-    service::{self, PolicyStamp, ReadError, Shared, Snapshot},
+    service::{FileWatch, ReadError, Shared, Snapshot},
     telemetry::{SetNames, Telemetry, persist},
 };
 
@@ -28,9 +28,9 @@ pub struct Agent {
     pub telemetry: Telemetry,
     pub policy: Policy,
     pub policy_path: PathBuf,
-    /// The policy file's metadata when it was last read (loaded or rejected), to notice
+    /// What was seen of the policy file when it was last read (loaded or rejected), to notice
     /// changes without reading it.
-    pub stamp: Option<PolicyStamp>,
+    pub watch: FileWatch,
     /// Where readers (metrics, admin socket) find what this agent publishes.
     pub shared: Option<Arc<Shared>>,
     pub settings: Settings,
@@ -55,10 +55,10 @@ pub struct ReloadError {
     pub retry: bool,
 }
 
-/// [`prepare`] of the contents of `path`, read with [`service::read_policy_file`] (never
-/// blocks on a FIFO; bounded size).
-fn prepare_file(path: &Path) -> Result<(Policy, Compiled), ReloadError> {
-    let bytes = service::read_policy_file(path).map_err(|e| match e {
+/// [`prepare`] of the contents of `path`, read with [`crate::service::read_policy_file`]
+/// (never blocks on a FIFO; bounded size).
+fn prepare_file(path: &Path, watch: &mut FileWatch) -> Result<(Policy, Compiled), ReloadError> {
+    let bytes = watch.read(path).map_err(|e| match e {
         ReadError::Refused(_) => ReloadError { error: e.into(), retry: false },
         ReadError::Io { .. } => ReloadError { error: e.into(), retry: true },
     })?;
@@ -92,8 +92,8 @@ impl Agent {
     /// attaches: no interface ever runs the program without a complete policy behind it.
     pub fn start(settings: Settings) -> anyhow::Result<Agent> {
         let path = settings.policy.clone();
-        let stamp = PolicyStamp::of(&path);
-        let (policy, compiled) = prepare_file(&path).map_err(|e| e.error).with_context(|| {
+        let mut watch = FileWatch::default();
+        let (policy, compiled) = prepare_file(&path, &mut watch).map_err(|e| e.error).with_context(|| {
             format!(
                 "policy {} rejected (a policy pinned under {} by an earlier run, if any, keeps enforcing)",
                 path.display(),
@@ -122,7 +122,7 @@ impl Agent {
             telemetry,
             policy: policy.clone(),
             policy_path: path.clone(),
-            stamp,
+            watch,
             shared: None,
             failsafe: Vec::new(),
             adoption,
@@ -155,7 +155,15 @@ impl Agent {
         let mut names = SetNames::of(policy);
         names.generation = self.dp.generation + 1;
         self.telemetry.sets[set as usize] = Some(names);
-        self.save();
+        // On disk before the flip, so that a crash after it finds the names. Readers get the
+        // retired totals now but the set's new names only after `apply` has zeroed its
+        // counters: until then they hold the old policy's counts, already retired.
+        self.persist();
+        if let Some(s) = &self.shared {
+            let mut snap = self.snapshot();
+            snap.telemetry.sets[set as usize] = None;
+            s.publish(snap);
+        }
         match self.dp.apply(compiled, ifindex) {
             Ok(generation) => {
                 self.telemetry.generation = generation;
@@ -190,10 +198,14 @@ impl Agent {
     /// Saves the state to disk, then publishes it to the readers: whatever a reader sees is
     /// what a restarted agent would find.
     fn save(&self) {
+        self.persist();
+        self.publish();
+    }
+
+    fn persist(&self) {
         if let Err(e) = persist::save(&self.settings.state_dir, &self.telemetry) {
             warn!("cannot save telemetry state under {}: {e}", self.settings.state_dir.display());
         }
-        self.publish();
     }
 
     /// What readers see now.
@@ -214,7 +226,6 @@ impl Agent {
 
     /// Re-reads the policy file. A rejected policy changes nothing and is counted.
     pub fn reload(&mut self) -> Result<u32, ReloadError> {
-        self.stamp = PolicyStamp::of(&self.policy_path);
         let r = self.try_reload();
         match &r {
             Ok(g) => {
@@ -236,7 +247,7 @@ impl Agent {
     }
 
     fn try_reload(&mut self) -> Result<u32, ReloadError> {
-        let (policy, compiled) = prepare_file(&self.policy_path)?;
+        let (policy, compiled) = prepare_file(&self.policy_path, &mut self.watch)?;
         // Anything failing from here on is the host's or the data path's doing (descriptors,
         // memory, an interface), not the policy's: worth retrying.
         let failed = |error: anyhow::Error| ReloadError { error, retry: true };
@@ -254,10 +265,10 @@ impl Agent {
         Ok(generation)
     }
 
-    /// True if the policy file's metadata differs from when it was last read (`stat` only:
-    /// neither reads nor opens it).
-    pub fn policy_changed(&self) -> bool {
-        PolicyStamp::of(&self.policy_path) != self.stamp
+    /// True if the policy file changed since it was last read: by its metadata (`stat`), and
+    /// once more by its contents for a file read just after a modification ([`FileWatch`]).
+    pub fn policy_changed(&mut self) -> bool {
+        self.watch.changed(&self.policy_path)
     }
 
     /// The agent is exiting. Enforcement stays pinned, unless `fail_open_on_exit`.

@@ -73,14 +73,22 @@ async fn metrics(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
         let shared = m.shared.clone();
         let started = Instant::now();
         let text = tokio::task::spawn_blocking(move || {
-            let snap = shared.snapshot();
-            super::metrics::render(
-                &View {
+            // A reload may publish while this renders (it publishes before it zeroes any
+            // counter it re-labels): render again from the new snapshot, so that no scrape
+            // mixes two of them and a counter never appears to go back.
+            let mut tries = 0;
+            loop {
+                let snap = shared.snapshot();
+                let view = View {
                     maps: &shared.maps,
                     active_set: snap.active_set,
-                },
-                &snap.telemetry,
-            )
+                };
+                let text = super::metrics::render(&view, &snap.telemetry);
+                tries += 1;
+                if tries >= 3 || Arc::ptr_eq(&snap, &shared.snapshot()) {
+                    break text;
+                }
+            }
         })
         .await;
         let text = match text {
