@@ -447,6 +447,75 @@ fn hostile_scrapers_delay_neither_watchdog_nor_reload_nor_status() {
     // The gate still works, and the agent holds few descriptors.
     assert!(tcp_connect(&lab, &lg, ip("10.10.0.10"), 443, None, T));
     assert!(fds < 400, "the agent holds {fds} descriptors");
+    // Once the user stops, /metrics serves again and shows the flood.
+    drop(h);
+    let mut refused = 0.0;
+    wait_until(
+        Duration::from_secs(10),
+        "/metrics answers after the flood",
+        || {
+            scrape::metrics(&lab, lab.gateway(), METRICS_ADDR).is_some_and(|t| {
+                refused = scrape::metric_value(
+                    &t,
+                    "zone_agent_connections_refused_total",
+                    &[("listener", "metrics")],
+                )
+                .unwrap_or(0.0);
+                true
+            })
+        },
+    );
+    eprintln!("connections refused on the metrics port: {refused}");
+    assert!(
+        refused > 0.0,
+        "the flood left no trace in zone_agent_connections_refused_total"
+    );
+}
+
+#[test]
+fn a_failed_reload_is_counted_logged_and_retried() {
+    let mut lab = Lab::new("abuse_retry");
+    let my = mynumber(&mut lab);
+    let lg = lgwan(&mut lab);
+    let policy = lab.dir().join("policy.toml");
+    fs::write(&policy, format!("{POLICY}{REVOCABLE}")).unwrap();
+    let st = default_start(&lab, &policy);
+    let agent = start(&lab, &st);
+    let _srv = tcp_listen(&lab, &my, 8443, false);
+    let errors = |lab: &Lab| {
+        scrape::metrics(lab, lab.gateway(), METRICS_ADDR)
+            .and_then(|t| {
+                scrape::metric_value(
+                    &t,
+                    "zone_agent_policy_reloads_total",
+                    &[("result", "error")],
+                )
+            })
+            .unwrap_or(0.0)
+    };
+    // The file cannot be read (as when descriptors or memory run out, or during an editor's
+    // replace): the reload fails, is counted and logged, and retried without the file
+    // changing (1 s, then 2 s...).
+    let hidden = lab.dir().join("policy.hidden");
+    fs::rename(&policy, &hidden).unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "the failed reload is retried",
+        || errors(&lab) >= 2.0,
+    );
+    let log = agent.log_text();
+    assert!(
+        log.contains("policy reload FAILED") && log.contains("Retrying in"),
+        "{log}"
+    );
+    // The previous policy kept enforcing meanwhile.
+    assert!(tcp_connect(&lab, &lg, ip("10.10.0.10"), 8443, None, T));
+    // The file comes back without old-app: a retry or the change loads it.
+    fs::write(&hidden, POLICY).unwrap();
+    fs::rename(&hidden, &policy).unwrap();
+    wait_until(Duration::from_secs(5), "the revocation is enforced", || {
+        !tcp_connect(&lab, &lg, ip("10.10.0.10"), 8443, None, T_FAIL)
+    });
 }
 
 #[test]

@@ -71,7 +71,7 @@ pub fn bind(state_dir: &Path) -> anyhow::Result<UnixListener> {
 }
 
 pub async fn serve(listener: UnixListener, shared: Arc<Shared>, control: Control) {
-    let mut slots = Slots::new("admin socket", MAX_CONNECTIONS);
+    let mut slots = Slots::new("admin socket", MAX_CONNECTIONS, &crate::service::REFUSED_ADMIN);
     loop {
         let Some((stream, slot)) = slots.admit(listener.accept().await.map(|(s, _)| s)).await else {
             continue;

@@ -417,24 +417,36 @@ fn reload(agent: &mut Agent, c: &Control, retry: &mut Option<Retry>) -> ReloadRe
     out
 }
 
+/// Connections closed on accept, by listener (`zone_agent_connections_refused_total`).
+pub static REFUSED_METRICS: AtomicU64 = AtomicU64::new(0);
+pub static REFUSED_ADMIN: AtomicU64 = AtomicU64::new(0);
+
+/// (listener label, connections refused so far).
+pub fn refused_connections() -> [(&'static str, u64); 2] {
+    [
+        ("metrics", REFUSED_METRICS.load(Ordering::Relaxed)),
+        ("admin", REFUSED_ADMIN.load(Ordering::Relaxed)),
+    ]
+}
+
 /// The connection bound of one listener: at most `max` connections served at once; a
-/// connection over the bound is closed right after accept (so it holds no descriptor), and
-/// that is logged at most every 10 s.
+/// connection over the bound is closed right after accept (so it holds no descriptor),
+/// counted in `refused`, and logged at most every 10 s.
 pub struct Slots {
     what: &'static str,
     max: usize,
     sem: Arc<tokio::sync::Semaphore>,
-    refused: u64,
+    refused: &'static AtomicU64,
     last_warning: Option<Instant>,
 }
 
 impl Slots {
-    pub fn new(what: &'static str, max: usize) -> Slots {
+    pub fn new(what: &'static str, max: usize, refused: &'static AtomicU64) -> Slots {
         Slots {
             what,
             max,
             sem: Arc::new(tokio::sync::Semaphore::new(max)),
-            refused: 0,
+            refused,
             last_warning: None,
         }
     }
@@ -457,7 +469,7 @@ impl Slots {
             Ok(permit) => Some((stream, permit)),
             Err(_) => {
                 drop(stream);
-                self.refused += 1;
+                let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
                 if self
                     .last_warning
                     .is_none_or(|t| t.elapsed() > Duration::from_secs(10))
@@ -465,7 +477,7 @@ impl Slots {
                     self.last_warning = Some(Instant::now());
                     warn!(
                         "{}: {} connections already open; closed new ones ({} so far)",
-                        self.what, self.max, self.refused
+                        self.what, self.max, n
                     );
                 }
                 None

@@ -86,6 +86,11 @@ pub fn render(dp: &View<'_>, t: &Telemetry) -> Result<String, DatapathError> {
     reg.register(Box::new(fail_open.clone())).expect("unique");
     fail_open.set(i64::from(t.fail_open_on_exit));
 
+    let refused = counter(&reg, "zone_agent_connections_refused_total", "Connections closed on accept because the listener already served its maximum (a local user flooding it), by listener.", &["listener"]);
+    for (listener, n) in crate::service::refused_connections() {
+        refused.with_label_values(&[listener]).inc_by(n);
+    }
+
     let mut buf = Vec::new();
     TextEncoder::new().encode(&reg.gather(), &mut buf).expect("encode to memory");
     Ok(String::from_utf8(buf).expect("prometheus text is UTF-8"))
