@@ -795,10 +795,12 @@ fn large_policy_reload_blocks_nothing_and_memory_is_given_back() {
     eprintln!(
         "{RULES}-rule policy: enforcing after {loaded:?}, worst status meanwhile {worst_status:?}; RSS small {rss_small} KiB, large {rss_large} KiB (peak {peak}), back to small {rss_back} KiB"
     );
-    // (Main, one lock: 1.8 s; here: tens of ms.)
+    // With one agent lock, status waited for most of the reload (main: 1.8 s of 2.6 s); here
+    // tens of ms, up to about a second when the lab's other tests load the CPU.
+    let loaded = loaded.expect("loaded");
     assert!(
-        worst_status <= Duration::from_secs(1),
-        "status took {worst_status:?} during a large reload"
+        worst_status <= Duration::from_secs(2) && worst_status * 3 <= loaded,
+        "status took {worst_status:?} during a reload of {loaded:?}"
     );
     // Most of what the large policy took is given back.
     let grown = peak.saturating_sub(rss_small);
