@@ -629,6 +629,22 @@ fn second_agent_on_the_same_pin_dir_is_refused() {
         log2.contains("another zone-agent is running with pin dir"),
         "no clear message from the second agent:\n{log2}"
     );
+    // Nor can `detach` pull the pins from under it, whatever state dir it is given.
+    let bin = s(&agent_bin());
+    let (pins, state2) = (s(&st.pins), s(&st2.state));
+    let out = lab.run(
+        lab.gateway(),
+        &[&bin, "detach", "--pin-dir", &pins, "--state-dir", &state2],
+    );
+    assert!(
+        !out.status.success(),
+        "detach removed the running agent's pins"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is running with pin dir"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // The first keeps enforcing its own policy, at its own generation.
     assert!(tcp_connect(&lab, &lg, ip("10.10.0.10"), 443, None, T));
     assert!(
