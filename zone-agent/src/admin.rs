@@ -1,22 +1,44 @@
 //! The admin socket: `<state_dir>/admin.sock`, a Unix socket only root can open (0600), for
 //! `zone-agent status | flows | reload`. One request line (`status`, `flows`, `reload`),
 //! one JSON answer, then the connection closes. Local only by construction.
+//!
+//! `status` and `flows` are answered from what the control task last published and the
+//! maps (never waiting for a reload); `reload` is queued to the control task. At most
+//! [`MAX_CONNECTIONS`] connections are served at once (more are closed on accept), and a
+//! request line must arrive within [`REQUEST_TIMEOUT`].
 
 use std::{
     net::IpAddr,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::Arc,
+    time::Duration,
 };
 
 use serde::Serialize;
 use tokio::{
-    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::UnixListener,
 };
 use tracing::{info, warn};
 use zone_agent_common::*;
 
-use crate::{agent::Agent, datapath::Adoption, failsafe::Resolved, policy::types::Mode};
+use crate::{
+    agent::Agent,
+    datapath::{Adoption, Maps},
+    failsafe::Resolved,
+    policy::types::Mode,
+    service::{Control, Request, Shared, Slots},
+    telemetry::SetNames,
+};
+
+/// Connections served at once.
+pub const MAX_CONNECTIONS: usize = 16;
+/// For the request line to arrive.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// For a reload to answer (a very large policy takes a while).
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(300);
+/// Longest request line read.
+const MAX_LINE: u64 = 256;
 
 pub const SOCKET: &str = "admin.sock";
 
@@ -48,23 +70,24 @@ pub fn bind(state_dir: &Path) -> anyhow::Result<UnixListener> {
     Ok(l)
 }
 
-pub async fn serve(listener: UnixListener, agent: Arc<Mutex<Agent>>) {
+pub async fn serve(listener: UnixListener, shared: Arc<Shared>, control: Control) {
+    let mut slots = Slots::new("admin socket", MAX_CONNECTIONS, &crate::service::REFUSED_ADMIN);
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
-        let agent = agent.clone();
+        let Some((stream, slot)) = slots.admit(listener.accept().await.map(|(s, _)| s)).await else {
+            continue;
+        };
+        let (shared, control) = (shared.clone(), control.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             let (r, mut w) = stream.into_split();
             let mut line = String::new();
-            if BufReader::new(r).read_line(&mut line).await.is_err() {
-                return;
+            let mut r = BufReader::new(r.take(MAX_LINE));
+            match tokio::time::timeout(REQUEST_TIMEOUT, r.read_line(&mut line)).await {
+                Ok(Ok(_)) => {}
+                _ => return,
             }
             let cmd = line.trim().to_string();
-            let answer = tokio::task::spawn_blocking(move || {
-                let mut a = agent.lock().expect("agent lock");
-                handle(&mut a, &cmd)
-            })
-            .await
-            .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }));
+            let answer = handle(shared, control, &cmd).await;
             let mut text = answer.to_string();
             text.push('\n');
             if let Err(e) = w.write_all(text.as_bytes()).await {
@@ -74,19 +97,51 @@ pub async fn serve(listener: UnixListener, agent: Arc<Mutex<Agent>>) {
     }
 }
 
-fn handle(a: &mut Agent, cmd: &str) -> serde_json::Value {
+/// Runs `f` on the blocking pool (map reads are syscalls).
+async fn on_blocking(
+    shared: Arc<Shared>,
+    f: impl FnOnce(&Shared) -> serde_json::Value + Send + 'static,
+) -> serde_json::Value {
+    tokio::task::spawn_blocking(move || f(&shared))
+        .await
+        .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
+}
+
+async fn handle(shared: Arc<Shared>, control: Control, cmd: &str) -> serde_json::Value {
     match cmd {
-        "status" => serde_json::to_value(status(a)).unwrap_or_default(),
-        "flows" => serde_json::to_value(flows(a)).unwrap_or_default(),
-        "reload" => match a.reload() {
-            Ok(g) => serde_json::json!({ "result": "success", "generation": g }),
-            Err(e) => serde_json::json!({ "result": "error", "error": format!("{e:#}"), "generation": a.telemetry.generation }),
-        },
+        "status" => {
+            on_blocking(shared, |s| {
+                let snap = s.snapshot();
+                let mut st = snap.status.clone();
+                st.flows_active = s.maps.flows.keys().count() as u64;
+                serde_json::to_value(st).unwrap_or_default()
+            })
+            .await
+        }
+        "flows" => {
+            on_blocking(shared, |s| {
+                let snap = s.snapshot();
+                let names = snap.telemetry.sets[snap.active_set as usize].clone().unwrap_or_default();
+                serde_json::to_value(flows(&s.maps, names)).unwrap_or_default()
+            })
+            .await
+        }
+        "reload" => {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if !control.request(Request::Reload { why: "admin socket", reply: Some(tx) }) {
+                return serde_json::json!({ "result": "error", "error": "reloads are already queued (or the agent is stopping); try again", "generation": shared.snapshot().telemetry.generation });
+            }
+            match tokio::time::timeout(RELOAD_TIMEOUT, rx).await {
+                Ok(Ok(Ok(g))) => serde_json::json!({ "result": "success", "generation": g }),
+                Ok(Ok(Err((e, g)))) => serde_json::json!({ "result": "error", "error": e, "generation": g }),
+                _ => serde_json::json!({ "result": "error", "error": "the reload did not answer in time; see the agent's log", "generation": shared.snapshot().telemetry.generation }),
+            }
+        }
         other => serde_json::json!({ "error": format!("unknown request {other:?}; expected status, flows or reload") }),
     }
 }
 
-#[derive(Serialize)]
+#[derive(Clone, Serialize)]
 pub struct Status {
     pub pid: u32,
     pub version: &'static str,
@@ -108,7 +163,7 @@ pub struct Status {
     pub metrics_addr: String,
 }
 
-#[derive(Serialize)]
+#[derive(Clone, Serialize)]
 pub struct InterfaceStatus {
     pub name: String,
     /// How it was attached by this run (`native`, `generic`, or `adopted` from a pin).
@@ -117,7 +172,8 @@ pub struct InterfaceStatus {
     pub program_id: Option<u32>,
 }
 
-fn status(a: &Agent) -> Status {
+/// The agent's status, but `flows_active` (0 here: readers count it from the maps).
+pub fn status(a: &Agent) -> Status {
     let links = a.dp.link_programs();
     let interfaces = a
         .dp
@@ -139,7 +195,7 @@ fn status(a: &Agent) -> Status {
         program_id: a.dp.program_id(),
         interfaces,
         failsafe: a.failsafe.clone(),
-        flows_active: a.dp.maps.flows.keys().count() as u64,
+        flows_active: 0,
         reloads_ok: a.telemetry.reloads_ok,
         reloads_error: a.telemetry.reloads_error,
         pin_dir: a.settings.pin_dir.display().to_string(),
@@ -166,9 +222,8 @@ pub struct Flow {
 /// At most this many flows are listed (the table holds up to `CAP_FLOWS`).
 const FLOWS_LISTED: usize = 10_000;
 
-fn flows(a: &Agent) -> Vec<Flow> {
+fn flows(maps: &Maps, names: SetNames) -> Vec<Flow> {
     let now = crate::datapath::stats::monotonic_coarse_ns();
-    let names = a.telemetry.sets[a.dp.active_set as usize].clone().unwrap_or_default();
     let zone = |id: u8| names.zones.get(id as usize).cloned().unwrap_or_else(|| format!("#{id}"));
     let addr = |b: &[u8; 16], fam: u8, port: u16| {
         let ip: IpAddr = if fam == FAMILY_V4 {
@@ -181,9 +236,7 @@ fn flows(a: &Agent) -> Vec<Flow> {
             IpAddr::V6(v) => format!("[{v}]:{port}"),
         }
     };
-    a.dp
-        .maps
-        .flows
+    maps.flows
         .iter()
         .filter_map(Result::ok)
         .take(FLOWS_LISTED)

@@ -8,6 +8,7 @@
 use std::{
     collections::BTreeSet,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use anyhow::Context as _;
@@ -18,6 +19,7 @@ use crate::{
     datapath::{Adoption, Datapath, XdpMode},
     failsafe,
     policy::{self, Diagnostics, Policy, compile::Compiled, validate::HostEnvironment},
+    service::{FileWatch, ReadError, Shared, Snapshot},
     telemetry::{SetNames, Telemetry, persist},
 };
 
@@ -26,8 +28,11 @@ pub struct Agent {
     pub telemetry: Telemetry,
     pub policy: Policy,
     pub policy_path: PathBuf,
-    /// The text of the last policy file read (loaded or rejected), to notice changes.
-    pub last_text: Option<String>,
+    /// What was seen of the policy file when it was last read (loaded or rejected), to notice
+    /// changes without reading it.
+    pub watch: FileWatch,
+    /// Where readers (metrics, admin socket) find what this agent publishes.
+    pub shared: Option<Arc<Shared>>,
     pub settings: Settings,
     /// Failsafe flows as installed.
     pub failsafe: Vec<failsafe::Resolved>,
@@ -39,6 +44,31 @@ pub struct Agent {
 /// Parse, validate (against this host's interfaces) and compile.
 pub fn prepare(path: &Path) -> Result<(Policy, Compiled), Diagnostics> {
     let (p, warnings) = policy::validate::load(path, &HostEnvironment)?;
+    finish_prepare(p, warnings)
+}
+
+/// Why a reload did not take effect; `retry`: the failure was not the policy's (I/O, the
+/// data path), so the control task tries again.
+#[derive(Debug)]
+pub struct ReloadError {
+    pub error: anyhow::Error,
+    pub retry: bool,
+}
+
+/// [`prepare`] of the contents of `path`, read with [`crate::service::read_policy_file`]
+/// (never blocks on a FIFO; bounded size).
+fn prepare_file(path: &Path, watch: &mut FileWatch) -> Result<(Policy, Compiled), ReloadError> {
+    let bytes = watch.read(path).map_err(|e| match e {
+        ReadError::Refused(_) => ReloadError { error: e.into(), retry: false },
+        ReadError::Io { .. } => ReloadError { error: e.into(), retry: true },
+    })?;
+    let (p, warnings) = policy::validate::check_bytes(path, &bytes, &HostEnvironment)
+        .map_err(|d| ReloadError { error: anyhow::anyhow!("{d}"), retry: false })?;
+    drop(bytes);
+    finish_prepare(p, warnings).map_err(|d| ReloadError { error: anyhow::anyhow!("{d}"), retry: false })
+}
+
+fn finish_prepare(p: Policy, warnings: Vec<policy::Diagnostic>) -> Result<(Policy, Compiled), Diagnostics> {
     for w in warnings {
         warn!("{w}");
     }
@@ -62,8 +92,8 @@ impl Agent {
     /// attaches: no interface ever runs the program without a complete policy behind it.
     pub fn start(settings: Settings) -> anyhow::Result<Agent> {
         let path = settings.policy.clone();
-        let text = std::fs::read_to_string(&path).ok();
-        let (policy, compiled) = prepare(&path).map_err(|d| anyhow::anyhow!("{d}")).with_context(|| {
+        let mut watch = FileWatch::default();
+        let (policy, compiled) = prepare_file(&path, &mut watch).map_err(|e| e.error).with_context(|| {
             format!(
                 "policy {} rejected (a policy pinned under {} by an earlier run, if any, keeps enforcing)",
                 path.display(),
@@ -92,7 +122,8 @@ impl Agent {
             telemetry,
             policy: policy.clone(),
             policy_path: path.clone(),
-            last_text: text,
+            watch,
+            shared: None,
             failsafe: Vec::new(),
             adoption,
             xdp_mode: settings.xdp_mode,
@@ -124,7 +155,15 @@ impl Agent {
         let mut names = SetNames::of(policy);
         names.generation = self.dp.generation + 1;
         self.telemetry.sets[set as usize] = Some(names);
-        self.save();
+        // On disk before the flip, so that a crash after it finds the names. Readers get the
+        // retired totals now but the set's new names only after `apply` has zeroed its
+        // counters: until then they hold the old policy's counts, already retired.
+        self.persist();
+        if let Some(s) = &self.shared {
+            let mut snap = self.snapshot();
+            snap.telemetry.sets[set as usize] = None;
+            s.publish(snap);
+        }
         match self.dp.apply(compiled, ifindex) {
             Ok(generation) => {
                 self.telemetry.generation = generation;
@@ -156,15 +195,37 @@ impl Agent {
         Ok(())
     }
 
+    /// Saves the state to disk, then publishes it to the readers: whatever a reader sees is
+    /// what a restarted agent would find.
     fn save(&self) {
+        self.persist();
+        self.publish();
+    }
+
+    fn persist(&self) {
         if let Err(e) = persist::save(&self.settings.state_dir, &self.telemetry) {
             warn!("cannot save telemetry state under {}: {e}", self.settings.state_dir.display());
         }
     }
 
+    /// What readers see now.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            telemetry: self.telemetry.clone(),
+            active_set: self.dp.active_set,
+            status: crate::admin::status(self),
+        }
+    }
+
+    /// Swaps the readers' snapshot for the current state (no-op before `shared` is set).
+    pub fn publish(&self) {
+        if let Some(s) = &self.shared {
+            s.publish(self.snapshot());
+        }
+    }
+
     /// Re-reads the policy file. A rejected policy changes nothing and is counted.
-    pub fn reload(&mut self) -> anyhow::Result<u32> {
-        self.last_text = std::fs::read_to_string(&self.policy_path).ok();
+    pub fn reload(&mut self) -> Result<u32, ReloadError> {
         let r = self.try_reload();
         match &r {
             Ok(g) => {
@@ -173,20 +234,29 @@ impl Agent {
             }
             Err(e) => {
                 self.telemetry.reloads_error += 1;
-                error!("policy reload rejected, previous policy (generation {}) keeps enforcing: {e:#}", self.telemetry.generation);
+                error!(
+                    "policy reload {}, previous policy (generation {}) keeps enforcing: {:#}",
+                    if e.retry { "failed" } else { "rejected" },
+                    self.telemetry.generation,
+                    e.error
+                );
             }
         }
         self.save();
         r
     }
 
-    fn try_reload(&mut self) -> anyhow::Result<u32> {
-        let (policy, compiled) = prepare(&self.policy_path).map_err(|d| anyhow::anyhow!("{d}"))?;
+    fn try_reload(&mut self) -> Result<u32, ReloadError> {
+        let (policy, compiled) = prepare_file(&self.policy_path, &mut self.watch)?;
+        // Anything failing from here on is the host's or the data path's doing (descriptors,
+        // memory, an interface), not the policy's: worth retrying.
+        let failed = |error: anyhow::Error| ReloadError { error, retry: true };
         let wanted = interfaces(&policy);
         // New interfaces first: until the flip they drop (no zone in the old policy).
-        self.dp.attach_all(&wanted, self.xdp_mode)?;
-        let generation = self.install(&policy, &compiled)?;
-        self.dp.detach_others(&wanted)?;
+        self.dp.attach_all(&wanted, self.xdp_mode).map_err(|e| failed(e.into()))?;
+        let generation = self.install(&policy, &compiled).map_err(failed)?;
+        drop(compiled);
+        self.dp.detach_others(&wanted).map_err(|e| failed(e.into()))?;
         // Interfaces may have come or gone: rebind the failsafe flows. Failing that keeps
         // the ones installed (the policy itself is already in force).
         if let Err(e) = self.install_failsafe(&wanted) {
@@ -195,9 +265,10 @@ impl Agent {
         Ok(generation)
     }
 
-    /// True if the policy file's content differs from what was last read.
-    pub fn policy_changed(&self) -> bool {
-        std::fs::read_to_string(&self.policy_path).ok() != self.last_text
+    /// True if the policy file changed since it was last read: by its metadata (`stat`), and
+    /// once more by its contents for a file read just after a modification ([`FileWatch`]).
+    pub fn policy_changed(&mut self) -> bool {
+        self.watch.changed(&self.policy_path)
     }
 
     /// The agent is exiting. Enforcement stays pinned, unless `fail_open_on_exit`.

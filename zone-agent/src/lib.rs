@@ -3,8 +3,9 @@
 //! The modules mirror the data path: `policy` (parse → validate → compile, plus the
 //! reference `model`), `datapath` (load, attach, atomic swap; the only aya user), and
 //! `telemetry` (counters → Prometheus); `config` and `failsafe` (agent settings,
-//! management flows), `admin` (the local admin socket); `fuzzing` holds the checks the fuzz
-//! targets and their regression replay run.
+//! management flows), `admin` (the local admin socket), `service` (how the running agent's
+//! parts talk: one control task, published snapshots, bounded listeners); `fuzzing` holds the
+//! checks the fuzz targets and their regression replay run.
 
 pub mod admin;
 pub mod agent;
@@ -14,4 +15,5 @@ pub mod datapath;
 pub mod failsafe;
 pub mod fuzzing;
 pub mod policy;
+pub mod service;
 pub mod telemetry;

@@ -136,6 +136,16 @@ pub fn detach(args: DetachArgs) -> anyhow::Result<ExitCode> {
         println!("nothing pinned under {}: no zone-agent enforcement to remove", args.pin_dir.display());
         return Ok(ExitCode::SUCCESS);
     }
+    // An agent on this pin dir with another state dir than the one given: it holds the lock.
+    // Holding it here also keeps an agent from starting on the pins being removed.
+    let _lock = match crate::datapath::pin::lock_dir(&args.pin_dir) {
+        Ok(fd) => Some(fd),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => anyhow::bail!(
+            "a zone-agent is running with pin dir {} (it holds the lock on it); stop it first (systemctl stop zone-agent), then run detach again",
+            args.pin_dir.display()
+        ),
+        Err(_) => None,
+    };
     let pins = Pins::new(&args.pin_dir);
     let gone = pins.remove_all().with_context(|| format!("removing the pins under {}", args.pin_dir.display()))?;
     // The directory itself, unless it is a mount point (then it stays, empty).

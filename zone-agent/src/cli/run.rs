@@ -2,22 +2,27 @@
 //! reload on SIGHUP or file change, expire flows, ping the systemd watchdog, and exit on
 //! SIGTERM/SIGINT with the policy left enforcing.
 
-use std::{
-    io::IsTerminal as _,
-    process::ExitCode,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{io::IsTerminal as _, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use super::RunArgs;
-use crate::{admin, agent::Agent, config, telemetry};
+use crate::{
+    admin,
+    agent::Agent,
+    config,
+    datapath::pin,
+    service::{self, Control, Request, Shared},
+    telemetry,
+};
 
-const POLICY_POLL: Duration = Duration::from_secs(1);
-const EXPIRE_EVERY: Duration = Duration::from_secs(10);
+/// The watchdog pings stop (and systemd restarts the agent) once one step of the control
+/// task (a reload) has run this long: it is wedged. Anything else never delays a ping.
+const CONTROL_STUCK: Duration = Duration::from_secs(120);
+/// On SIGTERM, how long the control task gets to finish its step and save its state.
+const STOP_GRACE: Duration = Duration::from_secs(10);
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
@@ -47,6 +52,29 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             settings.state_dir.display()
         );
     }
+    // Connections a local user opens to the metrics port must not starve a reload of
+    // descriptors: use all the descriptors the hard limit allows (the listeners also bound
+    // their connections).
+    match service::raise_nofile_limit() {
+        Ok((old, new)) if old != new => info!(from = old, to = new, "raised the soft limit of open files"),
+        Ok(_) => {}
+        Err(e) => warn!("cannot raise the limit of open files: {e}"),
+    }
+    // One agent per pin dir: a second one would install its own policy over the first's and
+    // their generation numbers would collide. The lock is the pin dir itself, held until exit.
+    pin::Pins::new(&settings.pin_dir)
+        .prepare()
+        .with_context(|| format!("preparing the pin dir {}", settings.pin_dir.display()))?;
+    let _pin_lock = match pin::lock_dir(&settings.pin_dir) {
+        Ok(fd) => fd,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => anyhow::bail!(
+            "another zone-agent is running with pin dir {} (it holds the lock on it); two agents on one pin dir would overwrite each other's policy. Stop it first, or give this one its own --pin-dir",
+            settings.pin_dir.display()
+        ),
+        Err(e) => {
+            return Err(e).with_context(|| format!("locking the pin dir {}", settings.pin_dir.display()));
+        }
+    };
     if settings.fail_open_on_exit {
         tracing::warn!("fail_open_on_exit is set: when this agent stops, XDP is detached and the zone gates OPEN");
     }
@@ -57,10 +85,39 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .context("starting the runtime")?;
     let metrics_addr = settings.metrics_addr;
     let state_dir = settings.state_dir.clone();
-    let agent = Agent::start(settings)?;
-    let agent = Arc::new(Mutex::new(agent));
-    let result = rt.block_on(serve(metrics_addr, &state_dir, agent.clone()));
-    agent.lock().expect("agent lock").shutdown();
+    let mut agent = Agent::start(settings)?;
+    let open_maps = |agent: &Agent| {
+        agent
+            .dp
+            .open_pinned_maps()
+            .context("the agent's maps are not pinned")?
+            .context("opening the pinned maps")
+    };
+    let shared = Arc::new(Shared::new(open_maps(&agent)?, agent.snapshot()));
+    agent.shared = Some(shared.clone());
+    let mut expire_maps = open_maps(&agent)?;
+    std::thread::Builder::new()
+        .name("za-expire".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(service::EXPIRE_EVERY);
+                expire_maps.expire();
+            }
+        })
+        .context("starting the flow expiry task")?;
+    let (control, handle) = service::spawn_control(agent).context("starting the control task")?;
+    let result = rt.block_on(serve(metrics_addr, &state_dir, shared, control.clone(), &handle));
+    control.stop();
+    let deadline = std::time::Instant::now() + STOP_GRACE;
+    while !handle.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if !handle.is_finished() {
+        error!(
+            "the control task did not finish its step within {STOP_GRACE:?}; exiting without it (state not saved; the pinned policy keeps enforcing)"
+        );
+    }
+    rt.shutdown_timeout(Duration::from_secs(1));
     let _ = std::fs::remove_file(admin::socket_path(&state_dir));
     result.map(|_| ExitCode::SUCCESS)
 }
@@ -68,67 +125,63 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 async fn serve(
     metrics_addr: std::net::SocketAddr,
     state_dir: &std::path::Path,
-    agent: Arc<Mutex<Agent>>,
+    shared: Arc<Shared>,
+    control: Control,
+    control_task: &std::thread::JoinHandle<()>,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(metrics_addr)
         .await
         .with_context(|| format!("binding metrics address {metrics_addr}"))?;
     info!(addr = %metrics_addr, "metrics at /metrics");
-    let metrics = tokio::spawn(telemetry::server::serve(listener, agent.clone()));
+    let metrics = tokio::spawn(telemetry::server::serve(listener, shared.clone()));
     let admin_listener = admin::bind(state_dir).context("binding the admin socket")?;
-    let admin = tokio::spawn(admin::serve(admin_listener, agent.clone()));
-    // systemd watchdog: ping at half the interval it asked for, from the loop below, so a
-    // wedged loop (e.g. a stuck reload) stops the pings and systemd restarts the agent;
-    // enforcement stays pinned meanwhile.
+    let admin = tokio::spawn(admin::serve(admin_listener, shared, control.clone()));
+    // systemd watchdog: ping at half the interval it asked for. This loop waits on nothing
+    // but signals and the clock; the pings stop only if the control task is wedged in one
+    // step for CONTROL_STUCK, or has died.
     let mut watchdog_usec = 0u64;
     let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec);
     let mut ping = tokio::time::interval(if watchdog {
         Duration::from_micros(watchdog_usec / 2)
     } else {
-        Duration::from_secs(3600)
+        Duration::from_secs(1)
     });
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let mut poll = tokio::time::interval(POLICY_POLL);
-    let mut expire = tokio::time::interval(EXPIRE_EVERY);
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-    loop {
+    let result = loop {
         tokio::select! {
             _ = hup.recv() => {
-                info!("SIGHUP: reloading policy");
-                let a = agent.clone();
-                let _ = tokio::task::spawn_blocking(move || a.lock().expect("agent lock").reload()).await;
-            }
-            _ = poll.tick() => {
-                let a = agent.clone();
-                let _ = tokio::task::spawn_blocking(move || {
-                    let mut a = a.lock().expect("agent lock");
-                    if a.policy_changed() {
-                        info!("policy file changed: reloading");
-                        let _ = a.reload();
-                    }
-                }).await;
+                info!("SIGHUP: reload requested");
+                control.request(Request::Reload { why: "SIGHUP", reply: None });
             }
             _ = ping.tick() => {
-                if watchdog {
-                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+                if control_task.is_finished() {
+                    break Err(anyhow::anyhow!("the control task stopped"));
+                }
+                match control.busy_for() {
+                    Some(d) if d > CONTROL_STUCK => {
+                        error!("the control task has been in one step for {d:?}: wedged; watchdog pings stop");
+                    }
+                    _ => {
+                        if watchdog {
+                            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+                        }
+                    }
                 }
             }
-            _ = expire.tick() => {
-                let a = agent.clone();
-                let _ = tokio::task::spawn_blocking(move || a.lock().expect("agent lock").dp.expire()).await;
-            }
-            _ = term.recv() => { info!("SIGTERM: exiting"); break; }
-            _ = int.recv() => { info!("SIGINT: exiting"); break; }
+            _ = term.recv() => { info!("SIGTERM: exiting"); break Ok(()); }
+            _ = int.recv() => { info!("SIGINT: exiting"); break Ok(()); }
         }
         if metrics.is_finished() {
             error!("metrics server stopped");
-            break;
+            break Ok(());
         }
-    }
+    };
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     metrics.abort();
     admin.abort();
-    Ok(())
+    result
 }

@@ -214,7 +214,48 @@ impl Datapath {
     }
 }
 
+impl Datapath {
+    /// A second, independent set of handles on this data path's pinned maps (new fds), for
+    /// readers that must not share the agent's (metrics, status, flow expiry). `None` when
+    /// nothing is pinned.
+    pub fn open_pinned_maps(&self) -> Option<Result<Maps, DatapathError>> {
+        self.pins.as_ref().map(|p| Maps::open_pinned(&p.maps_dir()))
+    }
+}
+
 impl Maps {
+    /// Opens every map pinned under `dir` (a `maps-<fingerprint>` directory).
+    pub fn open_pinned(dir: &std::path::Path) -> Result<Self, DatapathError> {
+        fn open<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+            dir: &std::path::Path,
+            name: &'static str,
+        ) -> Result<T, DatapathError> {
+            let data = MapData::from_pin(dir.join(name)).map_err(map_err(name))?;
+            let map = aya::maps::Map::from_map_data(data).map_err(map_err(name))?;
+            T::try_from(map).map_err(map_err(name))
+        }
+        Ok(Maps {
+            active: open(dir, MAP_ACTIVE)?,
+            setconf: open(dir, MAP_SETCONF)?,
+            ifaces: open(dir, MAP_IFACES)?,
+            addr4: open(dir, MAP_ADDR4)?,
+            addr6: open(dir, MAP_ADDR6)?,
+            ports: open(dir, MAP_PORTS)?,
+            rules: open(dir, MAP_RULES)?,
+            rule_info: open(dir, MAP_RULEINFO)?,
+            rule_macs: open(dir, MAP_RULEMACS)?,
+            flows: open(dir, MAP_FLOWS)?,
+            failsafe_ports: open(dir, MAP_FAILSAFE_PORTS)?,
+            failsafe: open(dir, MAP_FAILSAFE)?,
+            failsafe_src: open(dir, MAP_FAILSAFE_SRC)?,
+            frags: open(dir, MAP_FRAGS)?,
+            zone_stats: open(dir, MAP_ZONE_STATS)?,
+            rule_stats: open(dir, MAP_RULE_STATS)?,
+            drop_stats: open(dir, MAP_DROP_STATS)?,
+            pass_stats: open(dir, MAP_PASS_STATS)?,
+        })
+    }
+
     fn take(ebpf: &mut Ebpf) -> Result<Self, DatapathError> {
         fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
             ebpf: &mut Ebpf,

@@ -251,3 +251,25 @@ pub fn link_info(fd: &OwnedFd) -> io::Result<(u32, u32)> {
     sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
     Ok((info[2], info[4]))
 }
+
+/// Takes the exclusive lock that makes one agent the owner of a pin dir:
+/// `flock(LOCK_EX | LOCK_NB)` on the directory itself (opened with `O_DIRECTORY`; a bpffs holds
+/// no regular files to lock). The lock lives as long as the returned fd: keep it for the
+/// agent's lifetime; the kernel releases it when the process exits, however it exits.
+/// `Err(WouldBlock)`: another process holds it.
+pub fn lock_dir(dir: &Path) -> io::Result<OwnedFd> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(dir)?;
+    // SAFETY: a valid open fd.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(io::Error::new(io::ErrorKind::WouldBlock, e));
+        }
+        return Err(e);
+    }
+    Ok(OwnedFd::from(f))
+}

@@ -3,7 +3,7 @@
 use aya::maps::{MapError, PerCpuArray, MapData, PerCpuValues};
 use zone_agent_common::*;
 
-use super::{Datapath, DatapathError, map_err};
+use super::{Datapath, DatapathError, Maps, map_err};
 
 pub(crate) fn zeros() -> Result<PerCpuValues<Counter>, DatapathError> {
     let n = aya::util::nr_cpus().map_err(|(_, e)| map_err(MAP_ZONE_STATS)(MapError::IoError(e)))?;
@@ -37,10 +37,49 @@ pub struct GlobalCounters {
 }
 
 impl Datapath {
+    /// See [`Maps::set_counters`].
+    pub fn set_counters(&self, set: u32, zone_ids: usize, rules: usize) -> Result<SetCounters, DatapathError> {
+        self.maps.set_counters(set, zone_ids, rules)
+    }
+
+    /// See [`Maps::global_counters`].
+    pub fn global_counters(&self) -> Result<GlobalCounters, DatapathError> {
+        self.maps.global_counters()
+    }
+
+    /// See [`Maps::map_usage`].
+    pub fn map_usage(&self) -> Vec<(&'static str, u64, u64)> {
+        self.maps.map_usage()
+    }
+
+    /// See [`Maps::expire`].
+    pub fn expire(&mut self) -> usize {
+        self.maps.expire()
+    }
+}
+
+/// What a reader needs of a data path: handles on its maps and the set the program reads
+/// (as of the last published reload). Derefs to the maps.
+pub struct View<'a> {
+    pub maps: &'a Maps,
+    pub active_set: u32,
+}
+
+impl std::ops::Deref for View<'_> {
+    type Target = Maps;
+    fn deref(&self) -> &Maps {
+        self.maps
+    }
+}
+
+/// Reads work on any handle of the maps: the agent's own, or the ones the metrics server and
+/// the expiry task open for themselves (`Maps::open_pinned`), so that neither waits for a
+/// reload.
+impl Maps {
     /// Counters of one policy set with `zone_ids` zone ids (0 = none, then the policy's
     /// zones) and `rules` rules: only those slots are read, one syscall each.
     pub fn set_counters(&self, set: u32, zone_ids: usize, rules: usize) -> Result<SetCounters, DatapathError> {
-        let m = &self.maps;
+        let m = self;
         let mut out = SetCounters::default();
         let zone_ids = zone_ids.min(MAX_ZONES as usize) as u8;
         for from in 0..zone_ids {
@@ -60,7 +99,7 @@ impl Datapath {
     }
 
     pub fn global_counters(&self) -> Result<GlobalCounters, DatapathError> {
-        let m = &self.maps;
+        let m = self;
         let mut out = GlobalCounters::default();
         for r in DropReason::ALL {
             out.drops.push((r, sum(&m.drop_stats, MAP_DROP_STATS, r as u32)?));
@@ -77,7 +116,7 @@ impl Datapath {
 
     /// (map name, entries, capacity) for the tables whose fill matters.
     pub fn map_usage(&self) -> Vec<(&'static str, u64, u64)> {
-        let m = &self.maps;
+        let m = self;
         vec![
             ("flows", m.flows.keys().count() as u64, CAP_FLOWS as u64),
             ("fragments", m.frags.keys().count() as u64, CAP_FRAGS as u64),
@@ -93,7 +132,7 @@ impl Datapath {
     /// (The kernel ignores expired entries anyway; this frees their slots.)
     pub fn expire(&mut self) -> usize {
         let now = monotonic_coarse_ns();
-        let m = &mut self.maps;
+        let m = self;
         let stale: Vec<FlowKey> = m
             .flows
             .iter()

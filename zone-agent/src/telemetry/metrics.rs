@@ -4,7 +4,7 @@ use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, 
 use zone_agent_common::{DropReason, PassReason};
 
 use super::{Telemetry, Totals};
-use crate::datapath::{Datapath, DatapathError};
+use crate::datapath::{DatapathError, stats::View};
 
 fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
@@ -19,7 +19,7 @@ fn gauge(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec
 }
 
 /// Renders the current counters (live sets + retired totals) as Prometheus text.
-pub fn render(dp: &Datapath, t: &Telemetry) -> Result<String, DatapathError> {
+pub fn render(dp: &View<'_>, t: &Telemetry) -> Result<String, DatapathError> {
     let mut live = Totals::default();
     for set in 0..2u32 {
         if let Some(names) = &t.sets[set as usize] {
@@ -85,6 +85,11 @@ pub fn render(dp: &Datapath, t: &Telemetry) -> Result<String, DatapathError> {
     .expect("valid");
     reg.register(Box::new(fail_open.clone())).expect("unique");
     fail_open.set(i64::from(t.fail_open_on_exit));
+
+    let refused = counter(&reg, "zone_agent_connections_refused_total", "Connections closed on accept because the listener already served its maximum (a local user flooding it), by listener.", &["listener"]);
+    for (listener, n) in crate::service::refused_connections() {
+        refused.with_label_values(&[listener]).inc_by(n);
+    }
 
     let mut buf = Vec::new();
     TextEncoder::new().encode(&reg.gather(), &mut buf).expect("encode to memory");

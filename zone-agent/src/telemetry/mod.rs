@@ -72,7 +72,7 @@ fn add(a: &mut Counter, b: &Counter) {
 }
 
 /// What the agent knows beyond the maps: names per set, totals of retired sets, reloads.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Telemetry {
     pub sets: [Option<SetNames>; 2],
     pub retired: Totals,

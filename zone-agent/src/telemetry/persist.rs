@@ -49,10 +49,32 @@ pub fn save(state_dir: &Path, t: &Telemetry) -> std::io::Result<()> {
         reloads_error: t.reloads_error,
     };
     let text = serde_json::to_vec_pretty(&saved).map_err(std::io::Error::other)?;
-    let tmp = state_dir.join(format!(".{FILE}.tmp"));
-    std::fs::write(&tmp, text)?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, path(state_dir))
+    write_private(state_dir, FILE, &text)
+}
+
+/// Writes `<dir>/<name>` atomically and readable by the owner only: a temporary file created
+/// 0600 (whatever the umask; an old one is replaced, not reused), written and fsynced, renamed
+/// over the target, then the directory fsynced so that the rename itself survives a crash.
+pub fn write_private(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = dir.join(format!(".{name}.tmp"));
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, dir.join(name))?;
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// Restores what was saved for the pinned sets. `set_generations[s]`: the generation the
@@ -109,6 +131,9 @@ mod tests {
         assert_eq!(back.retired.rules["old"], Counter { packets: 5, bytes: 500 });
         assert_eq!(back.retired.zones[&("a".into(), "b".into(), "deny")].packets, 2);
         assert_eq!(back.reloads_ok, 7);
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(path(&dir)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "telemetry.json must be private to the agent");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
