@@ -19,7 +19,8 @@ use crate::{
     datapath::{Adoption, Datapath, XdpMode},
     failsafe,
     policy::{self, Diagnostics, Policy, compile::Compiled, validate::HostEnvironment},
-    service::{FileWatch, ReadError, Shared, Snapshot},
+    policy::read::ReadError,
+    service::{FileWatch, Shared, Snapshot},
     telemetry::{SetNames, Telemetry, persist},
 };
 
@@ -55,12 +56,12 @@ pub struct ReloadError {
     pub retry: bool,
 }
 
-/// [`prepare`] of the contents of `path`, read with [`crate::service::read_policy_file`]
+/// [`prepare`] of the contents of `path`, read with [`crate::policy::read::read_file`]
 /// (never blocks on a FIFO; bounded size).
 fn prepare_file(path: &Path, watch: &mut FileWatch) -> Result<(Policy, Compiled), ReloadError> {
     let bytes = watch.read(path).map_err(|e| match e {
         ReadError::Refused(_) => ReloadError { error: e.into(), retry: false },
-        ReadError::Io { .. } => ReloadError { error: e.into(), retry: true },
+        ReadError::Io(_) => ReloadError { error: e.into(), retry: true },
     })?;
     let (p, warnings) = policy::validate::check_bytes(path, &bytes, &HostEnvironment)
         .map_err(|d| ReloadError { error: anyhow::anyhow!("{d}"), retry: false })?;

@@ -10,7 +10,7 @@
 //!   them.
 //! * The run loop (signals, systemd watchdog) waits on nothing but the clock and signals.
 //! * The policy file is watched by its metadata (`stat`: device, inode, size, times, type),
-//!   never by reading it, and it is read only through [`read_policy_file`], which refuses
+//!   never by reading it, and it is read only through [`read_file`], which refuses
 //!   anything but a regular file without blocking (a FIFO in its place cannot wedge the agent).
 
 use std::{
@@ -26,7 +26,13 @@ use std::{
 
 use tracing::{error, info, warn};
 
-use crate::{admin::Status, agent::Agent, datapath::Maps, telemetry::Telemetry};
+use crate::{
+    admin::Status,
+    agent::Agent,
+    datapath::Maps,
+    policy::read::{ReadError, read_file},
+    telemetry::Telemetry,
+};
 
 /// How often the control task looks at the policy file's metadata.
 pub const POLICY_POLL: Duration = Duration::from_secs(1);
@@ -38,9 +44,6 @@ pub const RETRY_FIRST: Duration = Duration::from_secs(1);
 pub const RETRY_MAX: Duration = Duration::from_secs(30);
 /// Requests that may wait for the control task.
 const QUEUE: usize = 8;
-/// A policy file larger than this is refused without being read (a 100 000-rule policy is
-/// about 20 MB).
-pub const POLICY_MAX_BYTES: u64 = 64 << 20;
 
 /// What readers see of the agent, as of the last publish.
 #[derive(Clone)]
@@ -132,12 +135,12 @@ fn hash(bytes: &[u8]) -> u64 {
 }
 
 impl FileWatch {
-    /// Reads `path` with [`read_policy_file`] and remembers what it read.
+    /// Reads `path` with [`read_file`] and remembers what it read.
     pub fn read(&mut self, path: &Path) -> Result<Vec<u8>, ReadError> {
         self.stamp = PolicyStamp::of(path);
         self.hash = None;
         self.recheck_at = None;
-        let bytes = read_policy_file(path)?;
+        let bytes = read_file(path)?;
         self.hash = Some(hash(&bytes));
         let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
         let recent = modified.is_none_or(|m| m.elapsed().map_or(true, |age| age < SETTLE));
@@ -156,73 +159,12 @@ impl FileWatch {
         match self.recheck_at {
             Some(at) if Instant::now() >= at => {
                 self.recheck_at = None;
-                let now = read_policy_file(path).ok().map(|b| hash(&b));
+                let now = read_file(path).ok().map(|b| hash(&b));
                 now.is_some() && now != self.hash
             }
             _ => false,
         }
     }
-}
-
-/// Why the policy file could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum ReadError {
-    /// The file is not something a policy can be read from; retrying will not help until it
-    /// changes.
-    #[error("{0}")]
-    Refused(String),
-    /// An I/O error (descriptors or memory exhausted, a disk error, the file missing while an
-    /// editor replaces it...): worth retrying.
-    #[error("cannot read {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
-}
-
-/// Reads the policy file without ever blocking on it: opened `O_NONBLOCK | O_NOCTTY`, and
-/// only a regular file of at most [`POLICY_MAX_BYTES`] is read (a FIFO, a device or a
-/// directory in its place is refused at once).
-pub fn read_policy_file(path: &Path) -> Result<Vec<u8>, ReadError> {
-    use std::io::Read as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let io = |source| ReadError::Io {
-        path: path.display().to_string(),
-        source,
-    };
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(io)?;
-    let m = f.metadata().map_err(io)?;
-    if !m.file_type().is_file() {
-        return Err(ReadError::Refused(format!(
-            "{} is not a regular file (a FIFO, device, socket or directory); refusing to read it",
-            path.display()
-        )));
-    }
-    if m.len() > POLICY_MAX_BYTES {
-        return Err(ReadError::Refused(format!(
-            "{} is {} bytes, more than the {} a policy file may have",
-            path.display(),
-            m.len(),
-            POLICY_MAX_BYTES
-        )));
-    }
-    let mut bytes = Vec::with_capacity(m.len() as usize);
-    // Bounded even if the file grows while it is read.
-    f.take(POLICY_MAX_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(io)?;
-    if bytes.len() as u64 > POLICY_MAX_BYTES {
-        return Err(ReadError::Refused(format!(
-            "{} grew past {} bytes while it was read",
-            path.display(),
-            POLICY_MAX_BYTES
-        )));
-    }
-    Ok(bytes)
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit (systemd's `LimitNOFILE=` sets both),
@@ -495,38 +437,6 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d
-    }
-
-    #[test]
-    fn a_fifo_is_refused_without_blocking() {
-        let d = dir("fifo");
-        let p = d.join("policy.toml");
-        let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
-        // SAFETY: valid C string.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-        // No writer: a blocking open would never return.
-        match read_policy_file(&p) {
-            Err(ReadError::Refused(m)) => assert!(m.contains("not a regular file"), "{m}"),
-            other => panic!("expected a refusal, got {other:?}"),
-        }
-        std::fs::remove_dir_all(&d).unwrap();
-    }
-
-    #[test]
-    fn oversized_and_missing_files() {
-        let d = dir("size");
-        let p = d.join("policy.toml");
-        let f = std::fs::File::create(&p).unwrap();
-        f.set_len(POLICY_MAX_BYTES + 1).unwrap(); // sparse: nothing is written
-        assert!(matches!(read_policy_file(&p), Err(ReadError::Refused(_))));
-        std::fs::write(&p, "version = 1\n").unwrap();
-        assert_eq!(read_policy_file(&p).unwrap(), b"version = 1\n");
-        // Missing: an I/O error, retried by the control task.
-        assert!(matches!(
-            read_policy_file(&d.join("nope")),
-            Err(ReadError::Io { .. })
-        ));
-        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

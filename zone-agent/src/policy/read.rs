@@ -56,27 +56,53 @@ fn too_large(path: &Path, size: Option<u64>) -> Diagnostic {
     )
 }
 
+/// Why a policy file could not be read; both carry a located diagnostic.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// Not something a policy can be read from (a FIFO, a device, a directory, too large):
+    /// reading again will not help until the file changes.
+    #[error("{0}")]
+    Refused(Diagnostic),
+    /// An I/O error (descriptors or memory exhausted, a disk error, the file missing while an
+    /// editor replaces it...): worth retrying.
+    #[error("{0}")]
+    Io(Diagnostic),
+}
+
+impl From<ReadError> for Diagnostic {
+    fn from(e: ReadError) -> Diagnostic {
+        match e {
+            ReadError::Refused(d) | ReadError::Io(d) => d,
+        }
+    }
+}
+
 /// The contents of the policy file at `path`, or one located error saying what is wrong with
 /// it and how to fix it.
 pub fn read(path: &Path) -> Result<Vec<u8>, Diagnostic> {
+    read_file(path).map_err(Diagnostic::from)
+}
+
+/// [`read`], telling a refused file from an I/O error (the agent retries only the latter).
+pub fn read_file(path: &Path) -> Result<Vec<u8>, ReadError> {
     let io_error = |e: std::io::Error| {
-        Diagnostic::error(
+        ReadError::Io(Diagnostic::error(
             path,
             START,
             format!("cannot read policy file: {e}"),
             Some("check the path and that this user may read the file".into()),
-        )
+        ))
     };
     // O_NONBLOCK: opening a FIFO with no writer returns at once instead of waiting for one.
     // O_NOCTTY: a terminal named as the policy never becomes our controlling terminal.
     let file = File::options()
         .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
         .open(path)
         .map_err(io_error)?;
     let meta = file.metadata().map_err(io_error)?;
     if !meta.file_type().is_file() {
-        return Err(Diagnostic::error(
+        return Err(ReadError::Refused(Diagnostic::error(
             path,
             START,
             format!(
@@ -88,10 +114,10 @@ pub fn read(path: &Path) -> Result<Vec<u8>, Diagnostic> {
                  /etc/zone-agent/policy.toml; a symbolic link to one is fine)"
                     .into(),
             ),
-        ));
+        )));
     }
     if meta.len() > MAX_POLICY_BYTES {
-        return Err(too_large(path, Some(meta.len())));
+        return Err(ReadError::Refused(too_large(path, Some(meta.len()))));
     }
     // The size may have changed since fstat: read one byte more than allowed to notice.
     let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0) + 1);
@@ -99,7 +125,7 @@ pub fn read(path: &Path) -> Result<Vec<u8>, Diagnostic> {
         .read_to_end(&mut bytes)
         .map_err(io_error)?;
     if bytes.len() as u64 > MAX_POLICY_BYTES {
-        return Err(too_large(path, None));
+        return Err(ReadError::Refused(too_large(path, None)));
     }
     Ok(bytes)
 }
@@ -119,5 +145,41 @@ mod tests {
             assert!(e.message.contains(what), "{e}");
             assert!(e.message.contains("not a regular file"), "{e}");
         }
+    }
+
+    fn dir(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("za-read-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_blocking() {
+        let d = dir("fifo");
+        let p = d.join("policy.toml");
+        let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+        // SAFETY: valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // No writer: a blocking open would never return.
+        match read_file(&p) {
+            Err(ReadError::Refused(e)) => assert!(e.message.contains("FIFO"), "{e}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn oversized_refused_missing_is_io() {
+        let d = dir("size");
+        let p = d.join("policy.toml");
+        let f = File::create(&p).unwrap();
+        f.set_len(MAX_POLICY_BYTES + 1).unwrap(); // sparse: nothing is written
+        assert!(matches!(read_file(&p), Err(ReadError::Refused(_))));
+        std::fs::write(&p, "version = 1\n").unwrap();
+        assert_eq!(read_file(&p).unwrap(), b"version = 1\n");
+        // Missing: an I/O error, which the agent's control task retries.
+        assert!(matches!(read_file(&d.join("nope")), Err(ReadError::Io(_))));
+        std::fs::remove_dir_all(&d).unwrap();
     }
 }
