@@ -139,7 +139,10 @@ fn status(a: &Agent) -> Status {
         program_id: a.dp.program_id(),
         interfaces,
         failsafe: a.failsafe.clone(),
-        flows_active: a.dp.maps.flows.keys().count() as u64,
+        flows_active: {
+            let (flows, embryos) = a.dp.flow_entries();
+            flows + embryos
+        },
         reloads_ok: a.telemetry.reloads_ok,
         reloads_error: a.telemetry.reloads_error,
         pin_dir: a.settings.pin_dir.display().to_string(),
@@ -163,7 +166,7 @@ pub struct Flow {
     pub idle_ms: u64,
 }
 
-/// At most this many flows are listed (the table holds up to `CAP_FLOWS`).
+/// At most this many flows are listed (the tables hold up to `CAP_FLOWS` + `CAP_EMBRYOS`).
 const FLOWS_LISTED: usize = 10_000;
 
 fn flows(a: &Agent) -> Vec<Flow> {
@@ -181,10 +184,11 @@ fn flows(a: &Agent) -> Vec<Flow> {
             IpAddr::V6(v) => format!("[{v}]:{port}"),
         }
     };
-    a.dp
-        .maps
-        .flows
+    // Replied flows first (the ones worth seeing), then embryonic ones.
+    let m = &a.dp.maps;
+    m.flows
         .iter()
+        .chain(m.embryos.iter())
         .filter_map(Result::ok)
         .take(FLOWS_LISTED)
         .map(|(k, st)| {

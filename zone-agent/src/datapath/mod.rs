@@ -62,7 +62,11 @@ pub struct Maps {
     pub rules: HashMap<MapData, RuleKey, RuleCands>,
     pub rule_info: Array<MapData, RuleInfo>,
     pub rule_macs: HashMap<MapData, MacKey, u8>,
+    /// Replied flows (plain hash, never evicted).
     pub flows: HashMap<MapData, FlowKey, FlowState>,
+    /// Embryonic flows (LRU).
+    pub embryos: HashMap<MapData, FlowKey, FlowState>,
+    pub flow_stats: PerCpuArray<MapData, u64>,
     pub failsafe_ports: Array<MapData, u64>,
     pub failsafe: HashMap<MapData, FailsafeKey, u32>,
     pub failsafe_src: LpmTrie<MapData, FailsafeSrcKey, u32>,
@@ -83,6 +87,10 @@ pub struct Datapath {
     /// Set the program reads (0/1) and the generation installed there.
     pub active_set: u32,
     pub generation: u32,
+    /// Embryonic flows removed by `expire` (for `embryo_evictions`).
+    embryos_swept: u64,
+    /// Highest eviction count derived so far (a counter never goes back).
+    embryo_evictions: std::sync::atomic::AtomicU64,
 }
 
 /// What `load_pinned` found under the pin dir.
@@ -147,7 +155,16 @@ impl Datapath {
             .map_err(DatapathError::Program)?;
         prog.load().map_err(DatapathError::Program)?;
         let maps = Maps::take(&mut ebpf)?;
-        Ok(Datapath { ebpf, maps, links: BTreeMap::new(), pins, active_set: 0, generation: 0 })
+        Ok(Datapath {
+            ebpf,
+            maps,
+            links: BTreeMap::new(),
+            pins,
+            active_set: 0,
+            generation: 0,
+            embryos_swept: 0,
+            embryo_evictions: Default::default(),
+        })
     }
 
     /// Removes the maps of incompatible builds once no link runs their program any more.
@@ -234,6 +251,8 @@ impl Maps {
             rule_info: take(ebpf, MAP_RULEINFO)?,
             rule_macs: take(ebpf, MAP_RULEMACS)?,
             flows: take(ebpf, MAP_FLOWS)?,
+            embryos: take(ebpf, MAP_EMBRYOS)?,
+            flow_stats: take(ebpf, MAP_FLOW_STATS)?,
             failsafe_ports: take(ebpf, MAP_FAILSAFE_PORTS)?,
             failsafe: take(ebpf, MAP_FAILSAFE)?,
             failsafe_src: take(ebpf, MAP_FAILSAFE_SRC)?,
