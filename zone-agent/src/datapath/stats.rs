@@ -118,7 +118,7 @@ impl Datapath {
         vec![
             (LABEL_FLOWS, flows, CAP_FLOWS as u64),
             (LABEL_EMBRYOS, embryos, CAP_EMBRYOS as u64),
-            ("fragments", m.frags.keys().count() as u64, CAP_FRAGS as u64),
+            ("fragments", entries(&m.frags, CAP_FRAGS), CAP_FRAGS as u64),
             ("rules", m.rules.keys().count() as u64, CAP_RULES as u64),
             ("addresses_v4", m.addr4.keys().count() as u64, CAP_ADDR4 as u64),
             ("addresses_v6", m.addr6.keys().count() as u64, CAP_ADDR6 as u64),
@@ -133,12 +133,16 @@ impl Datapath {
         let now = monotonic_coarse_ns();
         let idle = |(k, st): &(FlowKey, FlowState)| now.saturating_sub(st.last_seen_ns) > flow_lifetime(k.proto, st.flags);
         let m = &mut self.maps;
-        let stale: Vec<FlowKey> = m.flows.iter().filter_map(Result::ok).filter(idle).map(|(k, _)| k).collect();
+        // Bounded walks: a table that churns under `get_next_key` (an LRU evicting) makes the
+        // walk start over whenever the key it stands on goes, and it could go on for ever.
+        let stale: Vec<FlowKey> =
+            m.flows.iter().take(CAP_FLOWS as usize).filter_map(Result::ok).filter(idle).map(|(k, _)| k).collect();
         let stale_embryos: Vec<FlowKey> =
-            m.embryos.iter().filter_map(Result::ok).filter(idle).map(|(k, _)| k).collect();
+            m.embryos.iter().take(CAP_EMBRYOS as usize).filter_map(Result::ok).filter(idle).map(|(k, _)| k).collect();
         let stale_frags: Vec<FragKey> = m
             .frags
             .iter()
+            .take(CAP_FRAGS as usize)
             .filter_map(Result::ok)
             .filter(|(_, st)| now.saturating_sub(st.last_seen_ns) > FRAG_NS)
             .map(|(k, _)| k)
@@ -167,18 +171,18 @@ pub fn monotonic_coarse_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Entries of a flow table, counted with BPF_MAP_LOOKUP_BATCH: the kernel walks the hash
+/// Entries of a hash table (flows, fragments), counted with BPF_MAP_LOOKUP_BATCH: the kernel walks the hash
 /// by bucket, so a table that churns under the walk (an LRU evicting) is still walked once,
 /// unlike `get_next_key`, which starts over whenever the key it stands on is deleted (and
 /// then counts far past the capacity). Exact while the table is quiet; under churn an entry
 /// moved between buckets may be missed or seen twice, and the count is capped at the
 /// capacity. Falls back to counting keys if the kernel refuses batches.
-fn entries(map: &HashMap<MapData, FlowKey, FlowState>, capacity: u32) -> u64 {
+fn entries<K: aya::Pod + Default, V: aya::Pod + Default>(map: &HashMap<MapData, K, V>, capacity: u32) -> u64 {
     const BATCH: usize = 4096;
     const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
     let fd = map.map().fd().as_fd().as_raw_fd();
-    let mut keys = vec![FlowKey::default(); BATCH];
-    let mut values = vec![FlowState::default(); BATCH];
+    let mut keys: Vec<K> = (0..BATCH).map(|_| K::default()).collect();
+    let mut values: Vec<V> = (0..BATCH).map(|_| V::default()).collect();
     let (mut cursor, mut next) = (0u32, 0u32);
     let mut total = 0u64;
     // One bucket per step at least: bounded by the number of buckets (<= capacity).
