@@ -276,18 +276,22 @@ pub enum FlowEvent {
     EmbryoRemoved = 4,
     /// A TCP RST of a flow shortened its lifetime (it did not delete it).
     Reset = 5,
+    /// The agent's expiry sweep removed an idle embryonic entry (written by the agent, in
+    /// the first CPU's slot, so that the count outlives the agent like the others).
+    EmbryoExpired = 6,
 }
 
 impl FlowEvent {
     /// Slots of `ZA_FLOWSTATS` (room for events added later without changing its size).
     pub const SLOTS: u32 = 16;
-    pub const ALL: [FlowEvent; 6] = [
+    pub const ALL: [FlowEvent; 7] = [
         FlowEvent::Opened,
         FlowEvent::Promoted,
         FlowEvent::PromotionRefused,
         FlowEvent::OpenRefused,
         FlowEvent::EmbryoRemoved,
         FlowEvent::Reset,
+        FlowEvent::EmbryoExpired,
     ];
 
     pub const fn label(self) -> &'static str {
@@ -298,6 +302,7 @@ impl FlowEvent {
             FlowEvent::OpenRefused => "open_refused",
             FlowEvent::EmbryoRemoved => "embryo_removed",
             FlowEvent::Reset => "reset",
+            FlowEvent::EmbryoExpired => "embryo_expired",
         }
     }
 }

@@ -87,8 +87,6 @@ pub struct Datapath {
     /// Set the program reads (0/1) and the generation installed there.
     pub active_set: u32,
     pub generation: u32,
-    /// Embryonic flows removed by `expire` (for `embryo_evictions`).
-    embryos_swept: u64,
     /// Highest eviction count derived so far (a counter never goes back).
     embryo_evictions: std::sync::atomic::AtomicU64,
 }
@@ -162,7 +160,6 @@ impl Datapath {
             pins,
             active_set: 0,
             generation: 0,
-            embryos_swept: 0,
             embryo_evictions: Default::default(),
         })
     }

@@ -101,12 +101,13 @@ impl Datapath {
 
     /// Embryonic flows the LRU evicted to make room for new ones: every embryonic flow
     /// opened either is still there, was promoted, was removed by the data path (expired,
-    /// revoked) or by `expire`, or was evicted. Derived from the kernel's exact counters
-    /// and the table's fill; kept monotonic (a fill read while the table churns can be a
-    /// little off either way).
+    /// revoked) or by `expire`, or was evicted. Derived from the pinned counters (they
+    /// outlive the agent) and the table's fill; kept monotonic within a run (a fill read
+    /// while the table churns can be a little off either way).
     pub fn embryo_evictions(&self, events: &[(FlowEvent, u64)], embryos: u64) -> u64 {
         let ev = |e: FlowEvent| events.iter().find(|x| x.0 == e).map_or(0, |x| x.1);
-        let gone = ev(FlowEvent::Promoted) + ev(FlowEvent::EmbryoRemoved) + self.embryos_swept + embryos;
+        let gone =
+            ev(FlowEvent::Promoted) + ev(FlowEvent::EmbryoRemoved) + ev(FlowEvent::EmbryoExpired) + embryos;
         let derived = ev(FlowEvent::Opened).saturating_sub(gone);
         self.embryo_evictions.fetch_max(derived, Ordering::Relaxed).max(derived)
     }
@@ -151,9 +152,16 @@ impl Datapath {
         for k in stale {
             let _ = m.flows.remove(&k);
         }
-        for k in stale_embryos {
-            if m.embryos.remove(&k).is_ok() {
-                self.embryos_swept += 1;
+        let swept = stale_embryos.into_iter().filter(|k| m.embryos.remove(k).is_ok()).count() as u64;
+        if swept > 0 {
+            // The first CPU's slot: the data path never counts this event.
+            let i = FlowEvent::EmbryoExpired as u32;
+            if let Ok(v) = m.flow_stats.get(&i, 0) {
+                let mut v = v.to_vec();
+                v[0] += swept;
+                if let Ok(v) = PerCpuValues::try_from(v) {
+                    let _ = m.flow_stats.set(i, v, 0);
+                }
             }
         }
         for k in stale_frags {

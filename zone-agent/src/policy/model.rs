@@ -1451,6 +1451,26 @@ mod tests {
     }
 
     #[test]
+    fn flow_events_are_counted() {
+        let mut m = Model::new(policy());
+        m.decide(&eltax_syn(), T0);
+        m.decide(&eltax_syn(), T0 + 1); // a retransmitted SYN is the same embryonic flow
+        m.decide(&eltax_reply(TCP_SYN | TCP_ACK), T0 + 2);
+        m.decide(&eltax_reply(TCP_ACK), T0 + 3); // promoted once
+        m.decide(&eltax_reply(TCP_RST), T0 + 4);
+        let c = m.counters();
+        let got: Vec<u64> = [FlowEvent::Opened, FlowEvent::Promoted, FlowEvent::Reset, FlowEvent::EmbryoRemoved]
+            .map(|e| c.flow_event(e))
+            .to_vec();
+        assert_eq!(got, [1, 1, 1, 0]);
+        // An embryonic flow that expires is removed and counted; a replied one is not.
+        let mut m = Model::new(policy());
+        m.decide(&eltax_syn(), T0);
+        assert!(!alive_at(&mut m, T0 + FLOW_TCP_OPEN_NS + 1));
+        assert_eq!(m.counters().flow_event(FlowEvent::EmbryoRemoved), 1);
+    }
+
+    #[test]
     fn rst_reply_does_not_promote() {
         let mut m = Model::new(policy());
         pass(&m.decide(&eltax_syn(), T0), PassReason::Rule);

@@ -73,7 +73,7 @@ pub fn render(dp: &Datapath, t: &Telemetry) -> Result<String, DatapathError> {
     reg.register(Box::new(flows.clone())).expect("unique");
     flows.set((fill(LABEL_FLOWS) + fill(LABEL_EMBRYOS)) as i64);
     let events = dp.flow_events()?;
-    let fe = counter(&reg, "zone_agent_flow_events_total", "Flow-table events: opened (embryonic), promoted (first reply), promotion_refused (replied table full), open_refused (insert failed, dropped table_full), embryo_removed (expired/revoked), reset (a RST shortened a flow's life).", &["event"]);
+    let fe = counter(&reg, "zone_agent_flow_events_total", "Flow-table events: opened (embryonic), promoted (first reply), promotion_refused (replied table full), open_refused (insert failed, dropped table_full), embryo_removed (expired/revoked in the data path), embryo_expired (removed by the expiry sweep), reset (a RST shortened a flow's life).", &["event"]);
     for (e, n) in &events {
         fe.with_label_values(&[e.label()]).inc_by(*n);
     }
