@@ -11,12 +11,13 @@
 //! Each test builds its own lab and agent. Needs root; `cargo xtask test` runs it under
 //! `unshare`.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use zone_agent_common::{CAP_EMBRYOS, CAP_FLOWS, LABEL_EMBRYOS, LABEL_FLOWS};
 use zone_agent_lab::agent::{self, Metrics};
 use zone_agent_lab::craft::{ether, scapy};
-use zone_agent_lab::{ChildGuard, Host, HostSpec, Lab, wait_until};
+use zone_agent_lab::{ChildGuard, Host, HostSpec, Lab, Signal, wait_until};
 
 const MY_MAC: &str = "02:00:00:00:10:10";
 const LG_MAC: &str = "02:00:00:00:20:10";
@@ -195,12 +196,24 @@ struct Env {
 
 impl Env {
     fn new(test: &str) -> Env {
+        Env::with_agent(test, None)
+    }
+
+    /// `bin`: another agent binary than the one under test.
+    fn with_agent(test: &str, bin: Option<&Path>) -> Env {
         let mut lab = Lab::new(test);
         let my = lab.add_host(spec("mynumber", "zmyn", "10.10.0", 16, 10, MY_MAC));
         let lg = lab.add_host(spec("lgwan", "zlgw", "10.20.0", 24, 10, LG_MAC));
         let attacker = lab.add_host(spec("lgwan", "zlgw2", "10.20.1", 24, 20, ATTACKER_MAC));
         let inet = lab.add_host(spec("internet", "zinet", "198.51.100", 24, 10, INET_MAC));
-        let agent = agent::start(&lab, POLICY);
+        let agent = match bin {
+            None => agent::start(&lab, POLICY),
+            Some(bin) => {
+                let path = lab.dir().join("policy.toml");
+                std::fs::write(&path, POLICY).expect("write the policy");
+                agent::start_bin(&lab, bin, &path)
+            }
+        };
         Env {
             agent,
             lab,
@@ -538,4 +551,47 @@ fn forged_rst_does_not_stall_a_live_flow() {
         0.0,
         "{report}"
     );
+}
+
+/// Upgrade from a build with another flow-table ABI (main 74916ca: one LRU of flows) while a
+/// connection carries only the server's data: the new agent replaces the incompatible pins,
+/// adopts their flows (re-decided on their next packet) and the data keeps arriving. Needs
+/// the old build's binary in `ZA_OLD_AGENT_BIN`; without it the test says so and passes.
+#[test]
+fn upgrade_from_another_flow_abi_keeps_live_flows() {
+    let Some(old) = std::env::var_os("ZA_OLD_AGENT_BIN") else {
+        eprintln!("skipped: set ZA_OLD_AGENT_BIN to an agent binary of ABI 1 (e.g. main 74916ca)");
+        return;
+    };
+    zone_agent_lab::require_root();
+    let mut env = Env::with_agent("flow_upgrade", Some(Path::new(&old)));
+    let live = env.live(&env.lg, &env.my, 443, 0.02, 3600.0);
+    env.agent.signal(Signal::SIGKILL);
+    env.agent
+        .wait_exit(T)
+        .expect("the old agent dies on SIGKILL");
+    let n = live.gaps().len();
+    env.agent = agent::start(&env.lab, POLICY);
+    let log = env.agent.log_text();
+    assert!(
+        log.contains("incompatible"),
+        "the new agent did not replace the old pins:\n{log}"
+    );
+    live.wait_more(
+        live.gaps().len(),
+        100,
+        T,
+        "the server's data keeps arriving after the upgrade",
+    );
+    let max_gap = live.gaps()[n..].iter().max().copied().unwrap_or(0);
+    let report = format!(
+        "max gap since the old agent died {max_gap} ms; {}\nagent log:\n{log}",
+        live.describe()
+    );
+    println!("{report}");
+    assert!(
+        max_gap < live.max_gap(),
+        "the live connection stalled across the upgrade;\n{report}"
+    );
+    assert!(log.contains("adopted"), "{report}");
 }

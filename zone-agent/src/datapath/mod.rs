@@ -138,7 +138,48 @@ impl Datapath {
             dp.generation = cfg.generation;
             adoption.generation = cfg.generation;
         }
+        dp.adopt_stale_flows();
         Ok((dp, adoption))
+    }
+
+    /// Copies the flows of an incompatible build's pinned flow table whose entries have this
+    /// build's layout (`FlowKey`, `FlowState`; ABI 1 had one LRU table of them): replied
+    /// flows into `ZA_FLOWS`, others into `ZA_EMBRYOS`, each with generation 0, so that the
+    /// data path re-decides it under the active policy on its next packet, exactly as after a
+    /// reload (a flow the policy does not allow is removed then). Without this the
+    /// connections established before such an upgrade would lose their flows. Keys already
+    /// held are left alone; flag bits this build does not know are cleared.
+    fn adopt_stale_flows(&mut self) {
+        use aya::maps::{Map, MapData};
+        const KNOWN: u8 = FLOW_AUDIT | FLOW_FIN_ORIG | FLOW_FIN_REPLY | FLOW_REPLIED;
+        let Some(pins) = &self.pins else { return };
+        for dir in pins.stale_map_dirs() {
+            let path = dir.join(MAP_FLOWS);
+            let Ok(data) = MapData::from_pin(&path) else { continue };
+            let Ok(info) = data.info() else { continue };
+            if info.key_size() as usize != size_of::<FlowKey>() || info.value_size() as usize != size_of::<FlowState>() {
+                continue;
+            }
+            let Ok(old) = Map::from_map_data(data).and_then(HashMap::<MapData, FlowKey, FlowState>::try_from) else {
+                continue;
+            };
+            let entries: Vec<(FlowKey, FlowState)> =
+                old.iter().take(info.max_entries() as usize).filter_map(Result::ok).collect();
+            let mut adopted = 0usize;
+            for (k, mut st) in entries {
+                let m = &mut self.maps;
+                if m.flows.get(&k, 0).is_ok() || m.embryos.get(&k, 0).is_ok() {
+                    continue;
+                }
+                st.generation = 0;
+                st.flags &= KNOWN;
+                let table = if st.flags & FLOW_REPLIED != 0 { &mut m.flows } else { &mut m.embryos };
+                if table.insert(k, st, 0).is_ok() {
+                    adopted += 1;
+                }
+            }
+            tracing::info!(from = %path.display(), adopted, "flows of an incompatible build adopted (re-decided on their next packet)");
+        }
     }
 
     fn load_with(mut loader: EbpfLoader<'_>, pins: Option<pin::Pins>) -> Result<Self, DatapathError> {
