@@ -128,13 +128,19 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-/// The SYNs that open the flows the "established" and "reply" cases belong to.
+/// The SYNs that open the flows the "established" and "reply" cases belong to, and the
+/// servers' SYN-ACKs: a replied flow sits in the table the data path probes first, as the
+/// flows of real connections do (an unanswered one is embryonic, one lookup more).
 fn openers() -> Vec<(&'static str, Vec<u8>)> {
     let (a, b) = (ip("10.20.5.10"), ip("10.10.9.20"));
+    let (a6, b6) = (ip("fd20::10"), ip("fd10::20"));
     vec![
         ("zlg", Frame::new(a, b).tcp(40000, 443, SYN).bytes()),
-        ("zlg", Frame::new(ip("fd20::10"), ip("fd10::20")).tcp(40003, 443, SYN).bytes()),
+        ("zlg", Frame::new(a6, b6).tcp(40003, 443, SYN).bytes()),
         ("ztrunk", Frame::new(a, b).vlan(100).tcp(40004, 443, SYN).bytes()),
+        ("zmyn", Frame::new(b, a).tcp(443, 40000, SYN | ACK).bytes()),
+        ("zmyn", Frame::new(b6, a6).tcp(443, 40003, SYN | ACK).bytes()),
+        ("zmyn", Frame::new(b, a).tcp(443, 40004, SYN | ACK).bytes()),
     ]
 }
 
@@ -421,7 +427,7 @@ fn verify(dp: &Datapath, cases: &[Case]) -> Result<(), String> {
     for (iface, f) in openers() {
         let (action, _) = run(dp.program(), iface, &f, 1);
         if action != PASS {
-            return Err(format!("opening SYN on {iface}: action {action}, expected pass"));
+            return Err(format!("opening SYN / SYN-ACK on {iface}: action {action}, expected pass"));
         }
     }
     for c in cases {

@@ -31,14 +31,18 @@ pub fn state_dir(lab: &Lab) -> std::path::PathBuf {
 
 /// Starts `zone-agent run --policy <path>` in the gateway, as [`start`] does.
 pub fn start_file(lab: &Lab, path: &Path) -> ChildGuard {
+    start_bin(lab, &crate::agent_bin(), path)
+}
+
+/// [`start_file`] with another agent binary (an older build, for upgrade tests).
+pub fn start_bin(lab: &Lab, bin: &Path, path: &Path) -> ChildGuard {
     let state = state_dir(lab);
     fs::create_dir_all(&state).expect("state dir");
     // `ip netns exec` remounts /sys: /sys/fs/bpf is no bpffs in there, the lab's own is.
     let pins = lab.bpffs().join("zone-agent");
-    let bin = crate::agent_bin();
     let s = |p: &Path| p.to_str().expect("UTF-8 path").to_owned();
     let argv = [
-        s(&bin),
+        s(bin),
         "run".into(),
         "--policy".into(),
         s(path),

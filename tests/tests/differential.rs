@@ -54,7 +54,7 @@ use zone_agent::{
     },
 };
 use zone_agent_common::{
-    Counter, DropReason, FAMILY_V4, FLOW_AUDIT, FLOW_REPLIED, FlowKey, FlowState, FragKey,
+    Counter, DropReason, FAMILY_V4, FLOW_AUDIT, FLOW_REPLIED, FlowEvent, FlowKey, FlowState, FragKey,
     FragState, NS, PassReason, Verdict,
 };
 
@@ -1476,6 +1476,11 @@ fn moved(before: &ModelCounters, after: &ModelCounters) -> String {
             out.push(pass_label(*k));
         }
     }
+    for (k, c) in &after.flow_events {
+        if before.flow_events.get(k) != Some(c) {
+            out.push(format!("flow event {}", flow_event_label(*k)));
+        }
+    }
     for (k, c) in &after.rules {
         if before.rules.get(k) != Some(c) {
             out.push(format!("rule {k}"));
@@ -1487,6 +1492,10 @@ fn moved(before: &ModelCounters, after: &ModelCounters) -> String {
         }
     }
     out.join(", ")
+}
+
+fn flow_event_label(e: u32) -> &'static str {
+    FlowEvent::ALL.iter().find(|x| **x as u32 == e).map_or("?", |x| x.label())
 }
 
 fn counters_diff(kernel: &ModelCounters, model: &ModelCounters) -> String {
@@ -1501,6 +1510,7 @@ fn counters_diff(kernel: &ModelCounters, model: &ModelCounters) -> String {
     let mut out = String::new();
     side(&mut out, drop_label, &kernel.drops, &model.drops);
     side(&mut out, pass_label, &kernel.passes, &model.passes);
+    side(&mut out, |e| format!("flow event {}", flow_event_label(e)), &kernel.flow_events, &model.flow_events);
     side(&mut out, |r| format!("rule {r}"), &kernel.rules, &model.rules);
     side(&mut out, |(f, t, v): (u8, u8, Verdict)| format!("zones {f}->{t} {}", v.label()), &kernel.zone_pairs, &model.zone_pairs);
     out
@@ -1550,9 +1560,12 @@ impl Engine {
 
     /// Runs one case from a clean flow and fragment table.
     fn run(&mut self, policies: &[String], ops: &[Op]) -> Result<(), RunError> {
-        let flows: Vec<FlowKey> = self.dp.maps.flows.keys().filter_map(Result::ok).collect();
-        for k in flows {
-            self.dp.maps.flows.remove(&k).expect("remove flow");
+        let m = &mut self.dp.maps;
+        for table in [&mut m.flows, &mut m.embryos] {
+            let flows: Vec<FlowKey> = table.keys().filter_map(Result::ok).collect();
+            for k in flows {
+                table.remove(&k).expect("remove flow");
+            }
         }
         let frags: Vec<FragKey> = self.dp.maps.frags.keys().filter_map(Result::ok).collect();
         for k in frags {
@@ -1678,6 +1691,10 @@ impl Engine {
         for (i, (r, k)) in g.passes.iter().enumerate() {
             put(&mut c.passes, *r as u32, *k, run.base.passes[i].1);
         }
+        for (i, (e, n)) in g.flow_events.iter().enumerate() {
+            let count = |packets| Counter { packets, bytes: 0 };
+            put(&mut c.flow_events, *e as u32, count(*n), count(run.base.flow_events[i].1));
+        }
         self.set_counters(run.model.policy(), &mut c);
         c.zone_pairs = minus(&c.zone_pairs, &run.set_base.zone_pairs);
         c.rules = minus(&c.rules, &run.set_base.rules);
@@ -1697,14 +1714,16 @@ impl Engine {
         }
     }
 
+    /// Both flow tables: each entry says which table holds it, and a key held in both
+    /// appears twice (the model has each key once), so a flow in the wrong table or in two
+    /// tables is a mismatch.
     fn kernel_flows(&self, gen_base: u32) -> Vec<FlowInfo> {
-        let mut v: Vec<FlowInfo> = self
-            .dp
-            .maps
-            .flows
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(k, st): (FlowKey, FlowState)| {
+        let m = &self.dp.maps;
+        let replied = m.flows.iter().filter_map(Result::ok).map(|e| (e, false));
+        let embryonic = m.embryos.iter().filter_map(Result::ok).map(|e| (e, true));
+        let mut v: Vec<FlowInfo> = replied
+            .chain(embryonic)
+            .map(|((k, st), embryonic): ((FlowKey, FlowState), bool)| {
                 let a = (addr_of(k.family, k.a), k.a_port);
                 let b = (addr_of(k.family, k.b), k.b_port);
                 let (orig_src, orig_dst) = if st.orig_is_a != 0 { (a, b) } else { (b, a) };
@@ -1718,10 +1737,11 @@ impl Engine {
                     audit: st.flags & FLOW_AUDIT != 0,
                     generation: st.generation.wrapping_sub(gen_base),
                     replied: st.flags & FLOW_REPLIED != 0,
+                    embryonic,
                 }
             })
             .collect();
-        v.sort_by_key(|f| (f.proto, f.orig_src, f.orig_dst));
+        v.sort_by_key(|f| (f.proto, f.orig_src, f.orig_dst, f.embryonic));
         v
     }
 
@@ -1735,14 +1755,19 @@ impl Engine {
     fn age(&mut self, ns: u64) -> bool {
         let m = &mut self.dp.maps;
         let flows: Vec<(FlowKey, FlowState)> = m.flows.iter().filter_map(Result::ok).collect();
+        let embryos: Vec<(FlowKey, FlowState)> = m.embryos.iter().filter_map(Result::ok).collect();
         let frags: Vec<(FragKey, FragState)> = m.frags.iter().filter_map(Result::ok).collect();
         let floor = ns + NS;
-        if flows.iter().any(|(_, s)| s.last_seen_ns < floor) || frags.iter().any(|(_, s)| s.last_seen_ns < floor) {
+        if flows.iter().chain(&embryos).any(|(_, s)| s.last_seen_ns < floor)
+            || frags.iter().any(|(_, s)| s.last_seen_ns < floor)
+        {
             return false;
         }
-        for (k, mut s) in flows {
-            s.last_seen_ns -= ns;
-            m.flows.insert(k, s, 0).expect("age flow");
+        for (table, entries) in [(&mut m.flows, flows), (&mut m.embryos, embryos)] {
+            for (k, mut s) in entries {
+                s.last_seen_ns -= ns;
+                table.insert(k, s, 0).expect("age flow");
+            }
         }
         for (k, mut s) in frags {
             s.last_seen_ns -= ns;

@@ -388,10 +388,15 @@ fn run_stateful(h: &mut Harness) {
     h.expect("DHCP discover", "zlg", &Frame::new(ip("0.0.0.0"), ip("255.255.255.255")).udp(68, 67).bytes(), "pass:intra_zone");
     h.expect("link-local multicast v4", "zmyn", &Frame::new(b, ip("224.0.0.251")).udp(5353, 5353).bytes(), "pass:intra_zone");
     h.expect("link-local source to another zone", "zlg", &Frame::new(ip("fe80::5"), b6).icmp(128, 0, 5).bytes(), "drop:no_rule");
-    // TCP teardown: RST ends the flow, its reply is then denied.
+    // TCP RST: the flow is not deleted (a forged RST would cut a live connection), it only
+    // lives `FLOW_TCP_RESET_NS` more unless another packet of it follows; a RST reply does
+    // not promote the flow, a later real reply does. (The lifetimes are compared with the
+    // model over idle time in differential.rs.)
     h.expect("syn 2", "zlg", &Frame::new(a, b).tcp(40020, 8000, SYN).bytes(), "pass:rule");
     h.expect("rst", "zmyn", &Frame::new(b, a).tcp(8000, 40020, RST).bytes(), "pass:reply");
-    h.expect("after rst", "zmyn", &Frame::new(b, a).tcp(8000, 40020, ACK).bytes(), "drop:no_rule");
+    h.expect("after rst", "zmyn", &Frame::new(b, a).tcp(8000, 40020, ACK).bytes(), "pass:reply");
+    h.expect("rst again", "zlg", &Frame::new(a, b).tcp(40020, 8000, RST | ACK).bytes(), "pass:established");
+    h.expect("after the second rst", "zlg", &Frame::new(a, b).tcp(40020, 8000, ACK).bytes(), "pass:established");
 }
 
 fn truncations(h: &mut Harness) {
@@ -493,5 +498,53 @@ fn reload_revalidates_flows() {
         h.expect("web reply after reload", "zinet", &Frame::new(d, c).tcp(80, 40001, SYN | ACK).bytes(), "pass:reply");
         h.expect("relay new syn after removal", "zlg", &Frame::new(a, b).tcp(40002, 443, SYN).bytes(), "drop:no_rule");
         h.finish();
+    });
+}
+
+/// Issue 20, finding 1: replied flows live in a table that no insert evicts. When it is full,
+/// a new flow's promotion is refused (counted once) and the flow keeps working from the
+/// embryonic table, while every replied flow stays.
+#[test]
+fn full_replied_table_refuses_promotion_and_evicts_nothing() {
+    use zone_agent_common::{CAP_FLOWS, FLOW_REPLIED, FlowEvent, FlowKey, FlowState};
+    const PASS: u32 = 2;
+    in_private_netns(|| {
+        let text = policy_text("enforce", "deny", None);
+        let (policy, _) = validate::check_str("test.toml".as_ref(), &text, &OfflineEnvironment).expect("valid policy");
+        let compiled = compile::compile(&policy).expect("compiles");
+        let mut dp = Datapath::load().expect("load XDP program");
+        dp.apply(&compiled, zone_agent::agent::ifindex).expect("apply");
+        let run = |dp: &Datapath, iface: &str, f: Frame| common::xdp::test_run(dp.program(), iface, &f.bytes());
+        let event = |dp: &Datapath, e: FlowEvent| dp.flow_events().unwrap().iter().find(|x| x.0 == e).unwrap().1;
+        let (a, b) = (ip("10.20.5.10"), ip("10.10.9.20"));
+
+        assert_eq!(run(&dp, "zlg", Frame::new(a, b).tcp(40000, 443, SYN)), PASS);
+        assert_eq!(dp.flow_entries(), (0, 1), "a new flow is embryonic");
+        assert_eq!(run(&dp, "zmyn", Frame::new(b, a).tcp(443, 40000, SYN | ACK)), PASS);
+        assert_eq!(dp.flow_entries(), (1, 0), "the first reply promotes it");
+        assert_eq!(event(&dp, FlowEvent::Promoted), 1);
+
+        // Fill the replied table with other flows.
+        let st = FlowState { last_seen_ns: monotonic_coarse_ns(), flags: FLOW_REPLIED, ..Default::default() };
+        for i in 0..CAP_FLOWS - 1 {
+            let mut k = FlowKey { proto: 6, family: 4, a_port: 1, b_port: 2, ..Default::default() };
+            k.a[..4].copy_from_slice(&[10, 99, 0, 1]);
+            k.b[..4].copy_from_slice(&i.to_be_bytes());
+            dp.maps.flows.insert(k, st, 0).expect("fill the replied table");
+        }
+        assert_eq!(dp.flow_entries(), (u64::from(CAP_FLOWS), 0));
+
+        assert_eq!(run(&dp, "zlg", Frame::new(a, b).tcp(40001, 443, SYN)), PASS);
+        assert_eq!(run(&dp, "zmyn", Frame::new(b, a).tcp(443, 40001, SYN | ACK)), PASS);
+        assert_eq!(event(&dp, FlowEvent::PromotionRefused), 1);
+        assert_eq!(event(&dp, FlowEvent::Promoted), 1);
+        // The refused flow keeps working (a replied flow in the embryonic table), counted once.
+        assert_eq!(run(&dp, "zmyn", Frame::new(b, a).tcp(443, 40001, ACK)), PASS);
+        assert_eq!(run(&dp, "zlg", Frame::new(a, b).tcp(40001, 443, ACK)), PASS);
+        assert_eq!(event(&dp, FlowEvent::PromotionRefused), 1);
+        // Nothing was evicted: the first flow's replies still pass, and every entry is there.
+        assert_eq!(run(&dp, "zmyn", Frame::new(b, a).tcp(443, 40000, ACK)), PASS);
+        assert_eq!(dp.flow_entries(), (u64::from(CAP_FLOWS), 1));
+        assert_eq!(event(&dp, FlowEvent::OpenRefused), 0);
     });
 }

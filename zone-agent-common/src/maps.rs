@@ -59,6 +59,8 @@ pub const MAP_RULES: &str = "ZA_RULES";
 pub const MAP_RULEINFO: &str = "ZA_RULEINFO";
 pub const MAP_RULEMACS: &str = "ZA_RULEMACS";
 pub const MAP_FLOWS: &str = "ZA_FLOWS";
+pub const MAP_EMBRYOS: &str = "ZA_EMBRYOS";
+pub const MAP_FLOW_STATS: &str = "ZA_FLOWSTATS";
 pub const MAP_FRAGS: &str = "ZA_FRAGS";
 pub const MAP_ZONE_STATS: &str = "ZA_ZONESTATS";
 pub const MAP_RULE_STATS: &str = "ZA_RULESTATS";
@@ -74,7 +76,10 @@ pub const CAP_ADDR4: u32 = 2 * 262_144;
 pub const CAP_ADDR6: u32 = 2 * 65_536;
 pub const CAP_RULES: u32 = 2 * 524_288;
 pub const CAP_RULEMACS: u32 = 2 * 65_536;
+/// Replied flows (`ZA_FLOWS`): a plain hash, never evicted (see "Flow tables" below).
 pub const CAP_FLOWS: u32 = 262_144;
+/// Embryonic flows (`ZA_EMBRYOS`): an LRU, the only table new flows are inserted into.
+pub const CAP_EMBRYOS: u32 = 131_072;
 pub const CAP_FRAGS: u32 = 16_384;
 pub const CAP_PORTS: u32 = SETS * 2 * PORTS;
 pub const CAP_ZONE_STATS: u32 = SETS * MAX_ZONES * MAX_ZONES * 3;
@@ -94,6 +99,10 @@ pub const NS: u64 = 1_000_000_000;
 pub const FLOW_TCP_OPEN_NS: u64 = 60 * NS;
 pub const FLOW_TCP_ESTABLISHED_NS: u64 = 7_200 * NS;
 pub const FLOW_TCP_CLOSING_NS: u64 = 10 * NS;
+/// A TCP flow that saw a RST (conntrack's CLOSE): the RST does not delete the flow (a
+/// forged one would cut a live connection), it only shortens its life; the next packet of
+/// the flow that is not a RST gives it its normal lifetime back.
+pub const FLOW_TCP_RESET_NS: u64 = 10 * NS;
 pub const FLOW_UDP_NS: u64 = 120 * NS;
 pub const FLOW_OTHER_NS: u64 = 30 * NS;
 pub const FRAG_NS: u64 = 30 * NS;
@@ -238,6 +247,70 @@ pub const FLOW_AUDIT: u8 = 1;
 pub const FLOW_FIN_ORIG: u8 = 1 << 1;
 pub const FLOW_FIN_REPLY: u8 = 1 << 2;
 pub const FLOW_REPLIED: u8 = 1 << 3;
+/// The last packet of the flow was a TCP RST (lifetime `FLOW_TCP_RESET_NS`).
+pub const FLOW_RST: u8 = 1 << 4;
+
+// Flow tables. An allowed packet that opens a flow inserts it into `ZA_EMBRYOS`, an LRU:
+// a host that floods new tuples (SYNs from random ports, say) only ever evicts other
+// embryonic flows. The first reply (not a RST) promotes the flow into `ZA_FLOWS`, a plain
+// hash that nothing evicts: entries leave it only by expiry, by revalidation after a reload
+// or by being re-opened; when it is full a promotion is refused (counted) and the flow
+// stays in `ZA_EMBRYOS`, where it keeps working. The data path probes `ZA_FLOWS` first
+// (established traffic: one lookup, as before), then `ZA_EMBRYOS`. A key is in at most one
+// of the two tables.
+
+/// Flow-table events, counted per CPU in `ZA_FLOWSTATS[event]` (one u64 each). The numbers
+/// are indices and must never be renumbered; `label()` is the metric label.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FlowEvent {
+    /// An embryonic flow was inserted (`ZA_EMBRYOS`).
+    Opened = 0,
+    /// An embryonic flow got its first reply and moved to `ZA_FLOWS`.
+    Promoted = 1,
+    /// `ZA_FLOWS` was full: the flow stayed embryonic (evictable).
+    PromotionRefused = 2,
+    /// Inserting a new flow failed: the packet was dropped `table_full`.
+    OpenRefused = 3,
+    /// The data path removed an embryonic entry (expired, or revoked by a reload).
+    EmbryoRemoved = 4,
+    /// A TCP RST of a flow shortened its lifetime (it did not delete it).
+    Reset = 5,
+    /// The agent's expiry sweep removed an idle embryonic entry (written by the agent, in
+    /// the first CPU's slot, so that the count outlives the agent like the others).
+    EmbryoExpired = 6,
+}
+
+impl FlowEvent {
+    /// Slots of `ZA_FLOWSTATS` (room for events added later without changing its size).
+    pub const SLOTS: u32 = 16;
+    pub const ALL: [FlowEvent; 7] = [
+        FlowEvent::Opened,
+        FlowEvent::Promoted,
+        FlowEvent::PromotionRefused,
+        FlowEvent::OpenRefused,
+        FlowEvent::EmbryoRemoved,
+        FlowEvent::Reset,
+        FlowEvent::EmbryoExpired,
+    ];
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            FlowEvent::Opened => "opened",
+            FlowEvent::Promoted => "promoted",
+            FlowEvent::PromotionRefused => "promotion_refused",
+            FlowEvent::OpenRefused => "open_refused",
+            FlowEvent::EmbryoRemoved => "embryo_removed",
+            FlowEvent::Reset => "reset",
+            FlowEvent::EmbryoExpired => "embryo_expired",
+        }
+    }
+}
+
+/// `map` label values of the flow tables in `zone_agent_map_entries` / `_capacity` and
+/// `zone_agent_flow_evictions_total`.
+pub const LABEL_FLOWS: &str = "flows";
+pub const LABEL_EMBRYOS: &str = "embryonic_flows";
 
 /// `ZA_FRAGS` key: one fragmented datagram.
 #[repr(C)]
@@ -330,7 +403,9 @@ const _: () = assert!(core::mem::size_of::<FailsafeSrcKey>() == 17);
 /// Version of the meaning of the maps' contents. Bump it whenever a change keeps a map's
 /// sizes but changes what its bytes mean (a flag, a key normalisation, an index formula):
 /// pinned maps of another ABI are never reused (`abi_fingerprint`).
-pub const ABI_VERSION: u32 = 1;
+/// 2: `ZA_FLOWS` became a plain hash of replied flows beside the `ZA_EMBRYOS` LRU, and
+/// `FLOW_RST` was added (the map type is not in `MapLayout`, hence the bump).
+pub const ABI_VERSION: u32 = 2;
 
 /// Layout of one map that outlives the agent (pinned).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -360,7 +435,7 @@ const fn lpm_layout<K, V>(name: &'static str, max_entries: u32) -> MapLayout {
 /// Every map that is pinned, with the layout the XDP program was built for. LPM keys carry
 /// a 4-byte prefix length in front of their data. (`ZA_SCRATCH` is per invocation and
 /// not pinned.)
-pub const PINNED_MAPS: [MapLayout; 18] = [
+pub const PINNED_MAPS: [MapLayout; 20] = [
     layout::<u32, u32>(MAP_ACTIVE, 1),
     layout::<u32, SetConfig>(MAP_SETCONF, SETS),
     layout::<IfaceKey, IfaceInfo>(MAP_IFACES, CAP_IFACES),
@@ -371,6 +446,8 @@ pub const PINNED_MAPS: [MapLayout; 18] = [
     layout::<u32, RuleInfo>(MAP_RULEINFO, SETS * MAX_RULES),
     layout::<MacKey, u8>(MAP_RULEMACS, CAP_RULEMACS),
     layout::<FlowKey, FlowState>(MAP_FLOWS, CAP_FLOWS),
+    layout::<FlowKey, FlowState>(MAP_EMBRYOS, CAP_EMBRYOS),
+    layout::<u32, u64>(MAP_FLOW_STATS, FlowEvent::SLOTS),
     layout::<FragKey, FragState>(MAP_FRAGS, CAP_FRAGS),
     layout::<u32, Counter>(MAP_ZONE_STATS, CAP_ZONE_STATS),
     layout::<u32, Counter>(MAP_RULE_STATS, CAP_RULE_STATS),
@@ -435,7 +512,9 @@ mod pod {
 pub const fn flow_lifetime(proto: u8, flags: u8) -> u64 {
     match proto {
         PROTO_TCP => {
-            if flags & FLOW_FIN_ORIG != 0 && flags & FLOW_FIN_REPLY != 0 {
+            if flags & FLOW_RST != 0 {
+                FLOW_TCP_RESET_NS
+            } else if flags & FLOW_FIN_ORIG != 0 && flags & FLOW_FIN_REPLY != 0 {
                 FLOW_TCP_CLOSING_NS
             } else if flags & FLOW_REPLIED != 0 {
                 FLOW_TCP_ESTABLISHED_NS

@@ -167,7 +167,7 @@ fn decide(set: u32, cfg: &SetConfig, ifindex: u32, s: &mut Scratch) -> Result<()
     if stale && state::lookup(set, gen_, s, false) == state::LOOKUP_HIT {
         return state::follow_first_fragment(gen_, s);
     }
-    let Scratch { p, z, hit, m, .. } = s;
+    let Scratch { p, z, hit, m, found, .. } = s;
     if p.frag == FRAG_LATER {
         if let Some(h) = state::fragment(gen_, z, p) {
             *hit = h;
@@ -181,7 +181,7 @@ fn decide(set: u32, cfg: &SetConfig, ifindex: u32, s: &mut Scratch) -> Result<()
     if r != 0 {
         return Err(reason(r));
     }
-    state::open(gen_, z, p, ifindex, m)?;
+    state::open(gen_, z, p, ifindex, m, *found)?;
     *hit = state::Hit { reason: PassReason::Rule, rule: m.rule, audit: m.audit };
     state::follow_first_fragment(gen_, s)
 }

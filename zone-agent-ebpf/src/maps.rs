@@ -35,8 +35,14 @@ pub static RULEINFO: Array<RuleInfo> = Array::with_max_entries(SETS * MAX_RULES,
 #[map(name = "ZA_RULEMACS")]
 pub static RULEMACS: HashMap<MacKey, u8> =
     HashMap::with_max_entries(CAP_RULEMACS, BPF_F_NO_PREALLOC);
+// Replied flows: a plain (preallocated) hash, so that no insert ever evicts a live flow;
+// embryonic flows: an LRU that only new flows churn. See "Flow tables" in the common crate.
 #[map(name = "ZA_FLOWS")]
-pub static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(CAP_FLOWS, 0);
+pub static FLOWS: HashMap<FlowKey, FlowState> = HashMap::with_max_entries(CAP_FLOWS, 0);
+#[map(name = "ZA_EMBRYOS")]
+pub static EMBRYOS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(CAP_EMBRYOS, 0);
+#[map(name = "ZA_FLOWSTATS")]
+pub static FLOW_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(FlowEvent::SLOTS, 0);
 #[map(name = "ZA_FRAGS")]
 pub static FRAGS: LruHashMap<FragKey, FragState> = LruHashMap::with_max_entries(CAP_FRAGS, 0);
 #[map(name = "ZA_ZONESTATS")]
@@ -76,6 +82,9 @@ pub struct Scratch {
     pub m: Match,
     /// Flow-table key of the packet.
     pub key: FlowKey,
+    /// Table where `lookup` found an entry for `key` that it did not take (`FOUND_*`), so
+    /// that `state::open` replaces it instead of leaving a second entry for the key.
+    pub found: u32,
     pub re: Revalidation,
 }
 

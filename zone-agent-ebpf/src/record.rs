@@ -1,9 +1,10 @@
 //! Per-CPU counters: packets and bytes per (set, from zone, to zone, verdict), per rule,
-//! per drop reason (audit "would drop" at an offset) and per pass reason.
+//! per drop reason (audit "would drop" at an offset), per pass reason and per flow-table
+//! event.
 
 use zone_agent_common::*;
 
-use crate::maps::{DROP_STATS, PASS_STATS, RULE_STATS, ZONE_STATS};
+use crate::maps::{DROP_STATS, FLOW_STATS, PASS_STATS, RULE_STATS, ZONE_STATS};
 use aya_ebpf::maps::PerCpuArray;
 
 #[inline(always)]
@@ -34,4 +35,11 @@ pub fn drop(reason: DropReason, audited: bool, len: u64) {
 
 pub fn pass(reason: PassReason, len: u64) {
     bump(&PASS_STATS, reason as u32, len);
+}
+
+pub fn flow_event(e: FlowEvent) {
+    if let Some(c) = FLOW_STATS.get_ptr_mut(e as u32) {
+        // SAFETY: per-CPU slot, this CPU only.
+        unsafe { *c += 1 };
+    }
 }

@@ -6,12 +6,13 @@
 //! VLAN and MAC kept in the entry): the flow survives only if the new policy still allows
 //! it, and there is no window in which a revoked flow passes.
 
-use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns};
 use zone_agent_common::*;
 
 use crate::{
-    maps::{FLOWS, FRAGS, Revalidation, Scratch},
+    maps::{EMBRYOS, FLOWS, FRAGS, Revalidation, Scratch},
     parse::{FRAG_FIRST, Packet, Tuple},
+    record,
     rule::{self, Match},
     zone::{self, Zones},
 };
@@ -87,6 +88,13 @@ pub const LOOKUP_HIT: u32 = 1;
 /// lookup at step 7 proper may remove or re-decide it.
 pub const LOOKUP_STALE: u32 = 2;
 
+/// `Scratch::found`: no entry for the key was left behind by `lookup`.
+pub const FOUND_NONE: u32 = 0;
+/// An entry in `FLOWS` (replied flows) that did not carry the packet.
+pub const FOUND_FLOWS: u32 = 1;
+/// An entry in `EMBRYOS` that did not carry the packet.
+pub const FOUND_EMBRYOS: u32 = 2;
+
 /// The packet's own flow, if it has one: established (same direction) or reply.
 ///
 /// `fast`: the lookup before the address checks (`classify`'s fast path). It takes only a
@@ -99,8 +107,8 @@ pub const LOOKUP_STALE: u32 = 2;
 /// Only `s.z.from` needs to be known; on a hit `s.z.to` is set to the zone the packet goes
 /// to (the flow's other end).
 pub fn lookup(set: u32, generation: u32, s: &mut Scratch, fast: bool) -> u32 {
-    let Scratch { p, z, hit, key: k, re, .. } = s;
-    match lookup_inner(set, generation, z, p, k, re, fast) {
+    let Scratch { p, z, hit, key: k, found, re, .. } = s;
+    match lookup_inner(set, generation, z, p, k, found, re, fast) {
         Ok((h, to)) => {
             *hit = h;
             z.to = to;
@@ -132,30 +140,34 @@ fn lookup_inner(
     z: &Zones,
     p: &Packet,
     k: &mut FlowKey,
+    found: &mut u32,
     re: &mut Revalidation,
     fast: bool,
 ) -> Result<(Hit, u8), u32> {
+    *found = FOUND_NONE;
     if !flowable(p) {
         return Err(LOOKUP_MISS);
     }
     let src_is_a;
     (*k, src_is_a) = key(&p.t);
     let k = &*k;
-    let st = FLOWS.get_ptr_mut(k).ok_or(LOOKUP_MISS)?;
-    // SAFETY: the LRU entry may be recycled under us in theory; a torn read can only make
-    // the checks below fail (zone ids, generation), which denies: fail closed.
+    // Replied flows first: they carry nearly all packets, which then cost one lookup. Only
+    // packets of a handshake (and new flows) probe the embryonic table as well.
+    let (st, embryo) = match FLOWS.get_ptr_mut(k) {
+        Some(st) => (st, false),
+        None => (EMBRYOS.get_ptr_mut(k).ok_or(LOOKUP_MISS)?, true),
+    };
+    // SAFETY: an entry may be removed (or, in the LRU, recycled) under us by another CPU; a
+    // torn read can only make the checks below fail (zone ids, generation), which denies:
+    // fail closed.
     let st = unsafe { &mut *st };
     let t = now();
     let expired = t.saturating_sub(st.last_seen_ns) > flow_lifetime(k.proto, st.flags);
     if fast && (expired || st.generation != generation) {
         return Err(LOOKUP_STALE);
     }
-    if expired {
-        let _ = FLOWS.remove(k);
-        return Err(LOOKUP_MISS);
-    }
-    if st.generation != generation && !revalidate(set, generation, k, st, re) {
-        let _ = FLOWS.remove(k);
+    if expired || (st.generation != generation && !revalidate(set, generation, k, st, re)) {
+        remove(k, embryo);
         return Err(LOOKUP_MISS);
     }
     let orig = (st.orig_is_a != 0) == src_is_a;
@@ -165,22 +177,66 @@ fn lookup_inner(
     // The opening direction must also keep its source MAC: a flow opened under a MAC-bound
     // 特定通信 is not a way in for another host that copies its addresses.
     if z.from != expected_zone || (orig && st.orig_mac != p.src_mac) {
+        *found = if embryo { FOUND_EMBRYOS } else { FOUND_FLOWS };
         return Err(LOOKUP_MISS);
     }
     st.last_seen_ns = t;
     let to = if orig { st.to_zone } else { st.from_zone };
     let hit = Hit { reason: dir_reason(orig), rule: st.rule, audit: st.flags & FLOW_AUDIT != 0 };
+    // A RST only shortens the flow's life (`FLOW_TCP_RESET_NS`): anyone on the path of a
+    // zone whose networks are wide (the internet's 0.0.0.0/0) can forge one with a random
+    // sequence number, and deleting the flow would cut a live connection. The next packet
+    // that is not a RST gives the flow its normal lifetime back. A RST never counts as the
+    // reply that promotes a flow (a closed port answering a SYN flood fills nothing).
     if p.tcp_rst() {
-        let _ = FLOWS.remove(k);
+        st.flags |= FLOW_RST;
+        record::flow_event(FlowEvent::Reset);
         return Ok((hit, to));
     }
+    st.flags &= !FLOW_RST;
     if p.tcp_fin() {
         st.flags |= if orig { FLOW_FIN_ORIG } else { FLOW_FIN_REPLY };
     }
-    if !orig {
+    if !orig && st.flags & FLOW_REPLIED == 0 {
         st.flags |= FLOW_REPLIED;
+        if embryo {
+            promote(k, st);
+        }
     }
     Ok((hit, to))
+}
+
+/// Removes an expired or revoked entry from the table it was found in.
+#[inline(always)]
+fn remove(k: &FlowKey, embryo: bool) {
+    if embryo {
+        let _ = EMBRYOS.remove(k);
+        record::flow_event(FlowEvent::EmbryoRemoved);
+    } else {
+        let _ = FLOWS.remove(k);
+    }
+}
+
+/// The first reply moves an embryonic flow into the table nothing evicts. Inserted there
+/// before it leaves the LRU, so that a packet of the flow on another CPU finds one copy or
+/// the other, except in the instant between its two probes (a dropped packet that TCP
+/// retransmits: fail closed). If the table is full the flow stays embryonic (it keeps
+/// working, but new flows can evict it) and the refusal is counted, once per flow.
+#[inline(always)]
+fn promote(k: &FlowKey, st: &FlowState) {
+    if FLOWS.insert(k, st, BPF_NOEXIST as u64).is_ok() {
+        let _ = EMBRYOS.remove(k);
+        record::flow_event(FlowEvent::Promoted);
+    } else {
+        record::flow_event(FlowEvent::PromotionRefused);
+    }
+}
+
+/// The flow entry of `k` in either table (read-only).
+#[inline(always)]
+fn get(k: &FlowKey) -> Option<&FlowState> {
+    // SAFETY: read-only use of plain data.
+    unsafe { FLOWS.get(k).or_else(|| EMBRYOS.get(k)) }
 }
 
 #[inline(always)]
@@ -212,8 +268,7 @@ fn related_inner(generation: u32, z: &Zones, p: &Packet) -> Option<Hit> {
         return None;
     }
     let (k, inner_src_is_a) = key(inner);
-    // SAFETY: read-only use of plain data.
-    let st = unsafe { FLOWS.get(&k) }?;
+    let st = get(&k)?;
     if st.generation != generation
         || now().saturating_sub(st.last_seen_ns) > flow_lifetime(k.proto, st.flags)
     {
@@ -229,7 +284,9 @@ fn related_inner(generation: u32, z: &Zones, p: &Packet) -> Option<Hit> {
     Some(Hit { reason: PassReason::Related, rule: st.rule, audit: st.flags & FLOW_AUDIT != 0 })
 }
 
-/// Record a flow a rule allowed. A TCP RST opens nothing.
+/// Record a flow a rule allowed, as embryonic. A TCP RST opens nothing. `found`: an entry
+/// `lookup` found for the key but did not take (another MAC, another zone): the new flow
+/// replaces it, so a key is never in both tables.
 #[inline(always)]
 pub fn open(
     generation: u32,
@@ -237,6 +294,7 @@ pub fn open(
     p: &Packet,
     ifindex: u32,
     m: &Match,
+    found: u32,
 ) -> Result<(), DropReason> {
     if !flowable(p) || p.tcp_rst() {
         return Ok(());
@@ -254,7 +312,22 @@ pub fn open(
         orig_is_a: src_is_a as u8,
         flags: if m.audit { FLOW_AUDIT } else { 0 },
     };
-    FLOWS.insert(&k, &st, 0).map_err(|_| DropReason::TableFull)
+    if found == FOUND_FLOWS {
+        let _ = FLOWS.remove(&k);
+    }
+    match EMBRYOS.insert(&k, &st, 0) {
+        Ok(()) => {
+            // Replacing an embryonic entry in place adds none.
+            if found != FOUND_EMBRYOS {
+                record::flow_event(FlowEvent::Opened);
+            }
+            Ok(())
+        }
+        Err(_) => {
+            record::flow_event(FlowEvent::OpenRefused);
+            Err(DropReason::TableFull)
+        }
+    }
 }
 
 /// Fragments of one datagram: (source, destination, identification) and, for IPv4, the

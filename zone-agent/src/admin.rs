@@ -113,7 +113,8 @@ async fn handle(shared: Arc<Shared>, control: Control, cmd: &str) -> serde_json:
             on_blocking(shared, |s| {
                 let snap = s.snapshot();
                 let mut st = snap.status.clone();
-                st.flows_active = s.maps.flows.keys().count() as u64;
+                let (flows, embryos) = s.maps.flow_entries();
+                st.flows_active = flows + embryos;
                 serde_json::to_value(st).unwrap_or_default()
             })
             .await
@@ -219,7 +220,7 @@ pub struct Flow {
     pub idle_ms: u64,
 }
 
-/// At most this many flows are listed (the table holds up to `CAP_FLOWS`).
+/// At most this many flows are listed (the tables hold up to `CAP_FLOWS` + `CAP_EMBRYOS`).
 const FLOWS_LISTED: usize = 10_000;
 
 fn flows(maps: &Maps, names: SetNames) -> Vec<Flow> {
@@ -236,8 +237,10 @@ fn flows(maps: &Maps, names: SetNames) -> Vec<Flow> {
             IpAddr::V6(v) => format!("[{v}]:{port}"),
         }
     };
+    // Replied flows first (the ones worth seeing), then embryonic ones.
     maps.flows
         .iter()
+        .chain(maps.embryos.iter())
         .filter_map(Result::ok)
         .take(FLOWS_LISTED)
         .map(|(k, st)| {

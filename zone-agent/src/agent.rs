@@ -114,7 +114,7 @@ impl Agent {
             info!(generation = adoption.generation, pin_dir = %settings.pin_dir.display(), "adopting the pinned enforcement state");
         }
         for r in &adoption.replaced {
-            warn!(old = %r, "pinned state of an incompatible build: replacing it atomically (its flows and counters are not carried over)");
+            warn!(old = %r, "pinned state of an incompatible build: replacing it atomically (its counters are not carried over; its flows are if their layout is this build's)");
         }
         telemetry.generation = dp.generation;
         telemetry.fail_open_on_exit = settings.fail_open_on_exit;

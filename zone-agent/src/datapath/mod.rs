@@ -62,7 +62,11 @@ pub struct Maps {
     pub rules: HashMap<MapData, RuleKey, RuleCands>,
     pub rule_info: Array<MapData, RuleInfo>,
     pub rule_macs: HashMap<MapData, MacKey, u8>,
+    /// Replied flows (plain hash, never evicted).
     pub flows: HashMap<MapData, FlowKey, FlowState>,
+    /// Embryonic flows (LRU).
+    pub embryos: HashMap<MapData, FlowKey, FlowState>,
+    pub flow_stats: PerCpuArray<MapData, u64>,
     pub failsafe_ports: Array<MapData, u64>,
     pub failsafe: HashMap<MapData, FailsafeKey, u32>,
     pub failsafe_src: LpmTrie<MapData, FailsafeSrcKey, u32>,
@@ -71,6 +75,9 @@ pub struct Maps {
     pub rule_stats: PerCpuArray<MapData, Counter>,
     pub drop_stats: PerCpuArray<MapData, Counter>,
     pub pass_stats: PerCpuArray<MapData, Counter>,
+    /// Highest embryonic-eviction count derived so far through this handle (a counter never
+    /// goes back).
+    pub(crate) embryo_evictions: std::sync::atomic::AtomicU64,
 }
 
 pub struct Datapath {
@@ -132,7 +139,48 @@ impl Datapath {
             dp.generation = cfg.generation;
             adoption.generation = cfg.generation;
         }
+        dp.adopt_stale_flows();
         Ok((dp, adoption))
+    }
+
+    /// Copies the flows of an incompatible build's pinned flow table whose entries have this
+    /// build's layout (`FlowKey`, `FlowState`; ABI 1 had one LRU table of them): replied
+    /// flows into `ZA_FLOWS`, others into `ZA_EMBRYOS`, each with generation 0, so that the
+    /// data path re-decides it under the active policy on its next packet, exactly as after a
+    /// reload (a flow the policy does not allow is removed then). Without this the
+    /// connections established before such an upgrade would lose their flows. Keys already
+    /// held are left alone; flag bits this build does not know are cleared.
+    fn adopt_stale_flows(&mut self) {
+        use aya::maps::{Map, MapData};
+        const KNOWN: u8 = FLOW_AUDIT | FLOW_FIN_ORIG | FLOW_FIN_REPLY | FLOW_REPLIED;
+        let Some(pins) = &self.pins else { return };
+        for dir in pins.stale_map_dirs() {
+            let path = dir.join(MAP_FLOWS);
+            let Ok(data) = MapData::from_pin(&path) else { continue };
+            let Ok(info) = data.info() else { continue };
+            if info.key_size() as usize != size_of::<FlowKey>() || info.value_size() as usize != size_of::<FlowState>() {
+                continue;
+            }
+            let Ok(old) = Map::from_map_data(data).and_then(HashMap::<MapData, FlowKey, FlowState>::try_from) else {
+                continue;
+            };
+            let entries: Vec<(FlowKey, FlowState)> =
+                old.iter().take(info.max_entries() as usize).filter_map(Result::ok).collect();
+            let mut adopted = 0usize;
+            for (k, mut st) in entries {
+                let m = &mut self.maps;
+                if m.flows.get(&k, 0).is_ok() || m.embryos.get(&k, 0).is_ok() {
+                    continue;
+                }
+                st.generation = 0;
+                st.flags &= KNOWN;
+                let table = if st.flags & FLOW_REPLIED != 0 { &mut m.flows } else { &mut m.embryos };
+                if table.insert(k, st, 0).is_ok() {
+                    adopted += 1;
+                }
+            }
+            tracing::info!(from = %path.display(), adopted, "flows of an incompatible build adopted (re-decided on their next packet)");
+        }
     }
 
     fn load_with(mut loader: EbpfLoader<'_>, pins: Option<pin::Pins>) -> Result<Self, DatapathError> {
@@ -147,7 +195,14 @@ impl Datapath {
             .map_err(DatapathError::Program)?;
         prog.load().map_err(DatapathError::Program)?;
         let maps = Maps::take(&mut ebpf)?;
-        Ok(Datapath { ebpf, maps, links: BTreeMap::new(), pins, active_set: 0, generation: 0 })
+        Ok(Datapath {
+            ebpf,
+            maps,
+            links: BTreeMap::new(),
+            pins,
+            active_set: 0,
+            generation: 0,
+        })
     }
 
     /// Removes the maps of incompatible builds once no link runs their program any more.
@@ -245,6 +300,8 @@ impl Maps {
             rule_info: open(dir, MAP_RULEINFO)?,
             rule_macs: open(dir, MAP_RULEMACS)?,
             flows: open(dir, MAP_FLOWS)?,
+            embryos: open(dir, MAP_EMBRYOS)?,
+            flow_stats: open(dir, MAP_FLOW_STATS)?,
             failsafe_ports: open(dir, MAP_FAILSAFE_PORTS)?,
             failsafe: open(dir, MAP_FAILSAFE)?,
             failsafe_src: open(dir, MAP_FAILSAFE_SRC)?,
@@ -253,6 +310,7 @@ impl Maps {
             rule_stats: open(dir, MAP_RULE_STATS)?,
             drop_stats: open(dir, MAP_DROP_STATS)?,
             pass_stats: open(dir, MAP_PASS_STATS)?,
+            embryo_evictions: Default::default(),
         })
     }
 
@@ -275,6 +333,8 @@ impl Maps {
             rule_info: take(ebpf, MAP_RULEINFO)?,
             rule_macs: take(ebpf, MAP_RULEMACS)?,
             flows: take(ebpf, MAP_FLOWS)?,
+            embryos: take(ebpf, MAP_EMBRYOS)?,
+            flow_stats: take(ebpf, MAP_FLOW_STATS)?,
             failsafe_ports: take(ebpf, MAP_FAILSAFE_PORTS)?,
             failsafe: take(ebpf, MAP_FAILSAFE)?,
             failsafe_src: take(ebpf, MAP_FAILSAFE_SRC)?,
@@ -283,6 +343,7 @@ impl Maps {
             rule_stats: take(ebpf, MAP_RULE_STATS)?,
             drop_stats: take(ebpf, MAP_DROP_STATS)?,
             pass_stats: take(ebpf, MAP_PASS_STATS)?,
+            embryo_evictions: Default::default(),
         })
     }
 }

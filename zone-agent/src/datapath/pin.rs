@@ -216,7 +216,7 @@ pub fn ensure_bpffs(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-fn sys_bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> io::Result<i64> {
+pub(crate) fn sys_bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> io::Result<i64> {
     // SAFETY: `attr` is a zeroed, large enough `union bpf_attr` for these commands.
     let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), size_of_val(attr)) };
     if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }

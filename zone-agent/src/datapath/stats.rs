@@ -1,6 +1,11 @@
 //! Reading the per-CPU counters (summed over CPUs) and the tables' fill, and expiring flows.
 
-use aya::maps::{MapError, PerCpuArray, MapData, PerCpuValues};
+use std::{
+    os::fd::{AsFd as _, AsRawFd as _},
+    sync::atomic::Ordering,
+};
+
+use aya::maps::{HashMap, IterableMap as _, MapData, MapError, PerCpuArray, PerCpuValues};
 use zone_agent_common::*;
 
 use super::{Datapath, DatapathError, Maps, map_err};
@@ -34,6 +39,7 @@ pub struct GlobalCounters {
     pub drops: Vec<(DropReason, Counter)>,
     pub audit_drops: Vec<(DropReason, Counter)>,
     pub passes: Vec<(PassReason, Counter)>,
+    pub flow_events: Vec<(FlowEvent, u64)>,
 }
 
 impl Datapath {
@@ -111,15 +117,48 @@ impl Maps {
         for r in PassReason::ALL {
             out.passes.push((r, sum(&m.pass_stats, MAP_PASS_STATS, r as u32)?));
         }
+        out.flow_events = self.flow_events()?;
         Ok(out)
+    }
+
+    /// Flow-table events (`ZA_FLOWSTATS`), summed over CPUs.
+    pub fn flow_events(&self) -> Result<Vec<(FlowEvent, u64)>, DatapathError> {
+        FlowEvent::ALL
+            .iter()
+            .map(|e| {
+                let v = self.flow_stats.get(&(*e as u32), 0).map_err(map_err(MAP_FLOW_STATS))?;
+                Ok((*e, v.iter().sum()))
+            })
+            .collect()
+    }
+
+    /// Replied and embryonic flows held (exact while the tables are quiet, see
+    /// `entries`).
+    pub fn flow_entries(&self) -> (u64, u64) {
+        (entries(&self.flows, CAP_FLOWS), entries(&self.embryos, CAP_EMBRYOS))
+    }
+
+    /// Embryonic flows the LRU evicted to make room for new ones: every embryonic flow
+    /// opened either is still there, was promoted, was removed by the data path (expired,
+    /// revoked) or by `expire`, or was evicted. Derived from the pinned counters (they
+    /// outlive the agent) and the table's fill; kept monotonic within a run (a fill read
+    /// while the table churns can be a little off either way).
+    pub fn embryo_evictions(&self, events: &[(FlowEvent, u64)], embryos: u64) -> u64 {
+        let ev = |e: FlowEvent| events.iter().find(|x| x.0 == e).map_or(0, |x| x.1);
+        let gone =
+            ev(FlowEvent::Promoted) + ev(FlowEvent::EmbryoRemoved) + ev(FlowEvent::EmbryoExpired) + embryos;
+        let derived = ev(FlowEvent::Opened).saturating_sub(gone);
+        self.embryo_evictions.fetch_max(derived, Ordering::Relaxed).max(derived)
     }
 
     /// (map name, entries, capacity) for the tables whose fill matters.
     pub fn map_usage(&self) -> Vec<(&'static str, u64, u64)> {
         let m = self;
+        let (flows, embryos) = self.flow_entries();
         vec![
-            ("flows", m.flows.keys().count() as u64, CAP_FLOWS as u64),
-            ("fragments", m.frags.keys().count() as u64, CAP_FRAGS as u64),
+            (LABEL_FLOWS, flows, CAP_FLOWS as u64),
+            (LABEL_EMBRYOS, embryos, CAP_EMBRYOS as u64),
+            ("fragments", entries(&m.frags, CAP_FRAGS), CAP_FRAGS as u64),
             ("rules", m.rules.keys().count() as u64, CAP_RULES as u64),
             ("addresses_v4", m.addr4.keys().count() as u64, CAP_ADDR4 as u64),
             ("addresses_v6", m.addr6.keys().count() as u64, CAP_ADDR6 as u64),
@@ -132,24 +171,37 @@ impl Maps {
     /// (The kernel ignores expired entries anyway; this frees their slots.)
     pub fn expire(&mut self) -> usize {
         let now = monotonic_coarse_ns();
+        let idle = |(k, st): &(FlowKey, FlowState)| now.saturating_sub(st.last_seen_ns) > flow_lifetime(k.proto, st.flags);
         let m = self;
-        let stale: Vec<FlowKey> = m
-            .flows
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(k, st)| now.saturating_sub(st.last_seen_ns) > flow_lifetime(k.proto, st.flags))
-            .map(|(k, _)| k)
-            .collect();
+        // Bounded walks: a table that churns under `get_next_key` (an LRU evicting) makes the
+        // walk start over whenever the key it stands on goes, and it could go on for ever.
+        let stale: Vec<FlowKey> =
+            m.flows.iter().take(CAP_FLOWS as usize).filter_map(Result::ok).filter(idle).map(|(k, _)| k).collect();
+        let stale_embryos: Vec<FlowKey> =
+            m.embryos.iter().take(CAP_EMBRYOS as usize).filter_map(Result::ok).filter(idle).map(|(k, _)| k).collect();
         let stale_frags: Vec<FragKey> = m
             .frags
             .iter()
+            .take(CAP_FRAGS as usize)
             .filter_map(Result::ok)
             .filter(|(_, st)| now.saturating_sub(st.last_seen_ns) > FRAG_NS)
             .map(|(k, _)| k)
             .collect();
-        let n = stale.len() + stale_frags.len();
+        let n = stale.len() + stale_embryos.len() + stale_frags.len();
         for k in stale {
             let _ = m.flows.remove(&k);
+        }
+        let swept = stale_embryos.into_iter().filter(|k| m.embryos.remove(k).is_ok()).count() as u64;
+        if swept > 0 {
+            // The first CPU's slot: the data path never counts this event.
+            let i = FlowEvent::EmbryoExpired as u32;
+            if let Ok(v) = m.flow_stats.get(&i, 0) {
+                let mut v = v.to_vec();
+                v[0] += swept;
+                if let Ok(v) = PerCpuValues::try_from(v) {
+                    let _ = m.flow_stats.set(i, v, 0);
+                }
+            }
         }
         for k in stale_frags {
             let _ = m.frags.remove(&k);
@@ -164,4 +216,40 @@ pub fn monotonic_coarse_ns() -> u64 {
     // SAFETY: valid pointer to a timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Entries of a hash table (flows, fragments), counted with BPF_MAP_LOOKUP_BATCH: the kernel walks the hash
+/// by bucket, so a table that churns under the walk (an LRU evicting) is still walked once,
+/// unlike `get_next_key`, which starts over whenever the key it stands on is deleted (and
+/// then counts far past the capacity). Exact while the table is quiet; under churn an entry
+/// moved between buckets may be missed or seen twice, and the count is capped at the
+/// capacity. Falls back to counting keys if the kernel refuses batches.
+fn entries<K: aya::Pod + Default, V: aya::Pod + Default>(map: &HashMap<MapData, K, V>, capacity: u32) -> u64 {
+    const BATCH: usize = 4096;
+    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+    let fd = map.map().fd().as_fd().as_raw_fd();
+    let mut keys: Vec<K> = (0..BATCH).map(|_| K::default()).collect();
+    let mut values: Vec<V> = (0..BATCH).map(|_| V::default()).collect();
+    let (mut cursor, mut next) = (0u32, 0u32);
+    let mut total = 0u64;
+    // One bucket per step at least: bounded by the number of buckets (<= capacity).
+    for step in 0..=capacity as usize {
+        let mut attr = [0u64; 16];
+        attr[0] = if step == 0 { 0 } else { &raw const cursor as u64 }; // in_batch
+        attr[1] = &raw mut next as u64; // out_batch
+        attr[2] = keys.as_mut_ptr() as u64;
+        attr[3] = values.as_mut_ptr() as u64;
+        attr[4] = BATCH as u64 | (fd as u32 as u64) << 32; // count, map_fd
+        let r = super::pin::sys_bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        total += attr[4] & 0xffff_ffff; // count, written back by the kernel
+        match r {
+            Ok(_) => cursor = next,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return total.min(capacity as u64),
+            Err(e) => {
+                tracing::debug!("BPF_MAP_LOOKUP_BATCH: {e}; counting keys");
+                return (map.keys().count() as u64).min(capacity as u64);
+            }
+        }
+    }
+    total.min(capacity as u64)
 }

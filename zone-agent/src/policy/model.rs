@@ -29,7 +29,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use zone_agent_common::{
-    Counter, DropReason, FLOW_OTHER_NS, FLOW_TCP_CLOSING_NS, FLOW_TCP_ESTABLISHED_NS,
+    Counter, DropReason, FlowEvent, FLOW_OTHER_NS, FLOW_TCP_CLOSING_NS, FLOW_TCP_ESTABLISHED_NS, FLOW_TCP_RESET_NS,
     FLOW_TCP_OPEN_NS, FLOW_UDP_NS, FRAG_NS, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST,
     ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, PassReason, Verdict,
 };
@@ -255,6 +255,9 @@ pub struct ModelCounters {
     pub drops: BTreeMap<u32, Counter>,
     /// Per pass reason (`reason as u32`).
     pub passes: BTreeMap<u32, Counter>,
+    /// Per flow-table event (`FlowEvent as u32`), in `packets` (`bytes` stays 0). The
+    /// model has no capacity: nothing is refused or evicted.
+    pub flow_events: BTreeMap<u32, Counter>,
 }
 
 fn bump(c: &mut Counter, len: u64) {
@@ -275,6 +278,12 @@ impl ModelCounters {
     }
     pub fn pass(&self, reason: PassReason) -> Counter {
         self.passes.get(&(reason as u32)).copied().unwrap_or_default()
+    }
+    pub fn flow_event(&self, e: FlowEvent) -> u64 {
+        self.flow_events.get(&(e as u32)).map_or(0, |c| c.packets)
+    }
+    fn count_flow_event(&mut self, e: FlowEvent) {
+        self.flow_events.entry(e as u32).or_default().packets += 1;
     }
     /// Total packets decided.
     pub fn packets(&self) -> u64 {
@@ -517,11 +526,15 @@ struct Flow {
     fin_orig: bool,
     fin_reply: bool,
     replied: bool,
+    /// The last packet was a RST: the flow lives `FLOW_TCP_RESET_NS` more, unless a packet
+    /// that is not a RST follows.
+    rst: bool,
 }
 
 impl Flow {
     fn lifetime(&self, proto: u8) -> u64 {
         match proto {
+            PROTO_TCP if self.rst => FLOW_TCP_RESET_NS,
             PROTO_TCP if self.fin_orig && self.fin_reply => FLOW_TCP_CLOSING_NS,
             PROTO_TCP if self.replied => FLOW_TCP_ESTABLISHED_NS,
             PROTO_TCP => FLOW_TCP_OPEN_NS,
@@ -565,6 +578,10 @@ pub struct FlowInfo {
     pub audit: bool,
     pub generation: u32,
     pub replied: bool,
+    /// In the embryonic table (LRU) rather than the table of replied flows. The first
+    /// reply that is not a RST promotes a flow; the model has no capacity, so every
+    /// promotion succeeds and this is `!replied`.
+    pub embryonic: bool,
 }
 
 /// How a packet got through (internal).
@@ -651,6 +668,7 @@ impl Model {
                 audit: f.audit,
                 generation: f.generation,
                 replied: f.replied,
+                embryonic: !f.replied,
             })
             .collect();
         v.sort_by_key(|f| (f.proto, f.orig_src, f.orig_dst));
@@ -794,8 +812,12 @@ impl Model {
         }
         let key = FlowKey::new(p.proto, (p.src, p.sport), (p.dst, p.dport));
         let f = self.flows.get_mut(&key)?;
+        let embryonic = !f.replied;
         if f.expired(p.proto, now) {
             self.flows.remove(&key);
+            if embryonic {
+                self.counters.count_flow_event(FlowEvent::EmbryoRemoved);
+            }
             return None;
         }
         if f.generation != self.generation {
@@ -809,6 +831,9 @@ impl Model {
                 }
                 None => {
                     self.flows.remove(&key);
+                    if embryonic {
+                        self.counters.count_flow_event(FlowEvent::EmbryoRemoved);
+                    }
                     return None;
                 }
             }
@@ -824,10 +849,14 @@ impl Model {
             rule: f.rule,
             audit: f.audit,
         };
+        // A RST shortens the flow's life instead of ending it (a forged one must not cut a
+        // live connection), and is not the reply that promotes a flow.
         if p.tcp_rst() {
-            self.flows.remove(&key);
+            f.rst = true;
+            self.counters.count_flow_event(FlowEvent::Reset);
             return Some(hit);
         }
+        f.rst = false;
         if p.tcp_fin() {
             if orig {
                 f.fin_orig = true;
@@ -835,8 +864,9 @@ impl Model {
                 f.fin_reply = true;
             }
         }
-        if !orig {
+        if !orig && !f.replied {
             f.replied = true;
+            self.counters.count_flow_event(FlowEvent::Promoted);
         }
         Some(hit)
     }
@@ -867,6 +897,10 @@ impl Model {
     fn open(&mut self, p: &Packet, z: &Zones, m: &RuleMatch, now: u64) {
         if p.flowable() && !p.tcp_rst() {
             let key = FlowKey::new(p.proto, (p.src, p.sport), (p.dst, p.dport));
+            // Replacing an embryonic entry in place adds none (a replied one moves back).
+            if self.flows.get(&key).is_none_or(|f| f.replied) {
+                self.counters.count_flow_event(FlowEvent::Opened);
+            }
             self.flows.insert(
                 key,
                 Flow {
@@ -884,6 +918,7 @@ impl Model {
                     fin_orig: false,
                     fin_reply: false,
                     replied: false,
+                    rst: false,
                 },
             );
         }
@@ -1398,13 +1433,52 @@ mod tests {
         rst.tcp_flags = TCP_RST;
         pass(&m.decide(&rst, T0), PassReason::Rule);
         assert_eq!(m.flows(), 0);
-        // A RST inside a flow passes and removes it.
+        // A RST inside a flow passes and only shortens its life: a forged RST does not cut
+        // the connection, and the next packet that is not a RST restores the lifetime.
         pass(&m.decide(&eltax_syn(), T0), PassReason::Rule);
+        pass(&m.decide(&eltax_reply(TCP_SYN | TCP_ACK), T0), PassReason::Reply);
         let d = m.decide(&eltax_reply(TCP_RST | TCP_ACK), T0 + 1);
         pass(&d, PassReason::Reply);
         assert_eq!(d.rule, Some(0));
+        assert_eq!(m.flows(), 1);
+        pass(&m.decide(&eltax_reply(TCP_ACK), T0 + FLOW_TCP_RESET_NS), PassReason::Reply);
+        pass(&m.decide(&eltax_reply(TCP_ACK), T0 + 100 * FLOW_TCP_RESET_NS), PassReason::Reply);
+        // Unanswered, a RST ends the flow after FLOW_TCP_RESET_NS.
+        let t = T0 + 100 * FLOW_TCP_RESET_NS;
+        pass(&m.decide(&eltax_reply(TCP_RST), t), PassReason::Reply);
+        drop(&m.decide(&eltax_reply(TCP_ACK), t + FLOW_TCP_RESET_NS + 1), DropReason::NoRule);
         assert_eq!(m.flows(), 0);
-        drop(&m.decide(&eltax_reply(TCP_ACK), T0 + 2), DropReason::NoRule);
+    }
+
+    #[test]
+    fn flow_events_are_counted() {
+        let mut m = Model::new(policy());
+        m.decide(&eltax_syn(), T0);
+        m.decide(&eltax_syn(), T0 + 1); // a retransmitted SYN is the same embryonic flow
+        m.decide(&eltax_reply(TCP_SYN | TCP_ACK), T0 + 2);
+        m.decide(&eltax_reply(TCP_ACK), T0 + 3); // promoted once
+        m.decide(&eltax_reply(TCP_RST), T0 + 4);
+        let c = m.counters();
+        let got: Vec<u64> = [FlowEvent::Opened, FlowEvent::Promoted, FlowEvent::Reset, FlowEvent::EmbryoRemoved]
+            .map(|e| c.flow_event(e))
+            .to_vec();
+        assert_eq!(got, [1, 1, 1, 0]);
+        // An embryonic flow that expires is removed and counted; a replied one is not.
+        let mut m = Model::new(policy());
+        m.decide(&eltax_syn(), T0);
+        assert!(!alive_at(&mut m, T0 + FLOW_TCP_OPEN_NS + 1));
+        assert_eq!(m.counters().flow_event(FlowEvent::EmbryoRemoved), 1);
+    }
+
+    #[test]
+    fn rst_reply_does_not_promote() {
+        let mut m = Model::new(policy());
+        pass(&m.decide(&eltax_syn(), T0), PassReason::Rule);
+        pass(&m.decide(&eltax_reply(TCP_RST | TCP_ACK), T0), PassReason::Reply);
+        assert!(m.flow_list()[0].embryonic);
+        pass(&m.decide(&eltax_reply(TCP_SYN | TCP_ACK), T0), PassReason::Reply);
+        let f = &m.flow_list()[0];
+        assert!(!f.embryonic && f.replied);
     }
 
     // ---- expiry -----------------------------------------------------------------------

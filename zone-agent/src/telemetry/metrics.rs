@@ -1,7 +1,7 @@
 //! Every Prometheus name the agent exports, defined here only.
 
 use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
-use zone_agent_common::{DropReason, PassReason};
+use zone_agent_common::{DropReason, LABEL_EMBRYOS, LABEL_FLOWS, PassReason};
 
 use super::{Telemetry, Totals};
 use crate::datapath::{DatapathError, stats::View};
@@ -68,9 +68,18 @@ pub fn render(dp: &View<'_>, t: &Telemetry) -> Result<String, DatapathError> {
         entries.with_label_values(&[name]).set(*n as i64);
         capacity.with_label_values(&[name]).set(*cap as i64);
     }
-    let flows = IntGauge::new("zone_agent_flows_active", "Flows in the flow table.").expect("valid");
+    let fill = |label: &str| usage.iter().find(|u| u.0 == label).map_or(0, |u| u.1);
+    let flows = IntGauge::new("zone_agent_flows_active", "Flows in the flow tables (replied and embryonic).").expect("valid");
     reg.register(Box::new(flows.clone())).expect("unique");
-    flows.set(usage.iter().find(|u| u.0 == "flows").map(|u| u.1 as i64).unwrap_or(0));
+    flows.set((fill(LABEL_FLOWS) + fill(LABEL_EMBRYOS)) as i64);
+    let events = dp.flow_events()?;
+    let fe = counter(&reg, "zone_agent_flow_events_total", "Flow-table events: opened (embryonic), promoted (first reply), promotion_refused (replied table full), open_refused (insert failed, dropped table_full), embryo_removed (expired/revoked in the data path), embryo_expired (removed by the expiry sweep), reset (a RST shortened a flow's life).", &["event"]);
+    for (e, n) in &events {
+        fe.with_label_values(&[e.label()]).inc_by(*n);
+    }
+    let evictions = counter(&reg, "zone_agent_flow_evictions_total", "Flows evicted to make room for new ones, by table (only embryonic flows are ever evicted).", &["map"]);
+    evictions.with_label_values(&[LABEL_EMBRYOS]).inc_by(dp.embryo_evictions(&events, fill(LABEL_EMBRYOS)));
+    evictions.with_label_values(&[LABEL_FLOWS]).inc_by(0);
     let generation = IntGauge::new("zone_agent_policy_generation", "Generation of the enforcing policy (1 = first load).").expect("valid");
     reg.register(Box::new(generation.clone())).expect("unique");
     generation.set(t.generation as i64);
