@@ -11,13 +11,22 @@ fn main() {
     let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
     let obj = out.join("zone-agent-ebpf.o");
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
-    let ebpf = manifest.parent().expect("workspace root").join("zone-agent-ebpf");
-    let common = manifest.parent().expect("workspace root").join("zone-agent-common");
+    let ebpf = manifest
+        .parent()
+        .expect("workspace root")
+        .join("zone-agent-ebpf");
+    let common = manifest
+        .parent()
+        .expect("workspace root")
+        .join("zone-agent-common");
     println!("cargo:rerun-if-env-changed=ZONE_AGENT_SKIP_EBPF");
     for dir in [ebpf.join("src"), common.join("src")] {
         println!("cargo:rerun-if-changed={}", dir.display());
     }
-    println!("cargo:rerun-if-changed={}", ebpf.join("Cargo.toml").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        ebpf.join("Cargo.toml").display()
+    );
 
     if env::var_os("ZONE_AGENT_SKIP_EBPF").is_some_and(|v| v == "1") {
         std::fs::write(&obj, b"").expect("write stub object");
@@ -31,11 +40,20 @@ fn main() {
     cmd.current_dir(&ebpf)
         .env_remove("RUSTC")
         .env_remove("RUSTC_WRAPPER")
+        // Set by `cargo clippy` (clippy-driver): it would compile the bpf crate with the
+        // outer, stable toolchain instead of nightly.
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env_remove("RUSTUP_TOOLCHAIN")
         .env_remove("CARGO_BUILD_TARGET")
-        .args(["+nightly", "build", "--release", "--target", "bpfel-unknown-none"])
+        .args([
+            "+nightly",
+            "build",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+        ])
         .args(["-Z", "build-std=core", "--target-dir"])
         .arg(&target_dir);
     let status = cmd.status().unwrap_or_else(|e| {

@@ -21,8 +21,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use zone_agent_lab::bench::policy::{self as generated, Base, Variant};
-use zone_agent_lab::bench::{EndToEnd, Flood, Gate, ProcCost, ReloadUnderLoad, Throughput, arg, xdp_tools_object};
-use zone_agent_lab::{ChildGuard, Host, HostSpec, Lab, agent_bin, continuous, continuous_summary, scrape, tcp_echo, udp_echo};
+use zone_agent_lab::bench::{
+    EndToEnd, Flood, Gate, ProcCost, ReloadUnderLoad, Throughput, arg, xdp_tools_object,
+};
+use zone_agent_lab::{
+    ChildGuard, Host, HostSpec, Lab, agent_bin, continuous, continuous_summary, scrape, tcp_echo,
+    udp_echo,
+};
 
 const METRICS_ADDR: &str = "127.0.0.1:9750";
 const AGENT_READY: Duration = Duration::from_secs(60);
@@ -117,7 +122,11 @@ ports = ["80"]
 sources = ["10.20.0.10/32"]
 "#;
 
-const BASE: Base<'static> = Base { header: HEADER, rules: SERVICES, rule_count: 6 };
+const BASE: Base<'static> = Base {
+    header: HEADER,
+    rules: SERVICES,
+    rule_count: 6,
+};
 
 // === helpers run inside the lab's namespaces ===
 
@@ -126,7 +135,10 @@ const REQUEST: &[u8; 32] = b"zone-agent bench request ......\n";
 /// Accepts forever on two threads; answers each connection's request, then closes first (so
 /// the TIME_WAIT state, and no port shortage, is on this side).
 fn crr_server(args: &[String]) {
-    let addr = SocketAddr::new(args[0].parse().expect("ADDR"), args[1].parse().expect("PORT"));
+    let addr = SocketAddr::new(
+        args[0].parse().expect("ADDR"),
+        args[1].parse().expect("PORT"),
+    );
     let listener = std::net::TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
     let serve = move |l: std::net::TcpListener| {
         for conn in l.incoming() {
@@ -151,7 +163,10 @@ fn crr_server(args: &[String]) {
 
 /// `THREADS` loops of connect, request, response, close for `SECONDS`; prints the counts.
 fn crr_client(args: &[String]) {
-    let addr = SocketAddr::new(args[0].parse().expect("ADDR"), args[1].parse().expect("PORT"));
+    let addr = SocketAddr::new(
+        args[0].parse().expect("ADDR"),
+        args[1].parse().expect("PORT"),
+    );
     let seconds: f64 = args[2].parse().expect("SECONDS");
     let threads: usize = args[3].parse().expect("THREADS");
     let start = Instant::now();
@@ -190,12 +205,18 @@ fn crr_client(args: &[String]) {
         ok += o;
         err += e;
     }
-    println!("crr ok={ok} errors={err} seconds={:.3}", start.elapsed().as_secs_f64());
+    println!(
+        "crr ok={ok} errors={err} seconds={:.3}",
+        start.elapsed().as_secs_f64()
+    );
 }
 
 /// Exit 0 iff a TCP connection to ADDR:PORT completes within MS milliseconds.
 fn probe(args: &[String]) {
-    let addr = SocketAddr::new(args[0].parse().expect("ADDR"), args[1].parse().expect("PORT"));
+    let addr = SocketAddr::new(
+        args[0].parse().expect("ADDR"),
+        args[1].parse().expect("PORT"),
+    );
     let ms: u64 = args[2].parse().expect("MS");
     let ok = TcpStream::connect_timeout(&addr, Duration::from_millis(ms)).is_ok();
     std::process::exit(if ok { 0 } else { 1 });
@@ -204,7 +225,10 @@ fn probe(args: &[String]) {
 /// Sends small UDP datagrams from SRC to DST:PORT as fast as one socket can for SECONDS.
 fn flood(args: &[String]) {
     let src: IpAddr = args[0].parse().expect("SRC");
-    let dst = SocketAddr::new(args[1].parse().expect("DST"), args[2].parse().expect("PORT"));
+    let dst = SocketAddr::new(
+        args[1].parse().expect("DST"),
+        args[2].parse().expect("PORT"),
+    );
     let seconds: f64 = args[3].parse().expect("SECONDS");
     let sock = UdpSocket::bind(SocketAddr::new(src, 0)).expect("bind");
     // Connected: no route lookup per datagram, so the sender is as fast as it gets.
@@ -231,12 +255,16 @@ fn flood(args: &[String]) {
 fn xdp_pass(args: &[String]) {
     let obj = fs::read(&args[0]).unwrap_or_else(|e| panic!("read {}: {e}", args[0]));
     // The object pins its maps by name: into the lab's bpffs, not the host's.
-    let mut ebpf = aya::EbpfLoader::new().default_map_pin_directory(&args[1]).load(&obj).expect("load the object");
+    let mut ebpf = aya::EbpfLoader::new()
+        .default_map_pin_directory(&args[1])
+        .load(&obj)
+        .expect("load the object");
     let (_, prog) = ebpf.programs_mut().next().expect("a program");
     let prog: &mut aya::programs::Xdp = prog.try_into().expect("an XDP program");
     prog.load().expect("verifier");
     for iface in &args[2..] {
-        prog.attach(iface, aya::programs::XdpMode::Driver).unwrap_or_else(|e| panic!("attach to {iface}: {e}"));
+        prog.attach(iface, aya::programs::XdpMode::Driver)
+            .unwrap_or_else(|e| panic!("attach to {iface}: {e}"));
     }
     println!("attached");
     loop {
@@ -265,7 +293,11 @@ struct Args {
 }
 
 fn parse_args(args: &[String]) -> Args {
-    let num = |name: &str, default: f64| -> f64 { arg(args, name).map_or(default, |v| v.parse().unwrap_or_else(|_| panic!("{name} N"))) };
+    let num = |name: &str, default: f64| -> f64 {
+        arg(args, name).map_or(default, |v| {
+            v.parse().unwrap_or_else(|_| panic!("{name} N"))
+        })
+    };
     Args {
         rounds: num("--rounds", 3.0) as usize,
         seconds: num("--seconds", 5.0) as u32,
@@ -308,15 +340,38 @@ struct Bench {
 
 /// `ethtool -K eth0 tso on|off` in a host namespace.
 fn set_tso(lab: &Lab, ns: &str, on: bool) {
-    lab.run_ok(ns, &["ethtool", "-K", "eth0", "tso", if on { "on" } else { "off" }]);
+    lab.run_ok(
+        ns,
+        &[
+            "ethtool",
+            "-K",
+            "eth0",
+            "tso",
+            if on { "on" } else { "off" },
+        ],
+    );
 }
 
 impl Bench {
     fn new() -> Bench {
         let mut lab = Lab::new("bench_end_to_end");
-        let my = lab.add_host(host("mynumber", "zmyn", 10, "10.10.0", "fd10", "02:00:00:00:10:10"));
+        let my = lab.add_host(host(
+            "mynumber",
+            "zmyn",
+            10,
+            "10.10.0",
+            "fd10",
+            "02:00:00:00:10:10",
+        ));
         let lg = lab.add_host(host("lgwan", "zlgw", 10, "10.20.0", "fd20", LGWAN_MAC));
-        let inet = lab.add_host(host("internet", "zinet", 10, "198.51.100", "2001:db8", "02:00:00:00:30:10"));
+        let inet = lab.add_host(host(
+            "internet",
+            "zinet",
+            10,
+            "198.51.100",
+            "2001:db8",
+            "02:00:00:00:30:10",
+        ));
         // XDP on a veth turns TCP segmentation offload off on its peer (a program without
         // multi-buffer support cannot take 64 KB frames), so under zone-agent the hosts send
         // MTU-sized frames. Every gate gets the same: TSO off on the hosts, as a gateway
@@ -324,16 +379,40 @@ impl Bench {
         for h in [&my, &lg, &inet] {
             set_tso(&lab, &h.ns, false);
         }
-        let mut b = Bench { agent: None, xdp_pass: None, servers: vec![], gate: Gate::NoFilter, nft_script: None, my, lg, lab };
+        let mut b = Bench {
+            agent: None,
+            xdp_pass: None,
+            servers: vec![],
+            gate: Gate::NoFilter,
+            nft_script: None,
+            my,
+            lg,
+            lab,
+        };
         let my_addr = b.my.v4.to_string();
         let exe = Self::exe();
         for port in [CRR_PORT, DENIED_TCP] {
             let log = b.lab.log_path(&format!("crr-server-{port}"));
-            let g = b.lab.spawn(&b.my.ns, &[&exe, "crr-server", &my_addr, &port.to_string()], &log);
+            let g = b.lab.spawn(
+                &b.my.ns,
+                &[&exe, "crr-server", &my_addr, &port.to_string()],
+                &log,
+            );
             b.servers.push(g);
             b.wait_listening(port);
         }
-        let iperf = b.lab.spawn(&b.my.ns, &["iperf3", "-s", "-B", &my_addr, "-p", &IPERF_PORT.to_string()], &b.lab.log_path("iperf3-server"));
+        let iperf = b.lab.spawn(
+            &b.my.ns,
+            &[
+                "iperf3",
+                "-s",
+                "-B",
+                &my_addr,
+                "-p",
+                &IPERF_PORT.to_string(),
+            ],
+            &b.lab.log_path("iperf3-server"),
+        );
         b.servers.push(iperf);
         b.wait_listening(IPERF_PORT);
         b.servers.push(tcp_echo(&b.lab, &b.my, ECHO_TCP, false));
@@ -343,13 +422,24 @@ impl Bench {
 
     fn wait_listening(&self, port: u16) {
         let filter = format!("sport = :{port}");
-        zone_agent_lab::wait_until(Duration::from_secs(10), &format!("a server listens on {port}"), || {
-            String::from_utf8_lossy(&self.lab.run(&self.my.ns, &["ss", "-ltnH", &filter]).stdout).contains(&format!(":{port}"))
-        });
+        zone_agent_lab::wait_until(
+            Duration::from_secs(10),
+            &format!("a server listens on {port}"),
+            || {
+                String::from_utf8_lossy(
+                    &self.lab.run(&self.my.ns, &["ss", "-ltnH", &filter]).stdout,
+                )
+                .contains(&format!(":{port}"))
+            },
+        );
     }
 
     fn exe() -> String {
-        std::env::current_exe().expect("own path").to_str().expect("UTF-8 path").to_owned()
+        std::env::current_exe()
+            .expect("own path")
+            .to_str()
+            .expect("UTF-8 path")
+            .to_owned()
     }
 
     fn gw(&self) -> &str {
@@ -383,16 +473,24 @@ impl Bench {
         ];
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let started = Instant::now();
-        let mut agent = self.lab.spawn(self.gw(), &argv, &self.lab.log_path("zone-agent"));
+        let mut agent = self
+            .lab
+            .spawn(self.gw(), &argv, &self.lab.log_path("zone-agent"));
         loop {
             if let Some(status) = agent.exited() {
-                return Err(format!("zone-agent exited ({status}) before serving metrics: {}", tail(&agent.log_text())));
+                return Err(format!(
+                    "zone-agent exited ({status}) before serving metrics: {}",
+                    tail(&agent.log_text())
+                ));
             }
             if scrape::metrics(&self.lab, self.gw(), METRICS_ADDR).is_some() {
                 break;
             }
             if started.elapsed() > AGENT_READY {
-                return Err(format!("zone-agent not ready within {AGENT_READY:?}: {}", tail(&agent.log_text())));
+                return Err(format!(
+                    "zone-agent not ready within {AGENT_READY:?}: {}",
+                    tail(&agent.log_text())
+                ));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -407,16 +505,23 @@ impl Bench {
             a.stop();
         }
         let bin = agent_bin();
-        let out = self.lab.run(self.gw(), &[
-            bin.to_str().expect("UTF-8"),
-            "detach",
-            "--pin-dir",
-            self.pin_dir().to_str().expect("UTF-8"),
-            "--state-dir",
-            self.state_dir().to_str().expect("UTF-8"),
-        ]);
+        let out = self.lab.run(
+            self.gw(),
+            &[
+                bin.to_str().expect("UTF-8"),
+                "detach",
+                "--pin-dir",
+                self.pin_dir().to_str().expect("UTF-8"),
+                "--state-dir",
+                self.state_dir().to_str().expect("UTF-8"),
+            ],
+        );
         if !out.status.success() {
-            return Err(format!("zone-agent detach: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)));
+            return Err(format!(
+                "zone-agent detach: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
         }
         self.no_xdp_left()
     }
@@ -433,24 +538,63 @@ impl Bench {
     /// would be part of what a load costs); says the first one if not.
     fn check_policy(&self, policy: &Path) {
         let bin = agent_bin();
-        let out = self.lab.run(self.gw(), &[bin.to_str().expect("UTF-8"), "policy", "check", policy.to_str().expect("UTF-8")]);
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let out = self.lab.run(
+            self.gw(),
+            &[
+                bin.to_str().expect("UTF-8"),
+                "policy",
+                "check",
+                policy.to_str().expect("UTF-8"),
+            ],
+        );
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         if let Some(w) = text.lines().find(|l| l.contains("warning")) {
-            eprintln!("end_to_end: {} has warnings, the first: {w}", policy.display());
+            eprintln!(
+                "end_to_end: {} has warnings, the first: {w}",
+                policy.display()
+            );
         }
     }
 
     fn admin(&self, cmd: &str) -> Result<serde_json::Value, String> {
         let bin = agent_bin();
-        let out = self.lab.run(self.gw(), &[bin.to_str().expect("UTF-8"), cmd, "--json", "--state-dir", self.state_dir().to_str().expect("UTF-8")]);
-        serde_json::from_slice(&out.stdout).map_err(|e| format!("zone-agent {cmd} --json: {e}: {}", String::from_utf8_lossy(&out.stderr)))
+        let out = self.lab.run(
+            self.gw(),
+            &[
+                bin.to_str().expect("UTF-8"),
+                cmd,
+                "--json",
+                "--state-dir",
+                self.state_dir().to_str().expect("UTF-8"),
+            ],
+        );
+        serde_json::from_slice(&out.stdout).map_err(|e| {
+            format!(
+                "zone-agent {cmd} --json: {e}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
     }
 
     /// `zone-agent policy export --format nft` of `policy`, run in the gateway (the policy's
     /// interfaces exist there). `Err` says why there is no nftables ruleset.
     fn export_nft(&mut self, policy: &Path) -> Result<(), String> {
         let bin = agent_bin();
-        let out = self.lab.run(self.gw(), &[bin.to_str().expect("UTF-8"), "policy", "export", policy.to_str().expect("UTF-8"), "--format", "nft"]);
+        let out = self.lab.run(
+            self.gw(),
+            &[
+                bin.to_str().expect("UTF-8"),
+                "policy",
+                "export",
+                policy.to_str().expect("UTF-8"),
+                "--format",
+                "nft",
+            ],
+        );
         let script = String::from_utf8_lossy(&out.stdout).into_owned();
         if !out.status.success() || !script.contains("zone_agent") {
             return Err(format!(
@@ -462,9 +606,15 @@ impl Bench {
         let path = self.lab.dir().join("policy.nft");
         fs::write(&path, script).map_err(|e| e.to_string())?;
         // Load it once to find a script nft rejects before any measurement.
-        let check = self.lab.run(self.gw(), &["nft", "-c", "-f", path.to_str().expect("UTF-8")]);
+        let check = self.lab.run(
+            self.gw(),
+            &["nft", "-c", "-f", path.to_str().expect("UTF-8")],
+        );
         if !check.status.success() {
-            return Err(format!("nft -c rejects the exported ruleset: {}", tail(&String::from_utf8_lossy(&check.stderr))));
+            return Err(format!(
+                "nft -c rejects the exported ruleset: {}",
+                tail(&String::from_utf8_lossy(&check.stderr))
+            ));
         }
         self.nft_script = Some(path);
         Ok(())
@@ -484,9 +634,14 @@ impl Bench {
             }
             Gate::ZoneAgent => self.stop_agent()?,
             Gate::Nftables => {
-                let out = self.lab.run(self.gw(), &["nft", "delete", "table", "inet", "zone_agent"]);
+                let out = self
+                    .lab
+                    .run(self.gw(), &["nft", "delete", "table", "inet", "zone_agent"]);
                 if !out.status.success() {
-                    return Err(format!("nft delete table: {}", String::from_utf8_lossy(&out.stderr)));
+                    return Err(format!(
+                        "nft delete table: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    ));
                 }
             }
         }
@@ -497,13 +652,26 @@ impl Bench {
                 let obj = find_xdp_pass().ok_or("xdpfilt_alw_eth.o (xdp-tools) not found")?;
                 let pins = self.lab.bpffs().join("xdp-pass");
                 fs::create_dir_all(&pins).map_err(|e| e.to_string())?;
-                let argv = [Self::exe(), "xdp-pass".into(), obj.display().to_string(), pins.display().to_string(), "zmyn".into(), "zlgw".into(), "zinet".into()];
+                let argv = [
+                    Self::exe(),
+                    "xdp-pass".into(),
+                    obj.display().to_string(),
+                    pins.display().to_string(),
+                    "zmyn".into(),
+                    "zlgw".into(),
+                    "zinet".into(),
+                ];
                 let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-                let mut g = self.lab.spawn(self.gw(), &argv, &self.lab.log_path("xdp-pass"));
+                let mut g = self
+                    .lab
+                    .spawn(self.gw(), &argv, &self.lab.log_path("xdp-pass"));
                 let t = Instant::now();
                 while !g.log_text().contains("attached") {
                     if g.exited().is_some() || t.elapsed() > Duration::from_secs(20) {
-                        return Err(format!("the XDP pass-through program did not attach: {}", tail(&g.log_text())));
+                        return Err(format!(
+                            "the XDP pass-through program did not attach: {}",
+                            tail(&g.log_text())
+                        ));
                     }
                     std::thread::sleep(Duration::from_millis(20));
                 }
@@ -514,7 +682,9 @@ impl Bench {
             }
             Gate::Nftables => {
                 let script = self.nft_script.clone().ok_or("no nftables ruleset")?;
-                let out = self.lab.run(self.gw(), &["nft", "-f", script.to_str().expect("UTF-8")]);
+                let out = self
+                    .lab
+                    .run(self.gw(), &["nft", "-f", script.to_str().expect("UTF-8")]);
                 if !out.status.success() {
                     return Err(format!("nft -f: {}", String::from_utf8_lossy(&out.stderr)));
                 }
@@ -527,55 +697,127 @@ impl Bench {
     /// A benchmark of an open gate means nothing: the denied port must be closed under a
     /// filter and open without one.
     fn sanity(&self) -> Result<(), String> {
-        let open = self.lab.run_timeout(&self.lg.ns, &[&Self::exe(), "probe", &self.my.v4.to_string(), &DENIED_TCP.to_string(), "700"], Duration::from_secs(5)).status.success();
+        let open = self
+            .lab
+            .run_timeout(
+                &self.lg.ns,
+                &[
+                    &Self::exe(),
+                    "probe",
+                    &self.my.v4.to_string(),
+                    &DENIED_TCP.to_string(),
+                    "700",
+                ],
+                Duration::from_secs(5),
+            )
+            .status
+            .success();
         let want = !self.gate.filters();
         if open != want {
-            return Err(format!("{}: a connection to the denied port {DENIED_TCP} {}", self.gate.name(), if open { "passed" } else { "was blocked" }));
+            return Err(format!(
+                "{}: a connection to the denied port {DENIED_TCP} {}",
+                self.gate.name(),
+                if open { "passed" } else { "was blocked" }
+            ));
         }
         Ok(())
     }
 
     /// iperf3 goodput (received bits/s) and retransmissions.
     fn iperf(&self, seconds: u32) -> Result<(f64, u64), String> {
-        let argv = ["iperf3", "-c", &self.my.v4.to_string(), "-p", &IPERF_PORT.to_string(), "-t", &seconds.to_string(), "-O", "1", "-J"];
-        let out = self.lab.run_timeout(&self.lg.ns, &argv, Duration::from_secs(u64::from(seconds) + 20));
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("iperf3 -J output: {e}"))?;
+        let argv = [
+            "iperf3",
+            "-c",
+            &self.my.v4.to_string(),
+            "-p",
+            &IPERF_PORT.to_string(),
+            "-t",
+            &seconds.to_string(),
+            "-O",
+            "1",
+            "-J",
+        ];
+        let out = self.lab.run_timeout(
+            &self.lg.ns,
+            &argv,
+            Duration::from_secs(u64::from(seconds) + 20),
+        );
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).map_err(|e| format!("iperf3 -J output: {e}"))?;
         if let Some(e) = v["error"].as_str() {
             return Err(format!("iperf3: {e}"));
         }
-        let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().ok_or("iperf3: no sum_received")?;
-        Ok((bps, v["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0)))
+        let bps = v["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .ok_or("iperf3: no sum_received")?;
+        Ok((
+            bps,
+            v["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0),
+        ))
     }
 
     /// Connections per second and failed connections.
     fn crr(&self, seconds: f64) -> Result<(f64, u64), String> {
-        let argv = [Self::exe(), "crr-client".into(), self.my.v4.to_string(), CRR_PORT.to_string(), seconds.to_string(), "2".into()];
+        let argv = [
+            Self::exe(),
+            "crr-client".into(),
+            self.my.v4.to_string(),
+            CRR_PORT.to_string(),
+            seconds.to_string(),
+            "2".into(),
+        ];
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        let out = self.lab.run_timeout(&self.lg.ns, &argv, Duration::from_secs_f64(seconds + 15.0));
+        let out = self
+            .lab
+            .run_timeout(&self.lg.ns, &argv, Duration::from_secs_f64(seconds + 15.0));
         let text = String::from_utf8_lossy(&out.stdout);
-        let field = |k: &str| -> Option<f64> { text.split_whitespace().find_map(|w| w.strip_prefix(k)).and_then(|v| v.parse().ok()) };
+        let field = |k: &str| -> Option<f64> {
+            text.split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .and_then(|v| v.parse().ok())
+        };
         match (field("ok="), field("errors="), field("seconds=")) {
             (Some(ok), Some(err), Some(s)) => Ok((ok / s, err as u64)),
-            _ => Err(format!("crr-client printed no counts: {text}{}", String::from_utf8_lossy(&out.stderr))),
+            _ => Err(format!(
+                "crr-client printed no counts: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )),
         }
     }
 
     fn link_packets(&self, ns: &str, dir: &str) -> u64 {
-        let out = self.lab.ip(ns, &["-s", "-j", "link", "show", "dev", "eth0"]);
+        let out = self
+            .lab
+            .ip(ns, &["-s", "-j", "link", "show", "dev", "eth0"]);
         let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
         v[0]["stats64"][dir]["packets"].as_u64().unwrap_or(0)
     }
 
     fn flood(&mut self, seconds: f64) -> Flood {
         let before = cpu_times();
-        let (sent0, got0) = (self.link_packets(&self.lg.ns, "tx"), self.link_packets(&self.my.ns, "rx"));
+        let (sent0, got0) = (
+            self.link_packets(&self.lg.ns, "tx"),
+            self.link_packets(&self.my.ns, "rx"),
+        );
         let t = Instant::now();
-        let argv = [Self::exe(), "flood".into(), self.lg.v4.to_string(), self.my.v4.to_string(), DENIED_UDP.to_string(), seconds.to_string()];
+        let argv = [
+            Self::exe(),
+            "flood".into(),
+            self.lg.v4.to_string(),
+            self.my.v4.to_string(),
+            DENIED_UDP.to_string(),
+            seconds.to_string(),
+        ];
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        let out = self.lab.run_timeout(&self.lg.ns, &argv, Duration::from_secs_f64(seconds + 10.0));
+        let out = self
+            .lab
+            .run_timeout(&self.lg.ns, &argv, Duration::from_secs_f64(seconds + 10.0));
         let elapsed = t.elapsed().as_secs_f64();
         let after = cpu_times();
-        let (sent1, got1) = (self.link_packets(&self.lg.ns, "tx"), self.link_packets(&self.my.ns, "rx"));
+        let (sent1, got1) = (
+            self.link_packets(&self.lg.ns, "tx"),
+            self.link_packets(&self.my.ns, "rx"),
+        );
         if !out.status.success() {
             eprintln!("flood helper: {}", String::from_utf8_lossy(&out.stderr));
         }
@@ -611,7 +853,11 @@ fn cpu_times() -> CpuTimes {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     let tick_ns = 1_000_000_000 / hz;
-    let mut t = CpuTimes { softirq_ns: 0, total_ns: 0, cpus: 0 };
+    let mut t = CpuTimes {
+        softirq_ns: 0,
+        total_ns: 0,
+        cpus: 0,
+    };
     for line in text.lines() {
         let mut f = line.split_whitespace();
         match f.next() {
@@ -635,11 +881,21 @@ fn proc_sample(pid: u32) -> (u64, u64, u64) {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces): state is field 3, utime 14.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = rest.split_whitespace().skip(11).take(2).filter_map(|x| x.parse().ok()).collect();
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|x| x.parse().ok())
+        .collect();
     let cpu_ns = f.iter().sum::<u64>() * (1_000_000_000 / hz);
     let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kib = |key: &str| -> u64 {
-        status.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.split_whitespace().next()).and_then(|v| v.parse().ok()).unwrap_or(0)
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
     };
     (cpu_ns, kib("VmRSS:"), kib("VmHWM:"))
 }
@@ -673,17 +929,25 @@ fn main() {
     }
     let args = parse_args(&argv);
     zone_agent_lab::require_root();
-    let mut report = EndToEnd { policy_rules: generated::rule_count(&BASE, Variant::Rules, args.rules), ..Default::default() };
+    let mut report = EndToEnd {
+        policy_rules: generated::rule_count(&BASE, Variant::Rules, args.rules),
+        ..Default::default()
+    };
     let mut b = Bench::new();
     let policy = b.lab.dir().join("policy.toml");
-    write_policy(&policy, &generated::generate(&BASE, Variant::Rules, args.rules));
+    write_policy(
+        &policy,
+        &generated::generate(&BASE, Variant::Rules, args.rules),
+    );
     b.check_policy(&policy);
 
     let mut gates = vec![Gate::NoFilter, Gate::ZoneAgent];
     if find_xdp_pass().is_some() {
         gates.insert(1, Gate::XdpPass);
     } else {
-        report.skipped.push("XDP pass-through reference: xdpfilt_alw_eth.o (xdp-tools) not found".into());
+        report
+            .skipped
+            .push("XDP pass-through reference: xdpfilt_alw_eth.o (xdp-tools) not found".into());
     }
     match b.export_nft(&policy) {
         Ok(()) => gates.push(Gate::Nftables),
@@ -695,7 +959,16 @@ fn main() {
 
     // Goodput and connection rate, the gates interleaved round by round (each round starts
     // with another gate, so that a drifting machine does not favour one).
-    let mut results: Vec<Throughput> = gates.iter().map(|&gate| Throughput { gate, goodput_bps: vec![], conn_per_s: vec![], conn_errors: 0, retransmits: 0 }).collect();
+    let mut results: Vec<Throughput> = gates
+        .iter()
+        .map(|&gate| Throughput {
+            gate,
+            goodput_bps: vec![],
+            conn_per_s: vec![],
+            conn_errors: 0,
+            retransmits: 0,
+        })
+        .collect();
     let mut broken: Vec<Gate> = vec![];
     for round in 0..args.rounds {
         for k in 0..gates.len() {
@@ -703,14 +976,21 @@ fn main() {
             if broken.contains(&gate) {
                 continue;
             }
-            if let Err(e) = b.set_gate(gate, &policy).and_then(|()| if round == 0 { b.sanity() } else { Ok(()) }) {
+            if let Err(e) = b
+                .set_gate(gate, &policy)
+                .and_then(|()| if round == 0 { b.sanity() } else { Ok(()) })
+            {
                 eprintln!("end_to_end: {}: {e}", gate.name());
                 report.skipped.push(format!("{}: {e}", gate.name()));
                 broken.push(gate);
                 continue;
             }
             if gate == Gate::ZoneAgent && report.xdp_mode.is_empty() {
-                report.xdp_mode = b.admin("status").ok().and_then(|s| s["interfaces"][0]["attach"].as_str().map(str::to_owned)).unwrap_or_default();
+                report.xdp_mode = b
+                    .admin("status")
+                    .ok()
+                    .and_then(|s| s["interfaces"][0]["attach"].as_str().map(str::to_owned))
+                    .unwrap_or_default();
             }
             if gate == Gate::NoFilter {
                 // The lab's own ceiling, for context: 64 KB frames through the gateway.
@@ -719,26 +999,35 @@ fn main() {
                 }
                 match b.iperf(args.seconds) {
                     Ok((bps, _)) => report.goodput_tso_bps.push(bps),
-                    Err(e) => report.skipped.push(format!("no filter with TSO, iperf3 round {round}: {e}")),
+                    Err(e) => report
+                        .skipped
+                        .push(format!("no filter with TSO, iperf3 round {round}: {e}")),
                 }
                 for h in [&b.lg, &b.my] {
                     set_tso(&b.lab, &h.ns, false);
                 }
             }
-            let r = results.iter_mut().find(|r| r.gate == gate).expect("a result per gate");
+            let r = results
+                .iter_mut()
+                .find(|r| r.gate == gate)
+                .expect("a result per gate");
             match b.iperf(args.seconds) {
                 Ok((bps, retr)) => {
                     r.goodput_bps.push(bps);
                     r.retransmits += retr;
                 }
-                Err(e) => report.skipped.push(format!("{} iperf3 round {round}: {e}", gate.name())),
+                Err(e) => report
+                    .skipped
+                    .push(format!("{} iperf3 round {round}: {e}", gate.name())),
             }
             match b.crr(args.crr_seconds) {
                 Ok((rate, errors)) => {
                     r.conn_per_s.push(rate);
                     r.conn_errors += errors;
                 }
-                Err(e) => report.skipped.push(format!("{} connections round {round}: {e}", gate.name())),
+                Err(e) => report
+                    .skipped
+                    .push(format!("{} connections round {round}: {e}", gate.name())),
             }
             println!(
                 "round {round} {:<10} goodput {:>7.2} Gbit/s, {:>6.0} connections/s",
@@ -751,7 +1040,10 @@ fn main() {
     report.goodput = results;
 
     // Denied flood; the agent's cost at idle first, then during the storm.
-    for &gate in gates.iter().filter(|g| !broken.contains(g) && **g != Gate::XdpPass) {
+    for &gate in gates
+        .iter()
+        .filter(|g| !broken.contains(g) && **g != Gate::XdpPass)
+    {
         if let Err(e) = b.set_gate(gate, &policy) {
             report.skipped.push(format!("flood {}: {e}", gate.name()));
             continue;
@@ -768,7 +1060,9 @@ fn main() {
         let before = agent_pid.map(proc_sample);
         let mut f = b.flood(args.flood_seconds);
         f.idle_seconds = args.idle_seconds;
-        f.idle_softirq_ns = idle_after.softirq_ns.saturating_sub(idle_before.0.softirq_ns);
+        f.idle_softirq_ns = idle_after
+            .softirq_ns
+            .saturating_sub(idle_before.0.softirq_ns);
         if let (Some(pid), Some(before)) = (agent_pid, before) {
             report.agent_storm = Some(proc_cost(pid, before, f.seconds));
         }
@@ -813,23 +1107,42 @@ fn main() {
     }
 }
 
-fn reload_under_load(b: &mut Bench, args: &Args, report: &mut EndToEnd) -> Result<ReloadUnderLoad, String> {
+fn reload_under_load(
+    b: &mut Bench,
+    args: &Args,
+    report: &mut EndToEnd,
+) -> Result<ReloadUnderLoad, String> {
     let path = b.lab.dir().join("reload.toml");
     let a = generated::generate(&BASE, Variant::Rules, args.reload_rules);
     // B differs by one rule, so each reload installs a policy different from the one before.
-    let bb = format!("{a}\n[[rules]]\nname = \"toggle\"\nfrom = \"lgwan\"\nto = \"internet\"\nprotocol = \"tcp\"\nports = [\"8080\"]\nsources = [\"10.20.0.10/32\"]\n");
+    let bb = format!(
+        "{a}\n[[rules]]\nname = \"toggle\"\nfrom = \"lgwan\"\nto = \"internet\"\nprotocol = \"tcp\"\nports = [\"8080\"]\nsources = [\"10.20.0.10/32\"]\n"
+    );
     write_policy(&path, &a);
     b.check_policy(&path);
     report.agent_start_ms = Some(b.start_agent(&path)?);
     b.gate = Gate::ZoneAgent;
-    let mut r = ReloadUnderLoad { rules: generated::rule_count(&BASE, Variant::Rules, args.reload_rules), seconds: args.reload_seconds, ..Default::default() };
-    let mut run = continuous(&b.lab, &b.lg, b.my.v4, ECHO_TCP, ECHO_UDP, args.reload_seconds);
+    let mut r = ReloadUnderLoad {
+        rules: generated::rule_count(&BASE, Variant::Rules, args.reload_rules),
+        seconds: args.reload_seconds,
+        ..Default::default()
+    };
+    let mut run = continuous(
+        &b.lab,
+        &b.lg,
+        b.my.v4,
+        ECHO_TCP,
+        ECHO_UDP,
+        args.reload_seconds,
+    );
     let started = Instant::now();
     // Leave the traffic a second alone at both ends, so that it runs before and after.
     std::thread::sleep(Duration::from_secs(1));
     let mut generation = b.admin("status")?["generation"].as_u64().unwrap_or(0);
     let mut i = 0u32;
-    while started.elapsed() + Duration::from_secs(3) < Duration::from_secs(u64::from(args.reload_seconds)) {
+    while started.elapsed() + Duration::from_secs(3)
+        < Duration::from_secs(u64::from(args.reload_seconds))
+    {
         write_policy(&path, if i.is_multiple_of(2) { &bb } else { &a });
         let t = Instant::now();
         let answer = b.admin("reload");
@@ -852,7 +1165,10 @@ fn reload_under_load(b: &mut Bench, args: &Args, report: &mut EndToEnd) -> Resul
         }
         i += 1;
     }
-    if run.wait_exit(Duration::from_secs(u64::from(args.reload_seconds) + 30)).is_none() {
+    if run
+        .wait_exit(Duration::from_secs(u64::from(args.reload_seconds) + 30))
+        .is_none()
+    {
         return Err("the continuous-traffic client did not finish".into());
     }
     r.traffic = continuous_summary(&run);

@@ -27,7 +27,9 @@ use frames::{ACK, Frame, SYN};
 use zone_agent::datapath::Datapath;
 use zone_agent::policy::{Policy, Protocol, compile, validate};
 use zone_agent_lab::bench::policy::{self as generated, Base, Variant};
-use zone_agent_lab::bench::{Config, FrameCase, LoadTimes, MapMem, PerPacket, XdpFilter, arg, xdp_tools_object};
+use zone_agent_lab::bench::{
+    Config, FrameCase, LoadTimes, MapMem, PerPacket, XdpFilter, arg, xdp_tools_object,
+};
 
 const IFACES: [&str; 4] = ["zmyn", "zlg", "zinet", "ztrunk"];
 
@@ -95,7 +97,11 @@ sources = ["10.20.4.0/24", "10.20.5.10/32"]
 destinations = ["203.0.113.0/24", "2001:db8:4000::/40"]
 "#;
 
-const BASE: Base<'static> = Base { header: HEADER, rules: BASE_RULES, rule_count: 5 };
+const BASE: Base<'static> = Base {
+    header: HEADER,
+    rules: BASE_RULES,
+    rule_count: 5,
+};
 
 const PASS: u32 = 2;
 const DROP: u32 = 1;
@@ -115,16 +121,61 @@ fn ip(s: &str) -> IpAddr {
 fn cases() -> Vec<Case> {
     let (a, b) = (ip("10.20.5.10"), ip("10.10.9.20"));
     let (a6, b6) = (ip("fd20::10"), ip("fd10::20"));
-    let c = |what, iface, frame: Frame, action| Case { what, iface, frame: frame.bytes(), action };
+    let c = |what, iface, frame: Frame, action| Case {
+        what,
+        iface,
+        frame: frame.bytes(),
+        action,
+    };
     vec![
-        c("allowed, established flow (TCP)", "zlg", Frame::new(a, b).tcp(40000, 443, ACK), PASS),
-        c("allowed, reply (TCP)", "zmyn", Frame::new(b, a).tcp(443, 40000, ACK), PASS),
-        c("allowed by rule, new flow (ICMP timestamp, no flow kept)", "zlg", Frame::new(a, b).icmp(13, 0, 0), PASS),
-        c("denied, no rule (TCP SYN)", "zlg", Frame::new(a, b).tcp(40001, 23, SYN), DROP),
-        c("denied, spoofed source", "zmyn", Frame::new(a, b).tcp(40002, 443, SYN), DROP),
-        c("denied, listed destination, port not allowed (TCP SYN)", "zlg", Frame::new(a, ip("203.0.113.7")).tcp(40005, 8443, SYN), DROP),
-        c("allowed, established flow (IPv6 TCP)", "zlg", Frame::new(a6, b6).tcp(40003, 443, ACK), PASS),
-        c("allowed, established flow (VLAN 100)", "ztrunk", Frame::new(a, b).vlan(100).tcp(40004, 443, ACK), PASS),
+        c(
+            "allowed, established flow (TCP)",
+            "zlg",
+            Frame::new(a, b).tcp(40000, 443, ACK),
+            PASS,
+        ),
+        c(
+            "allowed, reply (TCP)",
+            "zmyn",
+            Frame::new(b, a).tcp(443, 40000, ACK),
+            PASS,
+        ),
+        c(
+            "allowed by rule, new flow (ICMP timestamp, no flow kept)",
+            "zlg",
+            Frame::new(a, b).icmp(13, 0, 0),
+            PASS,
+        ),
+        c(
+            "denied, no rule (TCP SYN)",
+            "zlg",
+            Frame::new(a, b).tcp(40001, 23, SYN),
+            DROP,
+        ),
+        c(
+            "denied, spoofed source",
+            "zmyn",
+            Frame::new(a, b).tcp(40002, 443, SYN),
+            DROP,
+        ),
+        c(
+            "denied, listed destination, port not allowed (TCP SYN)",
+            "zlg",
+            Frame::new(a, ip("203.0.113.7")).tcp(40005, 8443, SYN),
+            DROP,
+        ),
+        c(
+            "allowed, established flow (IPv6 TCP)",
+            "zlg",
+            Frame::new(a6, b6).tcp(40003, 443, ACK),
+            PASS,
+        ),
+        c(
+            "allowed, established flow (VLAN 100)",
+            "ztrunk",
+            Frame::new(a, b).vlan(100).tcp(40004, 443, ACK),
+            PASS,
+        ),
     ]
 }
 
@@ -137,15 +188,22 @@ fn openers() -> Vec<(&'static str, Vec<u8>)> {
     vec![
         ("zlg", Frame::new(a, b).tcp(40000, 443, SYN).bytes()),
         ("zlg", Frame::new(a6, b6).tcp(40003, 443, SYN).bytes()),
-        ("ztrunk", Frame::new(a, b).vlan(100).tcp(40004, 443, SYN).bytes()),
+        (
+            "ztrunk",
+            Frame::new(a, b).vlan(100).tcp(40004, 443, SYN).bytes(),
+        ),
         ("zmyn", Frame::new(b, a).tcp(443, 40000, SYN | ACK).bytes()),
-        ("zmyn", Frame::new(b6, a6).tcp(443, 40003, SYN | ACK).bytes()),
+        (
+            "zmyn",
+            Frame::new(b6, a6).tcp(443, 40003, SYN | ACK).bytes(),
+        ),
         ("zmyn", Frame::new(b, a).tcp(443, 40004, SYN | ACK).bytes()),
     ]
 }
 
 fn ctx_for(iface: &str, len: usize) -> [u8; 24] {
-    let ifindex = zone_agent::agent::ifindex(iface).unwrap_or_else(|| panic!("no interface {iface}"));
+    let ifindex =
+        zone_agent::agent::ifindex(iface).unwrap_or_else(|| panic!("no interface {iface}"));
     let mut ctx = [0u8; 24];
     ctx[4..8].copy_from_slice(&(len as u32).to_ne_bytes());
     ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
@@ -156,7 +214,12 @@ fn ctx_for(iface: &str, len: usize) -> [u8; 24] {
 fn run(prog: &Xdp, iface: &str, frame: &[u8], repeat: u32) -> (u32, f64) {
     let ctx = ctx_for(iface, frame.len());
     let r = prog
-        .test_run(TestRunOptions { data_in: Some(frame), ctx_in: Some(&ctx), repeat, ..Default::default() })
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            ctx_in: Some(&ctx),
+            repeat,
+            ..Default::default()
+        })
         .expect("BPF_PROG_TEST_RUN");
     (r.return_value, r.duration.as_nanos() as f64)
 }
@@ -174,12 +237,20 @@ struct Args {
 fn parse_args() -> Args {
     let args: Vec<String> = std::env::args().collect();
     let list = |name: &str, default: &str| -> Vec<String> {
-        arg(&args, name).unwrap_or_else(|| default.into()).split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect()
+        arg(&args, name)
+            .unwrap_or_else(|| default.into())
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
     };
     Args {
         repeat: arg(&args, "--repeat").map_or(200_000, |v| v.parse().expect("--repeat N")),
         samples: arg(&args, "--samples").map_or(7, |v| v.parse().expect("--samples N")),
-        sizes: list("--sizes", "10,1000,10000,100000").iter().map(|s| s.parse().expect("--sizes N,N,...")).collect(),
+        sizes: list("--sizes", "10,1000,10000,100000")
+            .iter()
+            .map(|s| s.parse().expect("--sizes N,N,..."))
+            .collect(),
         variants: list("--variants", "rules,cidr")
             .iter()
             .map(|v| match v.as_str() {
@@ -189,7 +260,9 @@ fn parse_args() -> Args {
             })
             .collect(),
         reloads: arg(&args, "--reloads").map_or(3, |v| v.parse().expect("--reloads N")),
-        xdp_filter: arg(&args, "--xdp-filter").map(PathBuf::from).or_else(|| xdp_tools_object("xdpfilt_dny_all.o")),
+        xdp_filter: arg(&args, "--xdp-filter")
+            .map(PathBuf::from)
+            .or_else(|| xdp_tools_object("xdpfilt_dny_all.o")),
         json: arg(&args, "--json"),
     }
 }
@@ -200,18 +273,41 @@ fn parse_args() -> Args {
 fn sandbox() -> PathBuf {
     // SAFETY: this process is single-threaded here.
     let rc = unsafe { libc::unshare(libc::CLONE_NEWNET | libc::CLONE_NEWNS) };
-    assert_eq!(rc, 0, "unshare(CLONE_NEWNET|CLONE_NEWNS): {} (run as root)", std::io::Error::last_os_error());
+    assert_eq!(
+        rc,
+        0,
+        "unshare(CLONE_NEWNET|CLONE_NEWNS): {} (run as root)",
+        std::io::Error::last_os_error()
+    );
     use nix::mount::{MsFlags, mount};
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>).expect("make / private");
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .expect("make / private");
     for name in IFACES {
         let peer = format!("{name}p");
-        let ok = Command::new("ip").args(["link", "add", name, "type", "veth", "peer", "name", &peer]).status();
+        let ok = Command::new("ip")
+            .args(["link", "add", name, "type", "veth", "peer", "name", &peer])
+            .status();
         assert!(ok.is_ok_and(|s| s.success()), "ip link add {name}");
-        let _ = Command::new("ip").args(["link", "set", name, "up"]).status();
+        let _ = Command::new("ip")
+            .args(["link", "set", name, "up"])
+            .status();
     }
     let bpffs = std::env::temp_dir().join(format!("za-bench-bpffs-{}", std::process::id()));
     std::fs::create_dir_all(&bpffs).expect("bpffs dir");
-    mount(Some("bpf"), &bpffs, Some("bpf"), MsFlags::empty(), None::<&str>).expect("mount a private bpffs");
+    mount(
+        Some("bpf"),
+        &bpffs,
+        Some("bpf"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .expect("mount a private bpffs");
     bpffs
 }
 
@@ -221,15 +317,23 @@ fn ms(t: Instant) -> f64 {
 
 fn short(e: impl std::fmt::Display) -> String {
     let s = e.to_string();
-    let line = s.lines().find(|l| l.contains("error")).unwrap_or_else(|| s.lines().next().unwrap_or(""));
+    let line = s
+        .lines()
+        .find(|l| l.contains("error"))
+        .unwrap_or_else(|| s.lines().next().unwrap_or(""));
     line.chars().take(300).collect()
 }
 
 /// `policy check` + compile, timed. Warnings are said (a benchmark policy should have none:
 /// they would be part of what the check costs).
-fn check_compile(text: &str, say_warnings: bool) -> Result<(Policy, compile::Compiled, f64, f64), String> {
+fn check_compile(
+    text: &str,
+    say_warnings: bool,
+) -> Result<(Policy, compile::Compiled, f64, f64), String> {
     let t = Instant::now();
-    let (policy, warnings) = validate::check_str("bench.toml".as_ref(), text, &validate::OfflineEnvironment).map_err(short)?;
+    let (policy, warnings) =
+        validate::check_str("bench.toml".as_ref(), text, &validate::OfflineEnvironment)
+            .map_err(short)?;
     let check_ms = ms(t);
     if let (Some(w), true) = (warnings.first(), say_warnings) {
         eprintln!("per_packet: {} warnings, the first: {w}", warnings.len());
@@ -245,7 +349,12 @@ struct Loaded {
     xf: Option<aya::Ebpf>,
 }
 
-fn load_config(variant: Variant, size: usize, reloads: usize, xdp_filter: Option<(&[u8], &Path)>) -> Loaded {
+fn load_config(
+    variant: Variant,
+    size: usize,
+    reloads: usize,
+    xdp_filter: Option<(&[u8], &Path)>,
+) -> Loaded {
     let text = generated::generate(&BASE, variant, size);
     let mut cfg = Config {
         variant,
@@ -263,7 +372,11 @@ fn load_config(variant: Variant, size: usize, reloads: usize, xdp_filter: Option
         Ok(x) => x,
         Err(e) => {
             cfg.error = Some(e);
-            return Loaded { cfg, dp: None, xf: None };
+            return Loaded {
+                cfg,
+                dp: None,
+                xf: None,
+            };
         }
     };
     cfg.entries = compiled.entries();
@@ -273,14 +386,27 @@ fn load_config(variant: Variant, size: usize, reloads: usize, xdp_filter: Option
     let t = Instant::now();
     if let Err(e) = dp.apply(&compiled, zone_agent::agent::ifindex) {
         cfg.error = Some(format!("apply: {}", short(e)));
-        return Loaded { cfg, dp: None, xf: None };
+        return Loaded {
+            cfg,
+            dp: None,
+            xf: None,
+        };
     }
     let apply_ms = ms(t);
     drop(compiled);
-    let mut times = LoadTimes { check_ms, compile_ms, load_ms, apply_ms, reload_ms: vec![] };
+    let mut times = LoadTimes {
+        check_ms,
+        compile_ms,
+        load_ms,
+        apply_ms,
+        reload_ms: vec![],
+    };
     for _ in 0..reloads {
         let t = Instant::now();
-        let reloaded = check_compile(&text, false).and_then(|(_, c, _, _)| dp.apply(&c, zone_agent::agent::ifindex).map_err(|e| format!("reload: {}", short(e))));
+        let reloaded = check_compile(&text, false).and_then(|(_, c, _, _)| {
+            dp.apply(&c, zone_agent::agent::ifindex)
+                .map_err(|e| format!("reload: {}", short(e)))
+        });
         match reloaded {
             Ok(_) => times.reload_ms.push(ms(t)),
             Err(e) => cfg.error = Some(e),
@@ -295,7 +421,11 @@ fn load_config(variant: Variant, size: usize, reloads: usize, xdp_filter: Option
         cfg.xdp_filter = Some(x);
         xf = ebpf;
     }
-    Loaded { cfg, dp: Some(dp), xf }
+    Loaded {
+        cfg,
+        dp: Some(dp),
+        xf,
+    }
 }
 
 // xdp-filter (xdp-tools, `xdp-filter/common_kern_user.h`): flag bits of a map value; the
@@ -321,7 +451,9 @@ fn load_xdp_filter(obj: &[u8], pin_dir: &Path, policy: &Policy) -> (XdpFilter, O
         for net in r.sources.iter().chain(&r.destinations) {
             match net.network() {
                 // The program reads the address straight from the packet: network order.
-                IpAddr::V4(a) => *v4.entry(u32::from_ne_bytes(a.octets())).or_default() |= XF_SRC | XF_DST,
+                IpAddr::V4(a) => {
+                    *v4.entry(u32::from_ne_bytes(a.octets())).or_default() |= XF_SRC | XF_DST
+                }
                 IpAddr::V6(a) => *v6.entry(a.octets()).or_default() |= XF_SRC | XF_DST,
             }
         }
@@ -341,7 +473,13 @@ fn load_xdp_filter(obj: &[u8], pin_dir: &Path, policy: &Policy) -> (XdpFilter, O
             }
         }
     }
-    let mut out = XdpFilter { v4: v4.len(), v6: v6.len(), macs: macs.len(), ports: ports.len(), ..Default::default() };
+    let mut out = XdpFilter {
+        v4: v4.len(),
+        v6: v6.len(),
+        macs: macs.len(),
+        ports: ports.len(),
+        ..Default::default()
+    };
     let result = (|| -> Result<aya::Ebpf, String> {
         std::fs::create_dir_all(pin_dir).map_err(|e| e.to_string())?;
         let cap = |n: usize| XF_DEFAULT_ENTRIES.max(n as u32 + 1);
@@ -354,7 +492,10 @@ fn load_xdp_filter(obj: &[u8], pin_dir: &Path, policy: &Policy) -> (XdpFilter, O
             .map_err(|e| format!("load: {e}"))?;
         // Load the program first: it holds the maps, so the handles below may close.
         {
-            let (_, prog) = ebpf.programs_mut().next().ok_or("no program in the object")?;
+            let (_, prog) = ebpf
+                .programs_mut()
+                .next()
+                .ok_or("no program in the object")?;
             let xdp: &mut Xdp = prog.try_into().map_err(|e| format!("{e}"))?;
             xdp.load().map_err(|e| format!("verifier: {e}"))?;
         }
@@ -362,26 +503,33 @@ fn load_xdp_filter(obj: &[u8], pin_dir: &Path, policy: &Policy) -> (XdpFilter, O
         let per_cpu = |v: u64| PerCpuValues::try_from(vec![v; cpus]).expect("one value per CPU");
         let mut m4: PerCpuHashMap<MapData, u32, u64> = take(&mut ebpf, "filter_ipv4")?;
         for (k, v) in &v4 {
-            m4.insert(k, per_cpu(*v), 0).map_err(|e| format!("filter_ipv4: {e}"))?;
+            m4.insert(k, per_cpu(*v), 0)
+                .map_err(|e| format!("filter_ipv4: {e}"))?;
         }
         let mut m6: PerCpuHashMap<MapData, [u8; 16], u64> = take(&mut ebpf, "filter_ipv6")?;
         for (k, v) in &v6 {
-            m6.insert(k, per_cpu(*v), 0).map_err(|e| format!("filter_ipv6: {e}"))?;
+            m6.insert(k, per_cpu(*v), 0)
+                .map_err(|e| format!("filter_ipv6: {e}"))?;
         }
         let mut me: PerCpuHashMap<MapData, [u8; 6], u64> = take(&mut ebpf, "filter_ethernet")?;
         for (k, v) in &macs {
-            me.insert(k, per_cpu(*v), 0).map_err(|e| format!("filter_ethernet: {e}"))?;
+            me.insert(k, per_cpu(*v), 0)
+                .map_err(|e| format!("filter_ethernet: {e}"))?;
         }
         let mut mp: PerCpuArray<MapData, u64> = take(&mut ebpf, "filter_ports")?;
         for (p, v) in &ports {
             // Indexed by the port as the packet holds it (network order) widened to u32.
-            mp.set(u32::from(p.to_be()), per_cpu(*v), 0).map_err(|e| format!("filter_ports: {e}"))?;
+            mp.set(u32::from(p.to_be()), per_cpu(*v), 0)
+                .map_err(|e| format!("filter_ports: {e}"))?;
         }
         Ok(ebpf)
     })();
     match result {
         Ok(ebpf) => {
-            out.maps = xf_prog(&ebpf).info().map(|i| map_mem(i.id())).unwrap_or_default();
+            out.maps = xf_prog(&ebpf)
+                .info()
+                .map(|i| map_mem(i.id()))
+                .unwrap_or_default();
             (out, Some(ebpf))
         }
         Err(e) => {
@@ -391,8 +539,13 @@ fn load_xdp_filter(obj: &[u8], pin_dir: &Path, policy: &Policy) -> (XdpFilter, O
     }
 }
 
-fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(ebpf: &mut aya::Ebpf, name: &str) -> Result<T, String> {
-    let map = ebpf.take_map(name).ok_or_else(|| format!("no map {name} in the xdp-filter object"))?;
+fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+    ebpf: &mut aya::Ebpf,
+    name: &str,
+) -> Result<T, String> {
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| format!("no map {name} in the xdp-filter object"))?;
     T::try_from(map).map_err(|e| format!("{name}: {e}"))
 }
 
@@ -410,7 +563,10 @@ fn map_mem(prog_id: u32) -> Vec<MapMem> {
     let Some(prog) = json(&["prog", "show", "id", &prog_id.to_string()]) else {
         return vec![];
     };
-    let ids: Vec<u64> = prog["map_ids"].as_array().map(|a| a.iter().filter_map(|v| v.as_u64()).collect()).unwrap_or_default();
+    let ids: Vec<u64> = prog["map_ids"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_u64()).collect())
+        .unwrap_or_default();
     ids.iter()
         .filter_map(|id| json(&["map", "show", "id", &id.to_string()]))
         .map(|m| MapMem {
@@ -427,13 +583,18 @@ fn verify(dp: &Datapath, cases: &[Case]) -> Result<(), String> {
     for (iface, f) in openers() {
         let (action, _) = run(dp.program(), iface, &f, 1);
         if action != PASS {
-            return Err(format!("opening SYN / SYN-ACK on {iface}: action {action}, expected pass"));
+            return Err(format!(
+                "opening SYN / SYN-ACK on {iface}: action {action}, expected pass"
+            ));
         }
     }
     for c in cases {
         let (action, _) = run(dp.program(), c.iface, &c.frame, 1);
         if action != c.action {
-            return Err(format!("{}: action {action}, expected {}; the benchmark would measure another path", c.what, c.action));
+            return Err(format!(
+                "{}: action {action}, expected {}; the benchmark would measure another path",
+                c.what, c.action
+            ));
         }
     }
     Ok(())
@@ -443,24 +604,42 @@ fn main() {
     let args = parse_args();
     let bpffs = sandbox();
     let cases = cases();
-    let xf_obj = args.xdp_filter.as_ref().map(|p| std::fs::read(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display())));
+    let xf_obj = args
+        .xdp_filter
+        .as_ref()
+        .map(|p| std::fs::read(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display())));
     if xf_obj.is_none() {
-        eprintln!("per_packet: no xdpfilt_dny_all.o found (xdp-tools); measuring without xdp-filter");
+        eprintln!(
+            "per_packet: no xdpfilt_dny_all.o found (xdp-tools); measuring without xdp-filter"
+        );
     }
 
     let mut loaded: Vec<Loaded> = Vec::new();
     for &variant in &args.variants {
         for &size in &args.sizes {
             let t = Instant::now();
-            let l = load_config(variant, size, args.reloads, xf_obj.as_deref().map(|o| (o, bpffs.as_path())));
+            let l = load_config(
+                variant,
+                size,
+                args.reloads,
+                xf_obj.as_deref().map(|o| (o, bpffs.as_path())),
+            );
             let c = &l.cfg;
             let mem: u64 = c.maps.iter().map(|m| m.bytes).sum();
             match (&c.error, &c.load) {
                 (Some(e), _) => println!("{} {size}: ERROR {e}", variant.name()),
                 (None, Some(lt)) => println!(
                     "{} {size}: {} rules, {} map entries; check {:.0} ms, compile {:.0} ms, load {:.0} ms, apply {:.0} ms, reloads {:?} ms; maps {:.1} MiB ({:.1} s)",
-                    variant.name(), c.rules, c.entries, lt.check_ms, lt.compile_ms, lt.load_ms, lt.apply_ms,
-                    lt.reload_ms.iter().map(|r| r.round()).collect::<Vec<_>>(), mem as f64 / 1048576.0, t.elapsed().as_secs_f64()
+                    variant.name(),
+                    c.rules,
+                    c.entries,
+                    lt.check_ms,
+                    lt.compile_ms,
+                    lt.load_ms,
+                    lt.apply_ms,
+                    lt.reload_ms.iter().map(|r| r.round()).collect::<Vec<_>>(),
+                    mem as f64 / 1048576.0,
+                    t.elapsed().as_secs_f64()
                 ),
                 (None, None) => {}
             }
@@ -482,7 +661,10 @@ fn main() {
         }
         if let Some(xf) = &l.xf {
             let x = l.cfg.xdp_filter.as_mut().expect("set with xf");
-            x.actions = cases.iter().map(|c| run(xf_prog(xf), c.iface, &c.frame, 1).0).collect();
+            x.actions = cases
+                .iter()
+                .map(|c| run(xf_prog(xf), c.iface, &c.frame, 1).0)
+                .collect();
         }
         l.cfg.za_ns = vec![vec![]; cases.len()];
         if let Some(x) = l.cfg.xdp_filter.as_mut() {
@@ -507,7 +689,12 @@ fn main() {
                 }
             }
         }
-        println!("sample {}/{} done ({:.0} s)", s + 1, args.samples, t.elapsed().as_secs_f64());
+        println!(
+            "sample {}/{} done ({:.0} s)",
+            s + 1,
+            args.samples,
+            t.elapsed().as_secs_f64()
+        );
     }
     // A path that changed during the run (a flow that expired) makes its numbers void.
     for l in &mut loaded {
@@ -515,7 +702,10 @@ fn main() {
             for (i, c) in cases.iter().enumerate() {
                 let (action, _) = run(dp.program(), c.iface, &c.frame, 1);
                 if action != c.action {
-                    l.cfg.error = Some(format!("{}: action changed to {action} during the run", c.what));
+                    l.cfg.error = Some(format!(
+                        "{}: action changed to {action} during the run",
+                        c.what
+                    ));
                     l.cfg.za_ns[i].clear();
                 }
             }
@@ -525,10 +715,19 @@ fn main() {
     let report = PerPacket {
         repeat: args.repeat,
         samples: args.samples,
-        frames: cases.iter().map(|c| FrameCase { what: c.what.into(), action: c.action }).collect(),
+        frames: cases
+            .iter()
+            .map(|c| FrameCase {
+                what: c.what.into(),
+                action: c.action,
+            })
+            .collect(),
         floor_ns,
         configs: loaded.into_iter().map(|l| l.cfg).collect(),
-        xdp_filter_object: args.xdp_filter.map(|p| p.display().to_string()).unwrap_or_default(),
+        xdp_filter_object: args
+            .xdp_filter
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
     };
     print_summary(&report);
     if let Some(path) = &args.json {
@@ -542,12 +741,19 @@ fn main() {
 fn print_summary(r: &PerPacket) {
     use zone_agent_lab::bench::median;
     let floor = median(&r.floor_ns).unwrap_or(f64::NAN);
-    println!("\nBPF_PROG_TEST_RUN, repeat {}, median of {} interleaved samples; floor {floor:.0} ns", r.repeat, r.samples);
+    println!(
+        "\nBPF_PROG_TEST_RUN, repeat {}, median of {} interleaved samples; floor {floor:.0} ns",
+        r.repeat, r.samples
+    );
     for c in &r.configs {
         println!("{} {}:", c.variant.name(), c.size);
         for (i, f) in r.frames.iter().enumerate() {
             let za = c.za_ns.get(i).and_then(|v| median(v));
-            let xf = c.xdp_filter.as_ref().and_then(|x| x.ns.get(i)).and_then(|v| median(v));
+            let xf = c
+                .xdp_filter
+                .as_ref()
+                .and_then(|x| x.ns.get(i))
+                .and_then(|v| median(v));
             println!(
                 "  {:<60} za {:>6}  xdp-filter {:>6}",
                 f.what,

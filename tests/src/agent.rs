@@ -59,10 +59,16 @@ pub fn start_bin(lab: &Lab, bin: &Path, path: &Path) -> ChildGuard {
     let started = Instant::now();
     while scrape::metrics(lab, gw, METRICS_ADDR).is_none() {
         if let Some(status) = agent.exited() {
-            panic!("zone-agent exited ({status}) before serving metrics:\n{}", agent.log_text());
+            panic!(
+                "zone-agent exited ({status}) before serving metrics:\n{}",
+                agent.log_text()
+            );
         }
         if started.elapsed() > AGENT_READY {
-            panic!("zone-agent did not answer /metrics within {AGENT_READY:?}:\n{}", agent.log_text());
+            panic!(
+                "zone-agent did not answer /metrics within {AGENT_READY:?}:\n{}",
+                agent.log_text()
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -77,7 +83,10 @@ pub struct Metrics(pub String);
 pub fn metrics(lab: &Lab) -> Metrics {
     match scrape::metrics(lab, lab.gateway(), METRICS_ADDR) {
         Some(text) => Metrics(text),
-        None => panic!("GET http://{METRICS_ADDR}/metrics in {} failed", lab.gateway()),
+        None => panic!(
+            "GET http://{METRICS_ADDR}/metrics in {} failed",
+            lab.gateway()
+        ),
     }
 }
 
@@ -95,8 +104,12 @@ impl Metrics {
     /// Every `zone_agent_*` counter that moved since `before` (for failure messages).
     pub fn changes(&self, before: &Metrics) -> String {
         let key = |s: &scrape::Sample| format!("{}{:?}", s.name, s.labels);
-        let old: HashMap<String, f64> =
-            before.0.lines().filter_map(scrape::parse_sample).map(|s| (key(&s), s.value)).collect();
+        let old: HashMap<String, f64> = before
+            .0
+            .lines()
+            .filter_map(scrape::parse_sample)
+            .map(|s| (key(&s), s.value))
+            .collect();
         let mut out = String::new();
         for s in self.0.lines().filter_map(scrape::parse_sample) {
             let was = old.get(&key(&s)).copied().unwrap_or(0.0);

@@ -140,7 +140,10 @@ impl Capture {
             .filter_map(|l| {
                 let mut w = l.strip_prefix("frame ")?.split(' ');
                 let pkttype: u8 = w.next()?.parse().ok()?;
-                Some(Captured { outgoing: pkttype == PACKET_OUTGOING, bytes: unhex(w.next()?)? })
+                Some(Captured {
+                    outgoing: pkttype == PACKET_OUTGOING,
+                    bytes: unhex(w.next()?)?,
+                })
             })
             .collect()
     }
@@ -162,12 +165,18 @@ impl Capture {
 
     /// Whether an arrived IPv4 frame has source `src` and identification `id`.
     pub fn seen_ipv4_id(&self, src: IpAddr, id: u16) -> bool {
-        self.arrived().iter().any(|f| f.ipv4_id() == Some((src, id)))
+        self.arrived()
+            .iter()
+            .any(|f| f.ipv4_id() == Some((src, id)))
     }
 
     /// Waits (bounded) until a frame with `marker` arrived; panics naming it otherwise.
     pub fn wait_seen(&self, marker: &str, timeout: Duration) {
-        crate::wait_until(timeout, &format!("{marker:?} arrives ({})", self.what), || self.seen(marker));
+        crate::wait_until(
+            timeout,
+            &format!("{marker:?} arrives ({})", self.what),
+            || self.seen(marker),
+        );
     }
 
     /// A short listing of the arrived frames (for failure messages).
@@ -180,7 +189,11 @@ impl Capture {
                 .iter()
                 .map(|&c| if c.is_ascii_graphic() { c as char } else { '.' })
                 .collect();
-            out.push_str(&format!("  {} bytes, id {:?}: {printable}\n", f.bytes.len(), f.ipv4_id()));
+            out.push_str(&format!(
+                "  {} bytes, id {:?}: {printable}\n",
+                f.bytes.len(),
+                f.ipv4_id()
+            ));
         }
         out
     }
@@ -190,7 +203,10 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
         return None;
     }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// `Ether(src=<host's MAC>, dst=<gateway's MAC on that link>)`: the start of a frame that the
@@ -236,12 +252,22 @@ pub fn hping3(lab: &Lab, host: &Host, args: &[&str]) -> String {
 fn tool_ok(lab: &Lab, host: &Host, argv: &[&str]) -> String {
     let out = lab.run_timeout(&host.ns, argv, READY_WAIT * 3);
     let text = output_text(&out);
-    assert!(out.status.success(), "{} in {} failed ({}):\n{text}", argv[0], host.ns, out.status);
+    assert!(
+        out.status.success(),
+        "{} in {} failed ({}):\n{text}",
+        argv[0],
+        host.ns,
+        out.status
+    );
     text
 }
 
 fn output_text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// An idle TCP connection held open (a live flow in the gateway); closed on drop.
@@ -258,16 +284,34 @@ pub fn hold_tcp(lab: &Lab, from: &Host, to: IpAddr, port: u16) -> HeldTcp {
     let src = from.addr(to.is_ipv6()).to_string();
     let log = lab.log_path(&format!("{}-hold-{to}-{port}", from.ns));
     let (dst, port_s) = (to.to_string(), port.to_string());
-    let mut guard = lab.spawn(&from.ns, &[&py, "-u", "-c", HOLD_TCP_PY, &dst, &port_s, &src], &log);
+    let mut guard = lab.spawn(
+        &from.ns,
+        &[&py, "-u", "-c", HOLD_TCP_PY, &dst, &port_s, &src],
+        &log,
+    );
     let mut local = None;
-    crate::wait_until(READY_WAIT, &format!("{} holds a connection to {to}:{port}", from.ns), || {
-        if let Some(status) = guard.exited() {
-            panic!("connection {to}:{port} from {} failed ({status}):\n{}", from.ns, guard.log_text());
-        }
-        local = guard.log_text().lines().find_map(|l| l.strip_prefix("local ")?.trim().parse().ok());
-        local.is_some()
-    });
-    HeldTcp { guard, port: local.expect("set by the wait") }
+    crate::wait_until(
+        READY_WAIT,
+        &format!("{} holds a connection to {to}:{port}", from.ns),
+        || {
+            if let Some(status) = guard.exited() {
+                panic!(
+                    "connection {to}:{port} from {} failed ({status}):\n{}",
+                    from.ns,
+                    guard.log_text()
+                );
+            }
+            local = guard
+                .log_text()
+                .lines()
+                .find_map(|l| l.strip_prefix("local ")?.trim().parse().ok());
+            local.is_some()
+        },
+    );
+    HeldTcp {
+        guard,
+        port: local.expect("set by the wait"),
+    }
 }
 
 #[cfg(test)]
@@ -288,7 +332,10 @@ mod tests {
         ip[12..16].copy_from_slice(&[10, 20, 0, 10]);
         f.extend_from_slice(&ip);
         f.extend_from_slice(b"ZAEV-marker");
-        let c = Captured { outgoing: false, bytes: f };
+        let c = Captured {
+            outgoing: false,
+            bytes: f,
+        };
         assert_eq!(c.ipv4_id(), Some(("10.20.0.10".parse().unwrap(), 0x1234)));
         assert!(c.contains("ZAEV-marker"));
         assert!(!c.contains("ZAEV-other"));

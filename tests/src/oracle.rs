@@ -27,19 +27,48 @@ use crate::lab::{Host, Lab};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Body {
     /// `flags`: the TCP flag byte; `len`: payload bytes.
-    Tcp { sport: u16, dport: u16, flags: u8, seq: u32, ack: u32, len: u16 },
-    Udp { sport: u16, dport: u16, len: u16 },
+    Tcp {
+        sport: u16,
+        dport: u16,
+        flags: u8,
+        seq: u32,
+        ack: u32,
+        len: u16,
+    },
+    Udp {
+        sport: u16,
+        dport: u16,
+        len: u16,
+    },
     /// ICMP / ICMPv6 echo request or reply (by the packet's family).
-    Echo { reply: bool, id: u16, seq: u16 },
+    Echo {
+        reply: bool,
+        id: u16,
+        seq: u16,
+    },
     /// An ICMP / ICMPv6 message that is neither echo nor quotes a packet.
-    Icmp { ty: u8, code: u8 },
+    Icmp {
+        ty: u8,
+        code: u8,
+    },
     /// An ICMP / ICMPv6 error (or any type given) quoting the packet with marker `quoted`,
     /// which must come earlier in the sequence: its IP packet as it was sent.
-    Quote { ty: u8, code: u8, quoted: u32 },
+    Quote {
+        ty: u8,
+        code: u8,
+        quoted: u32,
+    },
     /// Another IP protocol with `len` zero bytes of payload.
-    Proto { proto: u8, len: u16 },
+    Proto {
+        proto: u8,
+        len: u16,
+    },
     /// An echo of the other family's ICMP: ICMPv6 (58) in IPv4, ICMP (1) in IPv6.
-    ForeignEcho { reply: bool, id: u16, seq: u16 },
+    ForeignEcho {
+        reply: bool,
+        id: u16,
+        seq: u16,
+    },
 }
 
 /// One crafted packet. `marker` is unique in the sequence, non-zero, below 2^16.
@@ -60,9 +89,19 @@ impl Crafted {
     /// The line the driver reads: `marker sender src_mac src dst opts kind args...`.
     fn spec(&self) -> String {
         let opts = u8::from(self.opts);
-        let mut s = format!("{} {} {} {} {} {opts} ", self.marker, self.sender, self.src_mac, self.src, self.dst);
+        let mut s = format!(
+            "{} {} {} {} {} {opts} ",
+            self.marker, self.sender, self.src_mac, self.src, self.dst
+        );
         let _ = match &self.body {
-            Body::Tcp { sport, dport, flags, seq, ack, len } => {
+            Body::Tcp {
+                sport,
+                dport,
+                flags,
+                seq,
+                ack,
+                len,
+            } => {
                 write!(s, "tcp {sport} {dport} {flags} {seq} {ack} {len}")
             }
             Body::Udp { sport, dport, len } => write!(s, "udp {sport} {dport} {len}"),
@@ -70,12 +109,13 @@ impl Crafted {
             Body::Icmp { ty, code } => write!(s, "icmp {ty} {code}"),
             Body::Quote { ty, code, quoted } => write!(s, "quote {ty} {code} {quoted}"),
             Body::Proto { proto, len } => write!(s, "proto {proto} {len}"),
-            Body::ForeignEcho { reply, id, seq } => write!(s, "foreign {} {id} {seq}", u8::from(*reply)),
+            Body::ForeignEcho { reply, id, seq } => {
+                write!(s, "foreign {} {id} {seq}", u8::from(*reply))
+            }
         };
         s
     }
 }
-
 
 const DRIVER_PY: &str = r#"
 import ctypes, ipaddress, os, socket, sys, time
@@ -260,11 +300,20 @@ impl Run {
 /// reload, say) before phase `k` starts; the driver keeps its sockets and stays ready, so the
 /// pause is only what `between` takes. A [`Body::Quote`] may quote any earlier packet. Needs
 /// scapy.
-pub fn send_and_capture(lab: &Lab, hosts: &[Host], phases: &[Vec<Crafted>], mut between: impl FnMut(usize)) -> Run {
+pub fn send_and_capture(
+    lab: &Lab,
+    hosts: &[Host],
+    phases: &[Vec<Crafted>],
+    mut between: impl FnMut(usize),
+) -> Run {
     let mut spec = String::new();
     for (k, packets) in phases.iter().enumerate() {
         for p in packets {
-            assert!(p.marker != 0 && p.marker < 1 << 16, "marker {} does not fit an IPv4 id", p.marker);
+            assert!(
+                p.marker != 0 && p.marker < 1 << 16,
+                "marker {} does not fit an IPv4 id",
+                p.marker
+            );
             let _ = writeln!(spec, "{k} {}", p.spec());
         }
     }
@@ -289,23 +338,36 @@ pub fn send_and_capture(lab: &Lab, hosts: &[Host], phases: &[Vec<Crafted>], mut 
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     // Started in the gateway namespace; it enters the hosts' itself.
     let mut driver = lab.spawn(lab.gateway(), &argv, &lab.log_path("packet-driver"));
-    let frames: u32 = phases.iter().map(|p| u32::try_from(p.len()).unwrap_or(u32::MAX)).sum();
+    let frames: u32 = phases
+        .iter()
+        .map(|p| u32::try_from(p.len()).unwrap_or(u32::MAX))
+        .sum();
     let bound = DRIVER_SLACK + GAP * 4 * frames;
     for k in 1..phases.len() {
         let pause = format!("pause {k}\n");
-        crate::wait_until(bound, &format!("the packet driver pauses before phase {k}"), || {
-            if let Some(status) = driver.exited() {
-                panic!("the packet driver exited ({status}):\n{}", driver.log_text());
-            }
-            driver.log_text().contains(&pause)
-        });
+        crate::wait_until(
+            bound,
+            &format!("the packet driver pauses before phase {k}"),
+            || {
+                if let Some(status) = driver.exited() {
+                    panic!(
+                        "the packet driver exited ({status}):\n{}",
+                        driver.log_text()
+                    );
+                }
+                driver.log_text().contains(&pause)
+            },
+        );
         between(k);
         let go_k = format!("{}{k}", go.display());
         fs::write(&go_k, "").unwrap_or_else(|e| panic!("cannot write {go_k}: {e}"));
     }
     match driver.wait_exit(bound) {
         Some(status) if status.success() => {}
-        status => panic!("the packet driver failed ({status:?}):\n{}", driver.log_text()),
+        status => panic!(
+            "the packet driver failed ({status:?}):\n{}",
+            driver.log_text()
+        ),
     }
     let log = driver.log_text();
     let mut run = Run::default();
@@ -342,7 +404,10 @@ pub fn sink(lab: &Lab, host: &Host) {
 /// [`pin_neighbour`]).
 pub fn route_to(lab: &Lab, host: &Host, cidr: &str) {
     let family = if cidr.contains(':') { "-6" } else { "-4" };
-    lab.ip(lab.gateway(), &[family, "route", "replace", cidr, "dev", &host.gw_l3_iface()]);
+    lab.ip(
+        lab.gateway(),
+        &[family, "route", "replace", cidr, "dev", &host.gw_l3_iface()],
+    );
 }
 
 /// A permanent neighbour entry in the gateway: `addr` is `host`'s MAC on its link, so packets
@@ -357,7 +422,11 @@ pub fn nft_file(lab: &Lab, ns: &str, name: &str, text: &str, check: bool) -> Pat
     let path = lab.dir().join(format!("{name}.nft"));
     fs::write(&path, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
     let p = path.to_str().expect("UTF-8 path");
-    let argv: &[&str] = if check { &["nft", "-c", "-f", p] } else { &["nft", "-f", p] };
+    let argv: &[&str] = if check {
+        &["nft", "-c", "-f", p]
+    } else {
+        &["nft", "-f", p]
+    };
     lab.run_ok(ns, argv);
     path
 }
@@ -366,19 +435,32 @@ pub fn nft_file(lab: &Lab, ns: &str, name: &str, text: &str, check: bool) -> Pat
 pub fn export_nft(lab: &Lab, policy: &Path) -> String {
     let bin = crate::agent_bin();
     let p = policy.to_str().expect("UTF-8 path");
-    lab.run_ok(lab.gateway(), &[bin.to_str().expect("UTF-8 path"), "policy", "export", p, "--format", "nft"])
+    lab.run_ok(
+        lab.gateway(),
+        &[
+            bin.to_str().expect("UTF-8 path"),
+            "policy",
+            "export",
+            p,
+            "--format",
+            "nft",
+        ],
+    )
 }
 
 /// `zone-agent reload` against the agent `agent::start_file` started; panics unless it succeeded.
 pub fn reload_agent(lab: &Lab) {
     let bin = crate::agent_bin();
     let state = crate::agent::state_dir(lab);
-    let out = lab.run_ok(lab.gateway(), &[
-        bin.to_str().expect("UTF-8 path"),
-        "reload",
-        "--json",
-        "--state-dir",
-        state.to_str().expect("UTF-8 path"),
-    ]);
+    let out = lab.run_ok(
+        lab.gateway(),
+        &[
+            bin.to_str().expect("UTF-8 path"),
+            "reload",
+            "--json",
+            "--state-dir",
+            state.to_str().expect("UTF-8 path"),
+        ],
+    );
     assert!(out.contains("\"success\""), "zone-agent reload: {out}");
 }

@@ -321,11 +321,27 @@ pub struct ContinuousSummary {
 /// Starts continuous allowed traffic from `from` to `to` for `seconds` (see `CONTINUOUS_PY`):
 /// a TCP echo server must listen on `tcp_port` ([`tcp_echo`]) and a UDP echo server on
 /// `udp_port` ([`udp_echo`]). Wait for the guard to exit, then read [`continuous_summary`].
-pub fn continuous(lab: &Lab, from: &Host, to: IpAddr, tcp_port: u16, udp_port: u16, seconds: u32) -> ChildGuard {
+pub fn continuous(
+    lab: &Lab,
+    from: &Host,
+    to: IpAddr,
+    tcp_port: u16,
+    udp_port: u16,
+    seconds: u32,
+) -> ChildGuard {
     let py = crate::python();
     let log = lab.log_path(&format!("{}-continuous-{to}", from.ns));
-    let (to_s, tp, up, secs) = (to.to_string(), tcp_port.to_string(), udp_port.to_string(), seconds.to_string());
-    lab.spawn(&from.ns, &[&py, "-u", "-c", CONTINUOUS_PY, &to_s, &tp, &up, &secs], &log)
+    let (to_s, tp, up, secs) = (
+        to.to_string(),
+        tcp_port.to_string(),
+        udp_port.to_string(),
+        seconds.to_string(),
+    );
+    lab.spawn(
+        &from.ns,
+        &[&py, "-u", "-c", CONTINUOUS_PY, &to_s, &tp, &up, &secs],
+        &log,
+    )
 }
 
 /// The summary a finished [`continuous`] run printed; panics (with its log) if there is none.
@@ -350,7 +366,11 @@ pub fn continuous_summary(run: &ChildGuard) -> ContinuousSummary {
             _ => {}
         }
     }
-    s.errors = log.lines().filter_map(|l| l.strip_prefix("error: ")).map(str::to_string).collect();
+    s.errors = log
+        .lines()
+        .filter_map(|l| l.strip_prefix("error: "))
+        .map(str::to_string)
+        .collect();
     s
 }
 

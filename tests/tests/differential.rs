@@ -46,7 +46,10 @@ use proptest::{
     test_runner::{Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner},
 };
 use zone_agent::{
-    datapath::{Datapath, stats::{GlobalCounters, monotonic_coarse_ns}},
+    datapath::{
+        Datapath,
+        stats::{GlobalCounters, monotonic_coarse_ns},
+    },
     policy::{
         Policy, Protocol, compile, frame as mframe,
         model::{self, Decision, FlowInfo, Model, ModelCounters},
@@ -54,8 +57,8 @@ use zone_agent::{
     },
 };
 use zone_agent_common::{
-    Counter, DropReason, FAMILY_V4, FLOW_AUDIT, FLOW_REPLIED, FlowEvent, FlowKey, FlowState, FragKey,
-    FragState, NS, PassReason, Verdict,
+    Counter, DropReason, FAMILY_V4, FLOW_AUDIT, FLOW_REPLIED, FlowEvent, FlowKey, FlowState,
+    FragKey, FragState, NS, PassReason, Verdict,
 };
 
 /// Interfaces the test creates; zones take (interface, VLAN) slots from them, and frames
@@ -63,7 +66,11 @@ use zone_agent_common::{
 const IFACES: [&str; 5] = ["zd0", "zd1", "zd2", "zd3", "zd4"];
 const ZONE_VLANS: [u16; 3] = [0, 10, 20];
 const ANY_VLANS: [u16; 6] = [0, 10, 20, 30, 1, 4094];
-const MACS: [[u8; 6]; 3] = [[0x02, 0, 0, 0, 0, 0xa1], [0x02, 0, 0, 0, 0, 0xa2], [0x02, 0, 0, 0, 0, 0xa3]];
+const MACS: [[u8; 6]; 3] = [
+    [0x02, 0, 0, 0, 0, 0xa1],
+    [0x02, 0, 0, 0, 0, 0xa2],
+    [0x02, 0, 0, 0, 0, 0xa3],
+];
 const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x10];
 const PORTS: [u16; 10] = [22, 25, 53, 80, 123, 443, 1024, 8000, 8080, 65535];
 const SPANS: [u16; 6] = [0, 0, 1, 10, 1000, 65535];
@@ -84,7 +91,9 @@ const OTHER_PROTOS: [u8; 11] = [47, 4, 41, 50, 132, 255, 0, 1, 58, 6, 17];
 /// time is never a whole number of seconds, which every lifetime is, unless the real time
 /// the case itself takes (mostly `apply`) makes up the rest: only that together with such a
 /// tick could make the two sides judge one entry differently.
-const ADVANCES_MS: [u64; 11] = [1_250, 9_250, 10_250, 29_250, 30_250, 59_250, 60_250, 119_250, 120_250, 7_199_250, 7_200_250];
+const ADVANCES_MS: [u64; 11] = [
+    1_250, 9_250, 10_250, 29_250, 30_250, 59_250, 60_250, 119_250, 120_250, 7_199_250, 7_200_250,
+];
 const MAX_ADVANCES: usize = 3;
 /// Each reload is a `Datapath::apply`, which costs a few hundred ms of map updates here.
 const MAX_RELOADS: usize = 2;
@@ -194,7 +203,11 @@ fn mutate(p: &PolicyGen, m: &MutGen) -> PolicyGen {
         rules.rotate_left(k);
     }
     PolicyGen {
-        zones: if m.new_zones { m.alt.zones.clone() } else { p.zones.clone() },
+        zones: if m.new_zones {
+            m.alt.zones.clone()
+        } else {
+            p.zones.clone()
+        },
         rules,
         audit: m.alt.audit,
         defaults: m.alt.defaults,
@@ -204,11 +217,17 @@ fn mutate(p: &PolicyGen, m: &MutGen) -> PolicyGen {
 /// Addresses cluster around 32 anchors (10.{0,1}.{0..3}.{0,16,32,48} and the same shape
 /// under fd00::/16) so that the generated prefixes nest and overlap.
 fn anchor(v6: bool, a: u8) -> IpAddr {
-    let (x, y, z) = ((a % 2) as u128, ((a / 2) % 4) as u128, ((a / 8) % 4) as u128 * 16);
+    let (x, y, z) = (
+        (a % 2) as u128,
+        ((a / 2) % 4) as u128,
+        ((a / 8) % 4) as u128 * 16,
+    );
     if v6 {
         IpAddr::V6(Ipv6Addr::from(0xfd00u128 << 112 | x << 80 | y << 64 | z))
     } else {
-        IpAddr::V4(Ipv4Addr::from(0x0a00_0000u32 | (x as u32) << 16 | (y as u32) << 8 | z as u32))
+        IpAddr::V4(Ipv4Addr::from(
+            0x0a00_0000u32 | (x as u32) << 16 | (y as u32) << 8 | z as u32,
+        ))
     }
 }
 
@@ -300,7 +319,10 @@ fn render(g: &PolicyGen) -> Spec {
             }
         }
         if ifaces.is_empty() {
-            let s = used_slots.iter().position(|u| !u).expect("more slots than zones");
+            let s = used_slots
+                .iter()
+                .position(|u| !u)
+                .expect("more slots than zones");
             used_slots[s] = true;
             ifaces.push((s / ZONE_VLANS.len(), ZONE_VLANS[s % ZONE_VLANS.len()]));
         }
@@ -313,7 +335,12 @@ fn render(g: &PolicyGen) -> Spec {
                 let lens = if n.v6 { &LENS6 } else { &LENS4 };
                 trunc(anchor(n.v6, n.anchor), lens[n.len as usize % lens.len()])
             })
-            .chain(defaults.iter().filter(|d| d.0).map(|d| d.1.parse().unwrap()));
+            .chain(
+                defaults
+                    .iter()
+                    .filter(|d| d.0)
+                    .map(|d| d.1.parse().unwrap()),
+            );
         for n in candidates {
             if !used_nets.contains(&n) {
                 used_nets.push(n);
@@ -326,7 +353,12 @@ fn render(g: &PolicyGen) -> Spec {
             used_nets.push(n);
             nets.push(n);
         }
-        zones.push(ZoneSpec { ifaces, nets, critical: z.critical, vlan_field: z.vlan_field });
+        zones.push(ZoneSpec {
+            ifaces,
+            nets,
+            critical: z.critical,
+            vlan_field: z.vlan_field,
+        });
     }
     let nz = zones.len();
     let mut rules = vec![];
@@ -348,7 +380,9 @@ fn render(g: &PolicyGen) -> Spec {
                 let nets = &zones[zone].nets;
                 let n = nets[c.net as usize % nets.len()];
                 let max = if n.addr().is_ipv4() { 32 } else { 128 };
-                let len = (n.prefix_len() as u16 + EXTRA_LEN[c.extra as usize % EXTRA_LEN.len()] as u16).min(max) as u8;
+                let len = (n.prefix_len() as u16
+                    + EXTRA_LEN[c.extra as usize % EXTRA_LEN.len()] as u16)
+                    .min(max) as u8;
                 let s = trunc(inside(&n, host_bits(c.host, n.addr().is_ipv6())), len);
                 if zone_of(&zones, &s) == Some(zone) && family_ok(&s) && !out.contains(&s) {
                     out.push(s);
@@ -358,8 +392,11 @@ fn render(g: &PolicyGen) -> Spec {
         };
         let sources = cidrs(&r.sources, from);
         let mut dests = cidrs(&r.dests, to);
-        let only = |l: &[IpNet], v4: bool| !l.is_empty() && l.iter().all(|n| n.addr().is_ipv4() == v4);
-        if (only(&sources, true) && only(&dests, false)) || (only(&sources, false) && only(&dests, true)) {
+        let only =
+            |l: &[IpNet], v4: bool| !l.is_empty() && l.iter().all(|n| n.addr().is_ipv4() == v4);
+        if (only(&sources, true) && only(&dests, false))
+            || (only(&sources, false) && only(&dests, true))
+        {
             dests.clear(); // a packet has one family: such a rule could never match
         }
         let ports = if matches!(proto, "tcp" | "udp") {
@@ -376,43 +413,106 @@ fn render(g: &PolicyGen) -> Spec {
         let mut macs: Vec<usize> = r.macs.iter().map(|m| *m as usize % MACS.len()).collect();
         macs.sort_unstable();
         macs.dedup();
-        rules.push(RuleSpec { from, to, proto, ports, sources, dests, macs, mode: r.mode % 3 });
+        rules.push(RuleSpec {
+            from,
+            to,
+            proto,
+            ports,
+            sources,
+            dests,
+            macs,
+            mode: r.mode % 3,
+        });
     }
-    Spec { audit: g.audit, defaults: g.defaults, zones, rules }
+    Spec {
+        audit: g.audit,
+        defaults: g.defaults,
+        zones,
+        rules,
+    }
 }
 
 fn toml(s: &Spec) -> String {
     let allow = |b: bool| if b { "allow" } else { "deny" };
-    let list = |items: Vec<String>| items.iter().map(|i| format!("\"{i}\"")).collect::<Vec<_>>().join(", ");
+    let list = |items: Vec<String>| {
+        items
+            .iter()
+            .map(|i| format!("\"{i}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let mut t = String::new();
     let mode = if s.audit { "audit" } else { "enforce" };
     writeln!(t, "version = 1\nmode = \"{mode}\"\n").unwrap();
     let (intra, unknown, frags) = s.defaults;
-    writeln!(t, "[defaults]\nintra_zone = \"{}\"\nunknown = \"{}\"\nfragments = \"{}\"\n", allow(intra), allow(unknown), allow(frags))
-        .unwrap();
+    writeln!(
+        t,
+        "[defaults]\nintra_zone = \"{}\"\nunknown = \"{}\"\nfragments = \"{}\"\n",
+        allow(intra),
+        allow(unknown),
+        allow(frags)
+    )
+    .unwrap();
     for (i, z) in s.zones.iter().enumerate() {
         let shared = z.ifaces[0].1;
         let field = z.vlan_field && shared != 0 && z.ifaces.iter().all(|i| i.1 == shared);
         let names = z
             .ifaces
             .iter()
-            .map(|&(n, v)| if v == 0 || field { IFACES[n].to_string() } else { format!("{}.{v}", IFACES[n]) })
+            .map(|&(n, v)| {
+                if v == 0 || field {
+                    IFACES[n].to_string()
+                } else {
+                    format!("{}.{v}", IFACES[n])
+                }
+            })
             .collect();
-        writeln!(t, "[[zones]]\nname = \"z{i}\"\ninterfaces = [{}]", list(names)).unwrap();
+        writeln!(
+            t,
+            "[[zones]]\nname = \"z{i}\"\ninterfaces = [{}]",
+            list(names)
+        )
+        .unwrap();
         if field {
             writeln!(t, "vlan = {shared}").unwrap();
         }
         let crit = if z.critical { "critical" } else { "high" };
-        writeln!(t, "networks = [{}]\ncriticality = \"{crit}\"\n", list(z.nets.iter().map(|n| n.to_string()).collect())).unwrap();
+        writeln!(
+            t,
+            "networks = [{}]\ncriticality = \"{crit}\"\n",
+            list(z.nets.iter().map(|n| n.to_string()).collect())
+        )
+        .unwrap();
     }
     for (i, r) in s.rules.iter().enumerate() {
-        writeln!(t, "[[rules]]\nname = \"r{i}\"\nfrom = \"z{}\"\nto = \"z{}\"\nprotocol = \"{}\"", r.from, r.to, r.proto).unwrap();
-        let ports = r.ports.iter().map(|&(lo, hi)| if lo == hi { lo.to_string() } else { format!("{lo}-{hi}") }).collect();
+        writeln!(
+            t,
+            "[[rules]]\nname = \"r{i}\"\nfrom = \"z{}\"\nto = \"z{}\"\nprotocol = \"{}\"",
+            r.from, r.to, r.proto
+        )
+        .unwrap();
+        let ports = r
+            .ports
+            .iter()
+            .map(|&(lo, hi)| {
+                if lo == hi {
+                    lo.to_string()
+                } else {
+                    format!("{lo}-{hi}")
+                }
+            })
+            .collect();
         let fields: [(&str, Vec<String>); 4] = [
             ("ports", ports),
             ("sources", r.sources.iter().map(|n| n.to_string()).collect()),
-            ("destinations", r.dests.iter().map(|n| n.to_string()).collect()),
-            ("source_macs", r.macs.iter().map(|&m| mac_text(MACS[m])).collect()),
+            (
+                "destinations",
+                r.dests.iter().map(|n| n.to_string()).collect(),
+            ),
+            (
+                "source_macs",
+                r.macs.iter().map(|&m| mac_text(MACS[m])).collect(),
+            ),
         ];
         for (key, items) in fields {
             if !items.is_empty() {
@@ -430,7 +530,10 @@ fn toml(s: &Spec) -> String {
 }
 
 fn mac_text(m: [u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 fn check_policy(text: &str) -> Result<Policy, String> {
@@ -502,17 +605,36 @@ fn mac_of(pick: u8) -> [u8; 6] {
 
 #[derive(Clone, Copy, Debug)]
 enum L4Gen {
-    Tcp { sport: u16, dport: PortPick, flags: u8, opt_words: u8 },
-    Udp { sport: u16, dport: PortPick },
-    Icmp { ty: u8, code: u8, id: u16 },
-    Other { proto: u8, len: u8 },
+    Tcp {
+        sport: u16,
+        dport: PortPick,
+        flags: u8,
+        opt_words: u8,
+    },
+    Udp {
+        sport: u16,
+        dport: PortPick,
+    },
+    Icmp {
+        ty: u8,
+        code: u8,
+        id: u16,
+    },
+    Other {
+        proto: u8,
+        len: u8,
+    },
 }
 
 #[derive(Clone, Copy, Debug)]
 enum FragGen {
     None,
     First(u32),
-    Later { offset: u16, more: bool, id: u32 },
+    Later {
+        offset: u16,
+        more: bool,
+        id: u32,
+    },
     /// IPv6 fragment header with offset 0 and no M flag (RFC 6946); for IPv4 a plain packet.
     Atomic(u32),
 }
@@ -588,23 +710,56 @@ struct PktGen {
 enum StepGen {
     Send(PktGen),
     /// SYN, SYN-ACK, ACK, then a close: none, FIN both ways, RST either way, one FIN.
-    Handshake { pkt: PktGen, close: u8 },
+    Handshake {
+        pkt: PktGen,
+        close: u8,
+    },
     /// The reverse tuple of an earlier frame, entering through its destination's zone.
-    Reply { back: u8, flags: u8, via: u8 },
+    Reply {
+        back: u8,
+        flags: u8,
+        via: u8,
+    },
     /// An earlier frame again in its own direction (TCP with new flags).
-    Again { back: u8, flags: u8 },
+    Again {
+        back: u8,
+        flags: u8,
+    },
     /// An ICMP error quoting an earlier frame (or its reply), sent back towards its source.
-    IcmpError { back: u8, reply_dir: bool, ty: u8, code: u8, router: u8, cut: u8 },
+    IcmpError {
+        back: u8,
+        reply_dir: bool,
+        ty: u8,
+        code: u8,
+        router: u8,
+        cut: u8,
+    },
     /// A first fragment, then `n % 4` later fragments of the same datagram.
-    Fragmented { pkt: PktGen, id: u32, n: u8 },
+    Fragmented {
+        pkt: PktGen,
+        id: u32,
+        n: u8,
+    },
     /// A later fragment of an earlier frame's datagram.
-    LaterFrag { back: u8, offset: u16, more: bool, variant: u8 },
+    LaterFrag {
+        back: u8,
+        offset: u16,
+        more: bool,
+        variant: u8,
+    },
     /// ARP, another ethertype, or neighbour discovery (link-scoped or not) on a zone's way in.
-    Neighbor { kind: u8, zone: u8, iface: u8, host: u8 },
+    Neighbor {
+        kind: u8,
+        zone: u8,
+        iface: u8,
+        host: u8,
+    },
     Advance(u8),
     Reload,
     /// Every truncation (≥ 14 bytes) of an earlier frame.
-    Truncate { back: u8 },
+    Truncate {
+        back: u8,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -617,9 +772,15 @@ struct Case {
 /// What a case comes down to, and what the regression files hold.
 #[derive(Clone, Debug, PartialEq)]
 enum Op {
-    Send { iface: String, bytes: Vec<u8> },
+    Send {
+        iface: String,
+        bytes: Vec<u8>,
+    },
     /// Every truncation of the frame, from 14 bytes up.
-    Cuts { iface: String, bytes: Vec<u8> },
+    Cuts {
+        iface: String,
+        bytes: Vec<u8>,
+    },
     Advance(u64),
     Reload(usize),
 }
@@ -651,12 +812,25 @@ struct Resolver<'p> {
 impl Case {
     /// The two policies' text and the concrete operations.
     fn resolve(&self) -> Result<(Vec<String>, Vec<Op>), String> {
-        let texts = [toml(&render(&self.policy)), toml(&render(&mutate(&self.policy, &self.mutation)))];
+        let texts = [
+            toml(&render(&self.policy)),
+            toml(&render(&mutate(&self.policy, &self.mutation))),
+        ];
         let mut policies = vec![];
         for t in &texts {
-            policies.push(check_policy(t).map_err(|e| format!("generator made an invalid policy:\n{t}\n{e}"))?);
+            policies.push(
+                check_policy(t)
+                    .map_err(|e| format!("generator made an invalid policy:\n{t}\n{e}"))?,
+            );
         }
-        let mut r = Resolver { policies: &policies, cur: 0, history: vec![], ops: vec![], advances: 0, reloads: 0 };
+        let mut r = Resolver {
+            policies: &policies,
+            cur: 0,
+            history: vec![],
+            ops: vec![],
+            advances: 0,
+            reloads: 0,
+        };
         for s in &self.steps {
             r.step(s);
         }
@@ -665,7 +839,9 @@ impl Case {
 }
 
 fn port_of(l4: &[u8], at: usize) -> u16 {
-    l4.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]])).unwrap_or(0)
+    l4.get(at..at + 2)
+        .map(|b| u16::from_be_bytes([b[0], b[1]]))
+        .unwrap_or(0)
 }
 
 /// The reverse of `s` (ports swapped; an echo request answered, an echo reply asked).
@@ -707,11 +883,21 @@ impl Resolver<'_> {
 
     /// Zone id an address leads to (a link-scoped one stays on `link_zone`).
     fn addr_zone(&self, a: IpAddr, link_zone: u8) -> u8 {
-        if model::link_scoped(a, false) { link_zone } else { model::addr_zone(self.policy(), a) }
+        if model::link_scoped(a, false) {
+            link_zone
+        } else {
+            model::addr_zone(self.policy(), a)
+        }
     }
 
     fn nets_of(&self, zone: usize, v6: bool) -> Vec<IpNet> {
-        self.policy().zones.get(zone).map_or(vec![], |z| z.networks.iter().filter(|n| n.addr().is_ipv6() == v6).copied().collect())
+        self.policy().zones.get(zone).map_or(vec![], |z| {
+            z.networks
+                .iter()
+                .filter(|n| n.addr().is_ipv6() == v6)
+                .copied()
+                .collect()
+        })
     }
 
     fn pick_in(&self, nets: &[IpNet], pick: u8, h: HostGen, v6: bool) -> IpAddr {
@@ -728,7 +914,9 @@ impl Resolver<'_> {
         for k in 0..8u8 {
             let hk = HostGen {
                 anchor: h.anchor.map(|a| a.wrapping_add(k * 5)),
-                low: h.low.wrapping_add((k as u128).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)),
+                low: h.low.wrapping_add(
+                    (k as u128).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835),
+                ),
             };
             let a = self.pick_in(nets, pick.wrapping_add(k), hk, v6);
             if self.addr_zone(a, zone) == zone {
@@ -745,7 +933,8 @@ impl Resolver<'_> {
         let p = self.policy();
         let rule = p.rules.get(t.rule as usize % p.rules.len().max(1))?;
         let (fz, tz) = (rule.from as u8 + 1, rule.to as u8 + 1);
-        let fits = |l: &[IpNet], v6: bool| l.is_empty() || l.iter().any(|n| n.addr().is_ipv6() == v6);
+        let fits =
+            |l: &[IpNet], v6: bool| l.is_empty() || l.iter().any(|n| n.addr().is_ipv6() == v6);
         let v6 = match rule.protocol {
             Protocol::Icmp => false,
             Protocol::Icmpv6 => true,
@@ -754,17 +943,31 @@ impl Resolver<'_> {
         };
         let (iface, vlan) = self.zone_iface(fz, t.pick);
         let list = |l: &[IpNet], zone: u8| {
-            let l: Vec<IpNet> = l.iter().filter(|n| n.addr().is_ipv6() == v6).copied().collect();
-            if l.is_empty() { self.nets_of(zone as usize - 1, v6) } else { l }
+            let l: Vec<IpNet> = l
+                .iter()
+                .filter(|n| n.addr().is_ipv6() == v6)
+                .copied()
+                .collect();
+            if l.is_empty() {
+                self.nets_of(zone as usize - 1, v6)
+            } else {
+                l
+            }
         };
         let mut src = self.addr_in_zone(fz, &list(&rule.sources, fz), t.pick, t.host, v6);
-        let dhost = HostGen { anchor: t.host.anchor.map(|a| a.wrapping_add(13)), low: t.host.low.rotate_left(29) };
+        let dhost = HostGen {
+            anchor: t.host.anchor.map(|a| a.wrapping_add(13)),
+            low: t.host.low.rotate_left(29),
+        };
         let dst = self.addr_in_zone(tz, &list(&rule.destinations, tz), t.pick / 3, dhost, v6);
         let mut dport = match rule.ports.get(t.pick as usize % rule.ports.len().max(1)) {
             Some(r) => r.lo + ((t.host.low as u32) % (r.hi - r.lo + 1) as u32) as u16,
             None => PORTS[t.pick as usize % PORTS.len()],
         };
-        let mut mac = match rule.source_macs.get(t.pick as usize % rule.source_macs.len().max(1)) {
+        let mut mac = match rule
+            .source_macs
+            .get(t.pick as usize % rule.source_macs.len().max(1))
+        {
             Some(m) => *m,
             None => mac_of(g.mac),
         };
@@ -775,21 +978,52 @@ impl Resolver<'_> {
         };
         match t.perturb % 10 {
             7 => mac = [0x02, 0, 0, 0, 0x66, 0x01],
-            8 => dport = rule.ports.last().map_or(dport ^ 1, |r| r.hi.wrapping_add(1)),
+            8 => {
+                dport = rule
+                    .ports
+                    .last()
+                    .map_or(dport ^ 1, |r| r.hi.wrapping_add(1))
+            }
             9 => {
                 let other = fz as usize % p.zones.len();
-                src = self.addr_in_zone(other as u8 + 1, &self.nets_of(other, v6), t.pick, t.host, v6);
+                src = self.addr_in_zone(
+                    other as u8 + 1,
+                    &self.nets_of(other, v6),
+                    t.pick,
+                    t.host,
+                    v6,
+                );
             }
             _ => {}
         }
         let l4 = match (rule.protocol, g.l4) {
-            (Protocol::Tcp, _) => L4Gen::Tcp { sport, dport: PortPick::Exact(dport), flags, opt_words: 0 },
-            (Protocol::Udp, _) => L4Gen::Udp { sport, dport: PortPick::Exact(dport) },
+            (Protocol::Tcp, _) => L4Gen::Tcp {
+                sport,
+                dport: PortPick::Exact(dport),
+                flags,
+                opt_words: 0,
+            },
+            (Protocol::Udp, _) => L4Gen::Udp {
+                sport,
+                dport: PortPick::Exact(dport),
+            },
             (Protocol::Icmp | Protocol::Icmpv6, l4 @ L4Gen::Icmp { .. }) => l4,
-            (Protocol::Icmp | Protocol::Icmpv6, _) => L4Gen::Icmp { ty: 0, code: 0, id: t.pick as u16 },
+            (Protocol::Icmp | Protocol::Icmpv6, _) => L4Gen::Icmp {
+                ty: 0,
+                code: 0,
+                id: t.pick as u16,
+            },
             (Protocol::Any, l4) => l4,
         };
-        Some(Aim { iface, vlan, v6, src, dst, mac, l4 })
+        Some(Aim {
+            iface,
+            vlan,
+            v6,
+            src,
+            dst,
+            mac,
+            l4,
+        })
     }
 
     /// A packet from the generator's raw choices alone.
@@ -798,7 +1032,15 @@ impl Resolver<'_> {
         let zone = model::ingress_zone(self.policy(), &iface, vlan);
         let src = self.addr(g.src, g.v6, zone);
         let dst = self.addr(g.dst, g.v6, zone);
-        Aim { iface, vlan, v6: g.v6, src, dst, mac: mac_of(g.mac), l4: g.l4 }
+        Aim {
+            iface,
+            vlan,
+            v6: g.v6,
+            src,
+            dst,
+            mac: mac_of(g.mac),
+            l4: g.l4,
+        }
     }
 
     fn addr(&self, g: AddrGen, v6: bool, ingress_zone: u8) -> IpAddr {
@@ -806,7 +1048,11 @@ impl Resolver<'_> {
         let nz = p.zones.len();
         match g {
             AddrGen::Own(n, h) => {
-                let z = if ingress_zone == 0 { 0 } else { ingress_zone as usize - 1 };
+                let z = if ingress_zone == 0 {
+                    0
+                } else {
+                    ingress_zone as usize - 1
+                };
                 self.addr_in_zone(z as u8 + 1, &self.nets_of(z, v6), n, h, v6)
             }
             AddrGen::Zone(z, n, h) => {
@@ -821,13 +1067,39 @@ impl Resolver<'_> {
                     AddrGen::RuleSrc(..) => (&rule.sources, rule.from),
                     _ => (&rule.destinations, rule.to),
                 };
-                let cidrs: Vec<IpNet> = list.iter().filter(|n| n.addr().is_ipv6() == v6).copied().collect();
-                let cidrs = if cidrs.is_empty() { self.nets_of(zone, v6) } else { cidrs };
+                let cidrs: Vec<IpNet> = list
+                    .iter()
+                    .filter(|n| n.addr().is_ipv6() == v6)
+                    .copied()
+                    .collect();
+                let cidrs = if cidrs.is_empty() {
+                    self.nets_of(zone, v6)
+                } else {
+                    cidrs
+                };
                 self.addr_in_zone(zone as u8 + 1, &cidrs, i, h, v6)
             }
             AddrGen::Special(k) => {
-                let v4 = ["0.0.0.0", "255.255.255.255", "224.0.0.251", "169.254.1.1", "127.0.0.1", "224.1.2.3", "10.255.255.255", "224.0.1.1"];
-                let v6s = ["::", "::1", "fe80::1", "ff02::1", "ff05::2", "fe80::ff:fe00:1", "::ffff:10.0.0.1", "ff01::1"];
+                let v4 = [
+                    "0.0.0.0",
+                    "255.255.255.255",
+                    "224.0.0.251",
+                    "169.254.1.1",
+                    "127.0.0.1",
+                    "224.1.2.3",
+                    "10.255.255.255",
+                    "224.0.1.1",
+                ];
+                let v6s = [
+                    "::",
+                    "::1",
+                    "fe80::1",
+                    "ff02::1",
+                    "ff05::2",
+                    "fe80::ff:fe00:1",
+                    "::ffff:10.0.0.1",
+                    "ff01::1",
+                ];
                 let list = if v6 { &v6s } else { &v4 };
                 list[k as usize % list.len()].parse().unwrap()
             }
@@ -845,7 +1117,11 @@ impl Resolver<'_> {
         let p = self.policy();
         match pick {
             PortPick::Rule(r, i, off) => {
-                let ranges = p.rules.get(r as usize % p.rules.len().max(1)).map(|r| &r.ports[..]).unwrap_or(&[]);
+                let ranges = p
+                    .rules
+                    .get(r as usize % p.rules.len().max(1))
+                    .map(|r| &r.ports[..])
+                    .unwrap_or(&[]);
                 match ranges.get(i as usize % ranges.len().max(1)) {
                     Some(pr) => pr.lo + (off as u32 % (pr.hi - pr.lo + 1) as u32) as u16,
                     None => PORTS[(r as usize + i as usize) % PORTS.len()],
@@ -858,18 +1134,41 @@ impl Resolver<'_> {
 
     fn ingress(&self, g: Ingress) -> (String, u16) {
         match g {
-            Ingress::Zone { zone, iface } => self.zone_iface(zone % self.policy().zones.len() as u8 + 1, iface),
-            Ingress::Pool { iface, vlan } => (IFACES[iface as usize % IFACES.len()].to_string(), ANY_VLANS[vlan as usize % ANY_VLANS.len()]),
+            Ingress::Zone { zone, iface } => {
+                self.zone_iface(zone % self.policy().zones.len() as u8 + 1, iface)
+            }
+            Ingress::Pool { iface, vlan } => (
+                IFACES[iface as usize % IFACES.len()].to_string(),
+                ANY_VLANS[vlan as usize % ANY_VLANS.len()],
+            ),
         }
     }
 
     fn build(&self, g: &PktGen) -> Sent {
-        let Aim { iface, vlan, v6, src, dst, mac, l4 } = g.target.and_then(|t| self.aim(g, t)).unwrap_or_else(|| self.wander(g));
+        let Aim {
+            iface,
+            vlan,
+            v6,
+            src,
+            dst,
+            mac,
+            l4,
+        } = g
+            .target
+            .and_then(|t| self.aim(g, t))
+            .unwrap_or_else(|| self.wander(g));
         let zone = model::ingress_zone(self.policy(), &iface, vlan);
         let s = &g.shape;
-        let mut f = Frame::new(src, dst).mac(mac).hop_limit(if s.hop255 { 255 } else { 64 });
+        let mut f = Frame::new(src, dst)
+            .mac(mac)
+            .hop_limit(if s.hop255 { 255 } else { 64 });
         f = match l4 {
-            L4Gen::Tcp { sport, dport, flags, opt_words } => {
+            L4Gen::Tcp {
+                sport,
+                dport,
+                flags,
+                opt_words,
+            } => {
                 let mut f = f.tcp(sport, self.port(dport), flags);
                 let w = opt_words.min(10);
                 if w > 0 {
@@ -881,7 +1180,11 @@ impl Resolver<'_> {
             L4Gen::Udp { sport, dport } => f.udp(sport, self.port(dport)),
             L4Gen::Icmp { ty, code, id } => {
                 let types = if v6 { &ICMP6_TYPES } else { &ICMP4_TYPES };
-                let ty = if ty % 8 == 7 { ty } else { types[ty as usize % types.len()] };
+                let ty = if ty % 8 == 7 {
+                    ty
+                } else {
+                    types[ty as usize % types.len()]
+                };
                 f.icmp(ty, code, id)
             }
             L4Gen::Other { proto, len } => {
@@ -950,7 +1253,16 @@ impl Resolver<'_> {
         }
         tags.extend(&s.inner_tags);
         let first = matches!(s.frag, FragGen::First(_));
-        let mut sent = Sent { iface, zone, tags, qinq: s.qinq, frame: f, frag_id, first, bytes: vec![] };
+        let mut sent = Sent {
+            iface,
+            zone,
+            tags,
+            qinq: s.qinq,
+            frame: f,
+            frag_id,
+            first,
+            bytes: vec![],
+        };
         sent.bytes = self.bytes(&sent, s.pad, s.corrupt);
         sent
     }
@@ -977,13 +1289,22 @@ impl Resolver<'_> {
     }
 
     fn send(&mut self, s: Sent) {
-        self.ops.push(Op::Send { iface: s.iface.clone(), bytes: s.bytes.clone() });
+        self.ops.push(Op::Send {
+            iface: s.iface.clone(),
+            bytes: s.bytes.clone(),
+        });
         self.history.push(s);
     }
 
     /// `frame` sent like `like` (same interface and tags).
     fn send_like(&mut self, like: &Sent, frame: Frame) {
-        let mut s = Sent { frame, frag_id: None, first: false, bytes: vec![], ..like.clone() };
+        let mut s = Sent {
+            frame,
+            frag_id: None,
+            first: false,
+            bytes: vec![],
+            ..like.clone()
+        };
         s.bytes = self.bytes(&s, 0, None);
         self.send(s);
     }
@@ -992,7 +1313,13 @@ impl Resolver<'_> {
     /// `fallback`'s interface when that address is in no zone.
     fn send_towards(&mut self, towards: IpAddr, fallback: &Sent, via: u8, frame: Frame) {
         let zone = self.addr_zone(towards, fallback.zone);
-        let mut s = Sent { frame, frag_id: None, first: false, bytes: vec![], ..fallback.clone() };
+        let mut s = Sent {
+            frame,
+            frag_id: None,
+            first: false,
+            bytes: vec![],
+            ..fallback.clone()
+        };
         if zone != 0 {
             let (iface, vlan) = self.zone_iface(zone, via);
             s.iface = iface;
@@ -1019,7 +1346,12 @@ impl Resolver<'_> {
                     L4Gen::Tcp { sport, dport, .. } | L4Gen::Udp { sport, dport } => (sport, dport),
                     _ => (40000, PortPick::Rule(0, 0, 0)),
                 };
-                pkt.l4 = L4Gen::Tcp { sport, dport, flags: SYN, opt_words: 0 };
+                pkt.l4 = L4Gen::Tcp {
+                    sport,
+                    dport,
+                    flags: SYN,
+                    opt_words: 0,
+                };
                 pkt.shape.frag = FragGen::None;
                 pkt.shape.corrupt = None;
                 let syn = self.build(&pkt);
@@ -1062,24 +1394,61 @@ impl Resolver<'_> {
                     self.send_like(&s, f);
                 }
             }
-            StepGen::IcmpError { back, reply_dir, ty, code, router, cut } => {
-                let Some(s) = self.nth_back(*back) else { return };
-                let quoted = if *reply_dir { reverse(&s.frame, ACK) } else { s.frame.clone() };
+            StepGen::IcmpError {
+                back,
+                reply_dir,
+                ty,
+                code,
+                router,
+                cut,
+            } => {
+                let Some(s) = self.nth_back(*back) else {
+                    return;
+                };
+                let quoted = if *reply_dir {
+                    reverse(&s.frame, ACK)
+                } else {
+                    s.frame.clone()
+                };
                 let v6 = quoted.src.is_ipv6();
                 let from = match router % 3 {
                     0 => quoted.dst,
                     1 => {
                         let z = self.addr_zone(quoted.dst, s.zone);
-                        let nets = if z == 0 { vec![] } else { self.nets_of(z as usize - 1, v6) };
-                        self.pick_in(&nets, *ty, HostGen { anchor: None, low: 1 }, v6)
+                        let nets = if z == 0 {
+                            vec![]
+                        } else {
+                            self.nets_of(z as usize - 1, v6)
+                        };
+                        self.pick_in(
+                            &nets,
+                            *ty,
+                            HostGen {
+                                anchor: None,
+                                low: 1,
+                            },
+                            v6,
+                        )
                     }
                     _ => anchor(v6, *ty),
                 };
-                let types: &[u8] = if v6 { &[1, 3, 2, 4, 1, 129] } else { &[3, 11, 12, 3, 5, 0] };
-                let mut f = Frame::new(from, quoted.src).icmp_error(types[*ty as usize % types.len()], *code, &quoted);
+                let types: &[u8] = if v6 {
+                    &[1, 3, 2, 4, 1, 129]
+                } else {
+                    &[3, 11, 12, 3, 5, 0]
+                };
+                let mut f = Frame::new(from, quoted.src).icmp_error(
+                    types[*ty as usize % types.len()],
+                    *code,
+                    &quoted,
+                );
                 let keep = f.l4.len().saturating_sub(*cut as usize % 24);
                 f.l4.truncate(keep);
-                let towards = if self.addr_zone(from, s.zone) != 0 { from } else { quoted.dst };
+                let towards = if self.addr_zone(from, s.zone) != 0 {
+                    from
+                } else {
+                    quoted.dst
+                };
                 self.send_towards(towards, &s, *ty, f);
             }
             StepGen::Fragmented { pkt, id, n } => {
@@ -1090,11 +1459,21 @@ impl Resolver<'_> {
                 self.send(first);
                 let n = *n % 4;
                 for i in 0..n {
-                    let later = StepGen::LaterFrag { back: 0, offset: 2 + 3 * i as u16, more: i + 1 < n, variant: 0 };
+                    let later = StepGen::LaterFrag {
+                        back: 0,
+                        offset: 2 + 3 * i as u16,
+                        more: i + 1 < n,
+                        variant: 0,
+                    };
                     self.step(&later);
                 }
             }
-            StepGen::LaterFrag { back, offset, more, variant } => {
+            StepGen::LaterFrag {
+                back,
+                offset,
+                more,
+                variant,
+            } => {
                 // Mostly a datagram whose first fragment was sent.
                 let firsts: Vec<&Sent> = self.history.iter().rev().filter(|s| s.first).collect();
                 let s = match firsts.get(*back as usize % firsts.len().max(1)) {
@@ -1113,9 +1492,15 @@ impl Resolver<'_> {
                 if variant == 5 {
                     f.src_mac = [0x02, 0, 0, 0, 0x77, 0x01];
                 }
-                let proto = if variant == 6 { UDP ^ TCP ^ s.frame.proto } else { s.frame.proto };
+                let proto = if variant == 6 {
+                    UDP ^ TCP ^ s.frame.proto
+                } else {
+                    s.frame.proto
+                };
                 if s.frame.src.is_ipv4() {
-                    f = f.proto(proto, 8 + offset as usize % 24).v4_frag(offset, *more, id as u16);
+                    f = f
+                        .proto(proto, 8 + offset as usize % 24)
+                        .v4_frag(offset, *more, id as u16);
                 } else {
                     let nh = if variant == 6 { 60 } else { proto };
                     f = f.v6_frag(offset, *more, id).proto(nh, 16);
@@ -1126,13 +1511,32 @@ impl Resolver<'_> {
                     self.send_like(&s, f);
                 }
             }
-            StepGen::Neighbor { kind, zone, iface, host } => {
+            StepGen::Neighbor {
+                kind,
+                zone,
+                iface,
+                host,
+            } => {
                 let zone = zone % self.policy().zones.len() as u8 + 1;
                 let (ifname, vlan) = self.zone_iface(zone, *iface);
                 let tags = if vlan == 0 { vec![] } else { vec![vlan] };
                 let own: Ipv6Addr = format!("fe80::ff:fe00:{host:x}").parse().unwrap();
-                let global = self.addr(AddrGen::Own(*host, HostGen { anchor: Some(*host), low: 1 }), true, zone);
-                let nd = |dst: IpAddr, ty: u8, hop: u8| Frame::new(IpAddr::V6(own), dst).icmp(ty, 0, 0).hop_limit(hop);
+                let global = self.addr(
+                    AddrGen::Own(
+                        *host,
+                        HostGen {
+                            anchor: Some(*host),
+                            low: 1,
+                        },
+                    ),
+                    true,
+                    zone,
+                );
+                let nd = |dst: IpAddr, ty: u8, hop: u8| {
+                    Frame::new(IpAddr::V6(own), dst)
+                        .icmp(ty, 0, 0)
+                        .hop_limit(hop)
+                };
                 let frame = match kind % 7 {
                     0 => None,
                     1 => Some(nd("ff02::1:ff00:1".parse().unwrap(), 135, 255)),
@@ -1149,7 +1553,11 @@ impl Resolver<'_> {
                         f.bytes()
                     }
                     None => {
-                        let mut b = if kind % 2 == 0 { common::frames::arp() } else { common::frames::non_ip() };
+                        let mut b = if kind % 2 == 0 {
+                            common::frames::arp()
+                        } else {
+                            common::frames::non_ip()
+                        };
                         if vlan != 0 {
                             let mut tag = 0x8100u16.to_be_bytes().to_vec();
                             tag.extend_from_slice(&vlan.to_be_bytes());
@@ -1158,12 +1566,17 @@ impl Resolver<'_> {
                         b
                     }
                 };
-                self.ops.push(Op::Send { iface: ifname, bytes });
+                self.ops.push(Op::Send {
+                    iface: ifname,
+                    bytes,
+                });
             }
             StepGen::Advance(k) => {
                 if self.advances < MAX_ADVANCES {
                     self.advances += 1;
-                    self.ops.push(Op::Advance(ADVANCES_MS[*k as usize % ADVANCES_MS.len()] * 1_000_000));
+                    self.ops.push(Op::Advance(
+                        ADVANCES_MS[*k as usize % ADVANCES_MS.len()] * 1_000_000,
+                    ));
                 }
             }
             StepGen::Reload => {
@@ -1175,7 +1588,10 @@ impl Resolver<'_> {
             }
             StepGen::Truncate { back } => {
                 if let Some(s) = self.nth_back(*back) {
-                    self.ops.push(Op::Cuts { iface: s.iface, bytes: s.bytes });
+                    self.ops.push(Op::Cuts {
+                        iface: s.iface,
+                        bytes: s.bytes,
+                    });
                 }
             }
         }
@@ -1194,7 +1610,11 @@ fn host() -> BoxedStrategy<HostGen> {
 }
 
 fn zone_gen() -> BoxedStrategy<ZoneGen> {
-    let net = (any::<bool>(), any::<u8>(), any::<u8>()).prop_map(|(v6, anchor, len)| NetGen { v6, anchor, len });
+    let net = (any::<bool>(), any::<u8>(), any::<u8>()).prop_map(|(v6, anchor, len)| NetGen {
+        v6,
+        anchor,
+        len,
+    });
     (
         vec(any::<u8>(), 1..=2),
         vec(net, 1..=3),
@@ -1203,20 +1623,30 @@ fn zone_gen() -> BoxedStrategy<ZoneGen> {
         any::<bool>(),
         prop::bool::weighted(0.3),
     )
-        .prop_map(|(slots, nets, default4, default6, critical, vlan_field)| ZoneGen {
-            slots,
-            nets,
-            default4,
-            default6,
-            critical,
-            vlan_field,
-        })
+        .prop_map(
+            |(slots, nets, default4, default6, critical, vlan_field)| ZoneGen {
+                slots,
+                nets,
+                default4,
+                default6,
+                critical,
+                vlan_field,
+            },
+        )
         .boxed()
 }
 
 fn rule_gen() -> BoxedStrategy<RuleGen> {
-    let port = (0u8..14, any::<u8>(), any::<u16>()).prop_map(|(pick, span, raw)| PortGen { pick, span, raw });
-    let cidr = (any::<u8>(), any::<u8>(), host()).prop_map(|(net, extra, host)| CidrGen { net, extra, host });
+    let port = (0u8..14, any::<u8>(), any::<u16>()).prop_map(|(pick, span, raw)| PortGen {
+        pick,
+        span,
+        raw,
+    });
+    let cidr = (any::<u8>(), any::<u8>(), host()).prop_map(|(net, extra, host)| CidrGen {
+        net,
+        extra,
+        host,
+    });
     (
         any::<u8>(),
         any::<u8>(),
@@ -1227,16 +1657,18 @@ fn rule_gen() -> BoxedStrategy<RuleGen> {
         prop_oneof![3 => Just(vec![]), 1 => vec(0u8..3, 1..=2)],
         0u8..3,
     )
-        .prop_map(|(from, to, proto, ports, sources, dests, macs, mode)| RuleGen {
-            from,
-            to,
-            proto,
-            ports,
-            sources,
-            dests,
-            macs,
-            mode,
-        })
+        .prop_map(
+            |(from, to, proto, ports, sources, dests, macs, mode)| RuleGen {
+                from,
+                to,
+                proto,
+                ports,
+                sources,
+                dests,
+                macs,
+                mode,
+            },
+        )
         .boxed()
 }
 
@@ -1244,15 +1676,39 @@ fn rule_gen() -> BoxedStrategy<RuleGen> {
 /// overlap (candidate lists, MAC-bound and audit rules in front of enforcing ones).
 fn policy_gen() -> BoxedStrategy<PolicyGen> {
     let shape = |zones: std::ops::RangeInclusive<usize>, rules: std::ops::RangeInclusive<usize>| {
-        (vec(zone_gen(), zones), vec(rule_gen(), rules), prop::bool::weighted(0.25), any::<(bool, bool, bool)>())
-            .prop_map(|(zones, rules, audit, defaults)| PolicyGen { zones, rules, audit, defaults })
+        (
+            vec(zone_gen(), zones),
+            vec(rule_gen(), rules),
+            prop::bool::weighted(0.25),
+            any::<(bool, bool, bool)>(),
+        )
+            .prop_map(|(zones, rules, audit, defaults)| PolicyGen {
+                zones,
+                rules,
+                audit,
+                defaults,
+            })
     };
     prop_oneof![3 => shape(2..=5, 0..=8), 1 => shape(2..=3, 4..=14)].boxed()
 }
 
 fn mut_gen() -> BoxedStrategy<MutGen> {
-    (any::<u16>(), any::<u16>(), any::<u8>(), 0u8..3, prop::bool::weighted(0.25), policy_gen())
-        .prop_map(|(keep, flip, rotate, add, new_zones, alt)| MutGen { keep, flip, rotate, add, new_zones, alt })
+    (
+        any::<u16>(),
+        any::<u16>(),
+        any::<u8>(),
+        0u8..3,
+        prop::bool::weighted(0.25),
+        policy_gen(),
+    )
+        .prop_map(|(keep, flip, rotate, add, new_zones, alt)| MutGen {
+            keep,
+            flip,
+            rotate,
+            add,
+            new_zones,
+            alt,
+        })
         .boxed()
 }
 
@@ -1270,7 +1726,16 @@ fn addr_gen(src: bool) -> BoxedStrategy<AddrGen> {
 }
 
 fn flags() -> BoxedStrategy<u8> {
-    prop_oneof![Just(ACK), Just(SYN), Just(SYN | ACK), Just(FIN | ACK), Just(RST), Just(RST | ACK), any::<u8>()].boxed()
+    prop_oneof![
+        Just(ACK),
+        Just(SYN),
+        Just(SYN | ACK),
+        Just(FIN | ACK),
+        Just(RST),
+        Just(RST | ACK),
+        any::<u8>()
+    ]
+    .boxed()
 }
 
 fn back() -> BoxedStrategy<u8> {
@@ -1282,7 +1747,15 @@ fn frag_id() -> BoxedStrategy<u32> {
 }
 
 fn frag_offset() -> BoxedStrategy<u16> {
-    prop_oneof![Just(2u16), Just(1), Just(5), Just(185), Just(0x1fff), any::<u16>()].boxed()
+    prop_oneof![
+        Just(2u16),
+        Just(1),
+        Just(5),
+        Just(185),
+        Just(0x1fff),
+        any::<u16>()
+    ]
+    .boxed()
 }
 
 fn pkt_gen() -> BoxedStrategy<PktGen> {
@@ -1305,10 +1778,22 @@ fn pkt_gen() -> BoxedStrategy<PktGen> {
         1 => (any::<u8>(), 0u8..40).prop_map(|(proto, len)| L4Gen::Other { proto, len }),
     ];
     let routing = prop_oneof![3 => Just((0u8, 0u8)), 1 => (0u8..5, 0u8..4), 1 => any::<(u8, u8)>()];
-    let ext = (prop_oneof![Just(0u8), Just(43), Just(60), Just(51)], prop_oneof![6 => Just(0u8), 2 => 1u8..4, 1 => 4u8..40], routing)
+    let ext = (
+        prop_oneof![Just(0u8), Just(43), Just(60), Just(51)],
+        prop_oneof![6 => Just(0u8), 2 => 1u8..4, 1 => 4u8..40],
+        routing,
+    )
         .prop_map(|(kind, len, routing)| ExtGen { kind, len, routing });
     let option = (
-        prop_oneof![Just(1u8), Just(0), Just(131), Just(137), Just(7), Just(68), any::<u8>()],
+        prop_oneof![
+            Just(1u8),
+            Just(0),
+            Just(131),
+            Just(137),
+            Just(7),
+            Just(68),
+            any::<u8>()
+        ],
         prop_oneof![4 => Just(7u8), 1 => Just(3), 1 => Just(11), 1 => 0u8..3, 1 => any::<u8>()],
         prop_oneof![3 => Just(4u8), 1 => any::<u8>()],
     );
@@ -1337,21 +1822,44 @@ fn pkt_gen() -> BoxedStrategy<PktGen> {
         prop::bool::weighted(0.1),
         prop_oneof![4 => Just(0u8), 1 => any::<u8>()],
     )
-        .prop_map(|(inner_tags, qinq, prio_tag, pcp, v4_opts, exts, frag, frag_pos, pad, corrupt, hop255, payload)| Shape {
-            inner_tags,
-            qinq,
-            prio_tag,
-            pcp,
-            v4_opts,
-            exts,
-            frag,
-            frag_pos,
-            pad,
-            corrupt,
-            hop255,
-            payload,
+        .prop_map(
+            |(
+                inner_tags,
+                qinq,
+                prio_tag,
+                pcp,
+                v4_opts,
+                exts,
+                frag,
+                frag_pos,
+                pad,
+                corrupt,
+                hop255,
+                payload,
+            )| Shape {
+                inner_tags,
+                qinq,
+                prio_tag,
+                pcp,
+                v4_opts,
+                exts,
+                frag,
+                frag_pos,
+                pad,
+                corrupt,
+                hop255,
+                payload,
+            },
+        );
+    let target =
+        (any::<u8>(), any::<u8>(), host(), any::<u8>()).prop_map(|(rule, pick, host, perturb)| {
+            Target {
+                rule,
+                pick,
+                host,
+                perturb,
+            }
         });
-    let target = (any::<u8>(), any::<u8>(), host(), any::<u8>()).prop_map(|(rule, pick, host, perturb)| Target { rule, pick, host, perturb });
     (
         prop_oneof![2 => Just(None), 3 => target.prop_map(Some)],
         ingress,
@@ -1362,7 +1870,16 @@ fn pkt_gen() -> BoxedStrategy<PktGen> {
         l4,
         shape,
     )
-        .prop_map(|(target, ingress, v6, src, dst, mac, l4, shape)| PktGen { target, ingress, v6, src, dst, mac, l4, shape })
+        .prop_map(|(target, ingress, v6, src, dst, mac, l4, shape)| PktGen {
+            target,
+            ingress,
+            v6,
+            src,
+            dst,
+            mac,
+            l4,
+            shape,
+        })
         .boxed()
 }
 
@@ -1387,7 +1904,11 @@ fn step_gen() -> BoxedStrategy<StepGen> {
 }
 
 fn case_gen() -> impl Strategy<Value = Case> {
-    (policy_gen(), mut_gen(), vec(step_gen(), 1..=96)).prop_map(|(policy, mutation, steps)| Case { policy, mutation, steps })
+    (policy_gen(), mut_gen(), vec(step_gen(), 1..=96)).prop_map(|(policy, mutation, steps)| Case {
+        policy,
+        mutation,
+        steps,
+    })
 }
 
 // =======================================================================================
@@ -1443,10 +1964,16 @@ struct Run {
 }
 
 fn sub(a: Counter, b: Counter) -> Counter {
-    Counter { packets: a.packets - b.packets, bytes: a.bytes - b.bytes }
+    Counter {
+        packets: a.packets - b.packets,
+        bytes: a.bytes - b.bytes,
+    }
 }
 
-fn minus<K: Ord + Copy>(a: &BTreeMap<K, Counter>, b: &BTreeMap<K, Counter>) -> BTreeMap<K, Counter> {
+fn minus<K: Ord + Copy>(
+    a: &BTreeMap<K, Counter>,
+    b: &BTreeMap<K, Counter>,
+) -> BTreeMap<K, Counter> {
     a.iter()
         .map(|(k, c)| (*k, sub(*c, b.get(k).copied().unwrap_or_default())))
         .filter(|(_, c)| c.packets > 0)
@@ -1454,13 +1981,26 @@ fn minus<K: Ord + Copy>(a: &BTreeMap<K, Counter>, b: &BTreeMap<K, Counter>) -> B
 }
 
 fn drop_label(i: u32) -> String {
-    let (prefix, r) = if i >= DropReason::AUDIT_OFFSET { ("audit", i - DropReason::AUDIT_OFFSET) } else { ("drop", i) };
-    let name = DropReason::ALL.iter().find(|d| **d as u32 == r).map_or("?", |d| d.label());
+    let (prefix, r) = if i >= DropReason::AUDIT_OFFSET {
+        ("audit", i - DropReason::AUDIT_OFFSET)
+    } else {
+        ("drop", i)
+    };
+    let name = DropReason::ALL
+        .iter()
+        .find(|d| **d as u32 == r)
+        .map_or("?", |d| d.label());
     format!("{prefix}:{name}")
 }
 
 fn pass_label(i: u32) -> String {
-    format!("pass:{}", PassReason::ALL.iter().find(|p| **p as u32 == i).map_or("?", |p| p.label()))
+    format!(
+        "pass:{}",
+        PassReason::ALL
+            .iter()
+            .find(|p| **p as u32 == i)
+            .map_or("?", |p| p.label())
+    )
 }
 
 /// What moved between two counter snapshots, as labels.
@@ -1495,35 +2035,85 @@ fn moved(before: &ModelCounters, after: &ModelCounters) -> String {
 }
 
 fn flow_event_label(e: u32) -> &'static str {
-    FlowEvent::ALL.iter().find(|x| **x as u32 == e).map_or("?", |x| x.label())
+    FlowEvent::ALL
+        .iter()
+        .find(|x| **x as u32 == e)
+        .map_or("?", |x| x.label())
 }
 
 fn counters_diff(kernel: &ModelCounters, model: &ModelCounters) -> String {
-    fn side<K: Ord + Copy>(out: &mut String, name: impl Fn(K) -> String, k: &BTreeMap<K, Counter>, m: &BTreeMap<K, Counter>) {
-        for key in k.keys().chain(m.keys()).collect::<std::collections::BTreeSet<_>>() {
-            let (a, b) = (k.get(key).copied().unwrap_or_default(), m.get(key).copied().unwrap_or_default());
+    fn side<K: Ord + Copy>(
+        out: &mut String,
+        name: impl Fn(K) -> String,
+        k: &BTreeMap<K, Counter>,
+        m: &BTreeMap<K, Counter>,
+    ) {
+        for key in k
+            .keys()
+            .chain(m.keys())
+            .collect::<std::collections::BTreeSet<_>>()
+        {
+            let (a, b) = (
+                k.get(key).copied().unwrap_or_default(),
+                m.get(key).copied().unwrap_or_default(),
+            );
             if a != b {
-                writeln!(out, "    {}: kernel {}/{}B, model {}/{}B", name(*key), a.packets, a.bytes, b.packets, b.bytes).unwrap();
+                writeln!(
+                    out,
+                    "    {}: kernel {}/{}B, model {}/{}B",
+                    name(*key),
+                    a.packets,
+                    a.bytes,
+                    b.packets,
+                    b.bytes
+                )
+                .unwrap();
             }
         }
     }
     let mut out = String::new();
     side(&mut out, drop_label, &kernel.drops, &model.drops);
     side(&mut out, pass_label, &kernel.passes, &model.passes);
-    side(&mut out, |e| format!("flow event {}", flow_event_label(e)), &kernel.flow_events, &model.flow_events);
-    side(&mut out, |r| format!("rule {r}"), &kernel.rules, &model.rules);
-    side(&mut out, |(f, t, v): (u8, u8, Verdict)| format!("zones {f}->{t} {}", v.label()), &kernel.zone_pairs, &model.zone_pairs);
+    side(
+        &mut out,
+        |e| format!("flow event {}", flow_event_label(e)),
+        &kernel.flow_events,
+        &model.flow_events,
+    );
+    side(
+        &mut out,
+        |r| format!("rule {r}"),
+        &kernel.rules,
+        &model.rules,
+    );
+    side(
+        &mut out,
+        |(f, t, v): (u8, u8, Verdict)| format!("zones {f}->{t} {}", v.label()),
+        &kernel.zone_pairs,
+        &model.zone_pairs,
+    );
     out
 }
 
 fn describe(d: &Decision, audit: bool) -> String {
-    let action = if d.xdp_pass(audit) { "XDP_PASS" } else { "XDP_DROP" };
+    let action = if d.xdp_pass(audit) {
+        "XDP_PASS"
+    } else {
+        "XDP_DROP"
+    };
     let kind = match d.outcome {
         model::Outcome::Pass(_) => "pass",
         model::Outcome::Drop(_) if d.audited_drop(audit) => "audit",
         model::Outcome::Drop(_) => "drop",
     };
-    format!("{action} {kind}:{} rule={:?} zones {}->{} {}", d.reason_label(), d.rule, d.from, d.to, d.verdict(audit).label())
+    format!(
+        "{action} {kind}:{} rule={:?} zones {}->{} {}",
+        d.reason_label(),
+        d.rule,
+        d.from,
+        d.to,
+        d.verdict(audit).label()
+    )
 }
 
 fn hex(b: &[u8]) -> String {
@@ -1531,7 +2121,10 @@ fn hex(b: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex")).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+        .collect()
 }
 
 fn addr_of(family: u8, a: [u8; 16]) -> IpAddr {
@@ -1544,15 +2137,22 @@ fn addr_of(family: u8, a: [u8; 16]) -> IpAddr {
 
 impl Engine {
     fn new() -> Self {
-        Engine { dp: Datapath::load().expect("load XDP program"), totals: Totals::default(), active: None }
+        Engine {
+            dp: Datapath::load().expect("load XDP program"),
+            totals: Totals::default(),
+            active: None,
+        }
     }
 
     fn load(&mut self, text: &str) -> Result<Policy, RunError> {
-        let policy = check_policy(text).map_err(|e| RunError::Mismatch(format!("invalid policy: {e}")))?;
+        let policy =
+            check_policy(text).map_err(|e| RunError::Mismatch(format!("invalid policy: {e}")))?;
         let compiled = compile::compile(&policy).map_err(|d| RunError::Reject(format!("{d:?}")))?;
         let t = Instant::now();
         self.active = None;
-        self.dp.apply(&compiled, zone_agent::agent::ifindex).expect("apply");
+        self.dp
+            .apply(&compiled, zone_agent::agent::ifindex)
+            .expect("apply");
         self.active = Some(text.to_string());
         self.totals.apply_time += t.elapsed();
         Ok(policy)
@@ -1569,7 +2169,11 @@ impl Engine {
         }
         let frags: Vec<FragKey> = self.dp.maps.frags.keys().filter_map(Result::ok).collect();
         for k in frags {
-            self.dp.maps.frags.remove(&k).expect("remove fragment entry");
+            self.dp
+                .maps
+                .frags
+                .remove(&k)
+                .expect("remove fragment entry");
         }
         let (policy, set_base) = if self.active.as_deref() == Some(policies[0].as_str()) {
             // Already enforcing: its set's counters run on from where the last case left them.
@@ -1598,7 +2202,8 @@ impl Engine {
                 }
                 Op::Cuts { iface, bytes } => (14..bytes.len()).try_for_each(|len| {
                     self.totals.cuts += 1;
-                    self.frame(&mut run, iface, &bytes[..len]).map_err(|e| format!("cut at {len} bytes: {e}"))
+                    self.frame(&mut run, iface, &bytes[..len])
+                        .map_err(|e| format!("cut at {len} bytes: {e}"))
                 }),
                 Op::Advance(ns) => {
                     if self.age(*ns) {
@@ -1628,13 +2233,25 @@ impl Engine {
         let now = monotonic_coarse_ns() + run.offset;
         let d = mframe::decide(&mut run.model, bytes, iface, now);
         let audit = run.model.audit_mode();
-        let want = if d.xdp_pass(audit) { XDP_PASS } else { XDP_DROP };
-        let kind = describe(&d, audit).split_whitespace().nth(1).unwrap_or_default().to_string();
+        let want = if d.xdp_pass(audit) {
+            XDP_PASS
+        } else {
+            XDP_DROP
+        };
+        let kind = describe(&d, audit)
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_default()
+            .to_string();
         *self.totals.reasons.entry(kind).or_default() += 1;
         let before = run.last.clone();
         let r = self.state(run);
         if action != want || r.is_err() {
-            let kname = if action == XDP_PASS { "XDP_PASS" } else { "XDP_DROP" };
+            let kname = if action == XDP_PASS {
+                "XDP_PASS"
+            } else {
+                "XDP_DROP"
+            };
             return Err(format!(
                 "{} bytes on {iface}\n  frame:  {}\n  model:  {}\n  kernel: {kname} (moved: {})\n{}",
                 bytes.len(),
@@ -1656,7 +2273,12 @@ impl Engine {
         model.rules = minus(&m.rules, &run.at_reload.rules);
         let mut out = String::new();
         if kernel != model {
-            write!(out, "  counters differ:\n{}", counters_diff(&kernel, &model)).unwrap();
+            write!(
+                out,
+                "  counters differ:\n{}",
+                counters_diff(&kernel, &model)
+            )
+            .unwrap();
         }
         run.last = kernel;
         let kf = self.kernel_flows(run.gen_base);
@@ -1666,7 +2288,12 @@ impl Engine {
         }
         let kfrags = self.dp.maps.frags.keys().count();
         if kfrags != run.model.fragments() {
-            writeln!(out, "  fragment entries: kernel {kfrags}, model {}", run.model.fragments()).unwrap();
+            writeln!(
+                out,
+                "  fragment entries: kernel {kfrags}, model {}",
+                run.model.fragments()
+            )
+            .unwrap();
         }
         if out.is_empty() { Ok(()) } else { Err(out) }
     }
@@ -1686,14 +2313,24 @@ impl Engine {
             put(&mut c.drops, *r as u32, *k, run.base.drops[i].1);
         }
         for (i, (r, k)) in g.audit_drops.iter().enumerate() {
-            put(&mut c.drops, DropReason::AUDIT_OFFSET + *r as u32, *k, run.base.audit_drops[i].1);
+            put(
+                &mut c.drops,
+                DropReason::AUDIT_OFFSET + *r as u32,
+                *k,
+                run.base.audit_drops[i].1,
+            );
         }
         for (i, (r, k)) in g.passes.iter().enumerate() {
             put(&mut c.passes, *r as u32, *k, run.base.passes[i].1);
         }
         for (i, (e, n)) in g.flow_events.iter().enumerate() {
             let count = |packets| Counter { packets, bytes: 0 };
-            put(&mut c.flow_events, *e as u32, count(*n), count(run.base.flow_events[i].1));
+            put(
+                &mut c.flow_events,
+                *e as u32,
+                count(*n),
+                count(run.base.flow_events[i].1),
+            );
         }
         self.set_counters(run.model.policy(), &mut c);
         c.zone_pairs = minus(&c.zone_pairs, &run.set_base.zone_pairs);
@@ -1703,7 +2340,10 @@ impl Engine {
 
     /// The active set's zone-pair and rule counters for `p`, into `c`.
     fn set_counters(&self, p: &Policy, c: &mut ModelCounters) {
-        let s = self.dp.set_counters(self.dp.active_set, p.zones.len() + 1, p.rules.len()).expect("set counters");
+        let s = self
+            .dp
+            .set_counters(self.dp.active_set, p.zones.len() + 1, p.rules.len())
+            .expect("set counters");
         for (f, t, v, k) in s.zones {
             c.zone_pairs.insert((f, t, v), k);
         }
@@ -1758,7 +2398,10 @@ impl Engine {
         let embryos: Vec<(FlowKey, FlowState)> = m.embryos.iter().filter_map(Result::ok).collect();
         let frags: Vec<(FragKey, FragState)> = m.frags.iter().filter_map(Result::ok).collect();
         let floor = ns + NS;
-        if flows.iter().chain(&embryos).any(|(_, s)| s.last_seen_ns < floor)
+        if flows
+            .iter()
+            .chain(&embryos)
+            .any(|(_, s)| s.last_seen_ns < floor)
             || frags.iter().any(|(_, s)| s.last_seen_ns < floor)
         {
             return false;
@@ -1813,10 +2456,20 @@ fn parse_case(text: &str) -> (Vec<String>, Vec<Op>) {
                 let body: Vec<&str> = lines.by_ref().take_while(|l| *l != "end").collect();
                 policies.push(body.join("\n"));
             }
-            (Some("send"), Some(i), Some(h)) => ops.push(Op::Send { iface: i.into(), bytes: unhex(h) }),
-            (Some("cuts"), Some(i), Some(h)) => ops.push(Op::Cuts { iface: i.into(), bytes: unhex(h) }),
-            (Some("advance"), Some(n), None) => ops.push(Op::Advance(n.parse().expect("advance ns"))),
-            (Some("reload"), Some(k), None) => ops.push(Op::Reload(k.parse().expect("reload index"))),
+            (Some("send"), Some(i), Some(h)) => ops.push(Op::Send {
+                iface: i.into(),
+                bytes: unhex(h),
+            }),
+            (Some("cuts"), Some(i), Some(h)) => ops.push(Op::Cuts {
+                iface: i.into(),
+                bytes: unhex(h),
+            }),
+            (Some("advance"), Some(n), None) => {
+                ops.push(Op::Advance(n.parse().expect("advance ns")))
+            }
+            (Some("reload"), Some(k), None) => {
+                ops.push(Op::Reload(k.parse().expect("reload index")))
+            }
             _ => panic!("bad regression line: {line}"),
         }
     }
@@ -1828,8 +2481,14 @@ fn corpus_dir() -> PathBuf {
 }
 
 fn replay_corpus(engine: &mut Engine) {
-    let Ok(dir) = std::fs::read_dir(corpus_dir()) else { return };
-    let mut files: Vec<PathBuf> = dir.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "txt")).collect();
+    let Ok(dir) = std::fs::read_dir(corpus_dir()) else {
+        return;
+    };
+    let mut files: Vec<PathBuf> = dir
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "txt"))
+        .collect();
     files.sort();
     for f in files {
         let text = std::fs::read_to_string(&f).expect("read regression file");
@@ -1837,7 +2496,10 @@ fn replay_corpus(engine: &mut Engine) {
         match engine.run(&policies, &ops) {
             Ok(()) => engine.totals.corpus += 1,
             Err(RunError::Reject(e)) | Err(RunError::Mismatch(e)) => {
-                panic!("regression case {} fails again:\n{e}\n\n{text}", f.display())
+                panic!(
+                    "regression case {} fails again:\n{e}\n\n{text}",
+                    f.display()
+                )
             }
         }
     }
@@ -1847,10 +2509,13 @@ fn save_regression(seed: u64, text: &str, why: &str) -> PathBuf {
     let dir = corpus_dir();
     std::fs::create_dir_all(&dir).expect("create the regression directory");
     // FNV-1a of the case: the same failure found twice is one file.
-    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    });
     let path = dir.join(format!("{hash:016x}.txt"));
     let first = why.lines().next().unwrap_or_default();
-    let body = format!("# found with ZA_DIFF_SEED={seed:#x}, shrunk by proptest\n# {first}\n{text}");
+    let body =
+        format!("# found with ZA_DIFF_SEED={seed:#x}, shrunk by proptest\n# {first}\n{text}");
     std::fs::write(&path, body).expect("write the regression file");
     path
 }
@@ -1858,7 +2523,12 @@ fn save_regression(seed: u64, text: &str, why: &str) -> PathBuf {
 /// Proptest shrinks the generated choices; this then drops the concrete operations the
 /// failure does not need, one at a time (from the end, so that what a later step depends
 /// on is tried last).
-fn minimize(engine: &mut Engine, policies: &[String], mut ops: Vec<Op>, why: &mut String) -> Vec<Op> {
+fn minimize(
+    engine: &mut Engine,
+    policies: &[String],
+    mut ops: Vec<Op>,
+    why: &mut String,
+) -> Vec<Op> {
     let mut i = ops.len();
     while i > 0 {
         i -= 1;
@@ -1902,7 +2572,10 @@ fn xdp_agrees_with_model_on_random_cases() {
         };
         let mut seed_bytes = [0u8; 32];
         seed_bytes[..8].copy_from_slice(&seed.to_le_bytes());
-        let mut runner = TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes));
+        let mut runner = TestRunner::new_with_rng(
+            config,
+            TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes),
+        );
         let result = runner.run(&case_gen(), |case| {
             let (policies, ops) = case.resolve().map_err(TestCaseError::fail)?;
             let result = engine.borrow_mut().run(&policies, &ops);
@@ -1949,5 +2622,8 @@ fn xdp_agrees_with_model_on_random_cases() {
         totals.rejected,
         started.elapsed()
     );
-    eprintln!("differential: model decisions: {:?}; apply {:?}", totals.reasons, totals.apply_time);
+    eprintln!(
+        "differential: model decisions: {:?}; apply {:?}",
+        totals.reasons, totals.apply_time
+    );
 }

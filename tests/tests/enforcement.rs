@@ -1229,15 +1229,19 @@ fn sigterm_keeps_enforcing_until_detach() {
     eprintln!("agent stopped {:?} after SIGTERM", started.elapsed());
     assert_enforcing_without_agent(&env, &my_tcp[0][0], &my_tcp[0][1]);
 
-    let out = env.lab.run(env.gw(), &[
-        agent_bin().to_str().unwrap(),
-        "detach",
-        "--pin-dir",
-        pin_dir(&env.lab).to_str().unwrap(),
-        "--state-dir",
-        state_dir(&env.lab).to_str().unwrap(),
-    ]);
-    let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let out = env.lab.run(
+        env.gw(),
+        &[
+            agent_bin().to_str().unwrap(),
+            "detach",
+            "--pin-dir",
+            pin_dir(&env.lab).to_str().unwrap(),
+            "--state-dir",
+            state_dir(&env.lab).to_str().unwrap(),
+        ],
+    );
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "zone-agent detach failed: {said}");
     for iface in ZONE_IFACES {
         assert!(said.contains(iface), "detach does not name {iface}: {said}");
@@ -1286,12 +1290,26 @@ fn assert_enforcing_without_agent(env: &Env, blocked_server: &ChildGuard, ssh_se
     }
     let t = tcp(&env.lg, &env.my, 8443, false);
     let seen = seen_from(blocked_server, t.src_addr());
-    assert!(!t.connect(env, T_FAIL), "{t} passed while the agent was down: the gate opened");
-    assert_eq!(seen_from(blocked_server, t.src_addr()), seen, "{t}: the server saw the SYN");
+    assert!(
+        !t.connect(env, T_FAIL),
+        "{t} passed while the agent was down: the gate opened"
+    );
+    assert_eq!(
+        seen_from(blocked_server, t.src_addr()),
+        seen,
+        "{t}: the server saw the SYN"
+    );
     let ok = tcp(&env.lg, &env.my, 22, false);
     let seen = seen_from(ssh_server, ok.src_addr());
-    assert!(ok.connect(env, T), "{ok} (allowed) failed while the agent was down");
-    assert_eq!(seen_from(ssh_server, ok.src_addr()), seen + 1, "{ok}: the server logged it");
+    assert!(
+        ok.connect(env, T),
+        "{ok} (allowed) failed while the agent was down"
+    );
+    assert_eq!(
+        seen_from(ssh_server, ok.src_addr()),
+        seen + 1,
+        "{ok}: the server logged it"
+    );
 }
 
 /// The ids of the XDP programs `ip -d link show` reports on a gateway interface.
@@ -1312,18 +1330,23 @@ fn xdp_prog_ids(env: &Env, iface: &str) -> Vec<u32> {
 
 /// True if the kernel still has a BPF program with this id.
 fn program_exists(id: u32) -> bool {
-    aya::programs::loaded_programs().filter_map(Result::ok).any(|p| p.id() == id)
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .any(|p| p.id() == id)
 }
 
 /// `zone-agent <cmd> --json` against the lab's agent, parsed.
 fn admin_json(env: &Env, cmd: &str) -> serde_json::Value {
-    let out = env.lab.run(env.gw(), &[
-        agent_bin().to_str().unwrap(),
-        cmd,
-        "--json",
-        "--state-dir",
-        state_dir(&env.lab).to_str().unwrap(),
-    ]);
+    let out = env.lab.run(
+        env.gw(),
+        &[
+            agent_bin().to_str().unwrap(),
+            cmd,
+            "--json",
+            "--state-dir",
+            state_dir(&env.lab).to_str().unwrap(),
+        ],
+    );
     assert!(
         out.status.success(),
         "zone-agent {cmd} failed: {}{}",
@@ -1350,10 +1373,24 @@ sources = ["10.20.0.10/32", "fd20::10/128"]
 #[track_caller]
 fn assert_nothing_lost(s: &zone_agent_lab::ContinuousSummary, what: &str) {
     eprintln!("{what}: {s:?}");
-    assert!(s.stream_sent > 100 && s.conn_ok > 20 && s.udp_sent > 500, "{what}: too little traffic to mean anything: {s:?}");
-    assert_eq!(s.stream_errors, 0, "{what}: the long-lived connection broke: {:?}", s.errors);
-    assert_eq!(s.stream_ok, s.stream_sent, "{what}: lines lost on the long-lived connection");
-    assert_eq!(s.conn_failed, 0, "{what}: new connections failed: {:?}", s.errors);
+    assert!(
+        s.stream_sent > 100 && s.conn_ok > 20 && s.udp_sent > 500,
+        "{what}: too little traffic to mean anything: {s:?}"
+    );
+    assert_eq!(
+        s.stream_errors, 0,
+        "{what}: the long-lived connection broke: {:?}",
+        s.errors
+    );
+    assert_eq!(
+        s.stream_ok, s.stream_sent,
+        "{what}: lines lost on the long-lived connection"
+    );
+    assert_eq!(
+        s.conn_failed, 0,
+        "{what}: new connections failed: {:?}",
+        s.errors
+    );
     assert_eq!(s.udp_echoed, s.udp_sent, "{what}: UDP datagrams lost");
 }
 
@@ -1368,9 +1405,15 @@ fn kill9_keeps_enforcing_and_restart_adopts() {
     let my_tcp = tcp_servers(&env, &env.my, &[8443, 22]);
     let _echo = tcp_echo(&env.lab, &env.my, 443, false);
     let _uecho = udp_echo(&env.lab, &env.my, 5353, false);
-    let old: Vec<u32> = ZONE_IFACES.iter().flat_map(|i| xdp_prog_ids(&env, i)).collect();
+    let old: Vec<u32> = ZONE_IFACES
+        .iter()
+        .flat_map(|i| xdp_prog_ids(&env, i))
+        .collect();
     assert_eq!(old.len(), 3, "one XDP program per zone interface: {old:?}");
-    assert!(old.iter().all(|&id| id == old[0]), "one program for all interfaces: {old:?}");
+    assert!(
+        old.iter().all(|&id| id == old[0]),
+        "one program for all interfaces: {old:?}"
+    );
 
     let run = continuous(&env.lab, &env.lg, env.my.addr(false), 443, 5353, 14);
     wait_until(Duration::from_secs(5), "traffic flows", || {
@@ -1378,14 +1421,30 @@ fn kill9_keeps_enforcing_and_restart_adopts() {
     });
     let counted = env.metrics().get(RULE_PACKETS, &[("rule", "relay-https")]);
     env.agent.signal(Signal::SIGKILL);
-    env.agent.wait_exit(AGENT_STOP).expect("the agent dies on SIGKILL");
+    env.agent
+        .wait_exit(AGENT_STOP)
+        .expect("the agent dies on SIGKILL");
     assert_enforcing_without_agent(&env, &my_tcp[0][0], &my_tcp[0][1]);
 
     env.agent = start_agent(&env.lab, &env.policy);
-    let new: Vec<u32> = ZONE_IFACES.iter().flat_map(|i| xdp_prog_ids(&env, i)).collect();
-    assert_eq!(new.len(), 3, "exactly one XDP program per interface after restart: {new:?}");
-    assert!(new.iter().all(|&id| id == new[0] && id != old[0]), "the new program runs everywhere: old {old:?}, new {new:?}");
-    assert!(!program_exists(old[0]), "the old program {} is still loaded: a duplicate", old[0]);
+    let new: Vec<u32> = ZONE_IFACES
+        .iter()
+        .flat_map(|i| xdp_prog_ids(&env, i))
+        .collect();
+    assert_eq!(
+        new.len(),
+        3,
+        "exactly one XDP program per interface after restart: {new:?}"
+    );
+    assert!(
+        new.iter().all(|&id| id == new[0] && id != old[0]),
+        "the new program runs everywhere: old {old:?}, new {new:?}"
+    );
+    assert!(
+        !program_exists(old[0]),
+        "the old program {} is still loaded: a duplicate",
+        old[0]
+    );
     let st = admin_json(&env, "status");
     assert_eq!(st["adopted"]["generation"], 1, "status: {st}");
     assert_eq!(st["generation"], 2, "status: {st}");
@@ -1394,12 +1453,24 @@ fn kill9_keeps_enforcing_and_restart_adopts() {
         assert_eq!(i["program_id"], new[0], "status: {st}");
     }
     let after = env.metrics().get(RULE_PACKETS, &[("rule", "relay-https")]);
-    assert!(after >= counted, "relay-https counted {counted} before the kill, {after} after the restart");
+    assert!(
+        after >= counted,
+        "relay-https counted {counted} before the kill, {after} after the restart"
+    );
 
     let mut run = run;
-    run.wait_exit(Duration::from_secs(30)).expect("the traffic client finishes");
-    assert_nothing_lost(&continuous_summary(&run), "kill -9 and restart under traffic");
-    assert_tcp_blocked(&env, tcp(&env.lg, &env.my, 8443, false), &my_tcp[0][0], "no_rule");
+    run.wait_exit(Duration::from_secs(30))
+        .expect("the traffic client finishes");
+    assert_nothing_lost(
+        &continuous_summary(&run),
+        "kill -9 and restart under traffic",
+    );
+    assert_tcp_blocked(
+        &env,
+        tcp(&env.lg, &env.my, 8443, false),
+        &my_tcp[0][0],
+        "no_rule",
+    );
 }
 
 /// Pinned state left by an incompatible build (here: the maps directory of another ABI
@@ -1410,15 +1481,26 @@ fn kill9_keeps_enforcing_and_restart_adopts() {
 fn incompatible_pinned_state_is_replaced_atomically() {
     let mut env = Env::new("incompatible", &policy("enforce"));
     let my_tcp = tcp_servers(&env, &env.my, &[8443, 22]);
-    let old: Vec<u32> = ZONE_IFACES.iter().flat_map(|i| xdp_prog_ids(&env, i)).collect();
+    let old: Vec<u32> = ZONE_IFACES
+        .iter()
+        .flat_map(|i| xdp_prog_ids(&env, i))
+        .collect();
     env.agent.signal(Signal::SIGKILL);
-    env.agent.wait_exit(AGENT_STOP).expect("the agent dies on SIGKILL");
+    env.agent
+        .wait_exit(AGENT_STOP)
+        .expect("the agent dies on SIGKILL");
     let pins = pin_dir(&env.lab);
     let ours: Vec<PathBuf> = fs::read_dir(&pins)
         .expect("pin dir")
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with("maps-"))
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("maps-")
+        })
         .collect();
     assert_eq!(ours.len(), 1, "one maps dir: {ours:?}");
     let foreign = pins.join("maps-00000000000000aa");
@@ -1427,16 +1509,39 @@ fn incompatible_pinned_state_is_replaced_atomically() {
 
     env.agent = start_agent(&env.lab, &env.policy);
     let log = env.agent.log_text();
-    assert!(log.contains("incompatible") && log.contains("maps-00000000000000aa"), "the agent does not say it replaced the state:\n{log}");
+    assert!(
+        log.contains("incompatible") && log.contains("maps-00000000000000aa"),
+        "the agent does not say it replaced the state:\n{log}"
+    );
     assert!(!foreign.exists(), "the incompatible maps are still pinned");
-    let new: Vec<u32> = ZONE_IFACES.iter().flat_map(|i| xdp_prog_ids(&env, i)).collect();
+    let new: Vec<u32> = ZONE_IFACES
+        .iter()
+        .flat_map(|i| xdp_prog_ids(&env, i))
+        .collect();
     assert_eq!(new.len(), 3, "one program per interface: {new:?}");
-    assert!(new.iter().all(|&id| id == new[0] && id != old[0]), "old {old:?}, new {new:?}");
+    assert!(
+        new.iter().all(|&id| id == new[0] && id != old[0]),
+        "old {old:?}, new {new:?}"
+    );
     assert!(!program_exists(old[0]), "the old program is still loaded");
     let st = admin_json(&env, "status");
-    assert_eq!(st["adopted"]["generation"], 0, "fresh maps hold no policy: {st}");
-    assert!(st["adopted"]["replaced"][0].as_str().unwrap_or("").contains("maps-00000000000000aa"), "status: {st}");
-    assert_tcp_blocked(&env, tcp(&env.lg, &env.my, 8443, false), &my_tcp[0][0], "no_rule");
+    assert_eq!(
+        st["adopted"]["generation"], 0,
+        "fresh maps hold no policy: {st}"
+    );
+    assert!(
+        st["adopted"]["replaced"][0]
+            .as_str()
+            .unwrap_or("")
+            .contains("maps-00000000000000aa"),
+        "status: {st}"
+    );
+    assert_tcp_blocked(
+        &env,
+        tcp(&env.lg, &env.my, 8443, false),
+        &my_tcp[0][0],
+        "no_rule",
+    );
     assert_tcp_passes(&env, tcp(&env.lg, &env.my, 22, false), &my_tcp[0][1]);
 }
 
@@ -1450,7 +1555,7 @@ fn reloads_under_continuous_traffic_lose_nothing() {
     let _uecho = udp_echo(&env.lab, &env.my, 5353, false);
     let run = continuous(&env.lab, &env.lg, env.my.addr(false), 443, 5353, 12);
     wait_until(Duration::from_secs(5), "traffic flows", || {
-        env.metrics().get(RULE_PACKETS, &[("rule", "relay-udp")] ) > 20.0
+        env.metrics().get(RULE_PACKETS, &[("rule", "relay-udp")]) > 20.0
     });
     let before = env.metrics();
     const RELOADS: u32 = 12;
@@ -1467,10 +1572,17 @@ fn reloads_under_continuous_traffic_lose_nothing() {
     }
     let after = env.metrics();
     let gens = after.get(GENERATION, &[]) - before.get(GENERATION, &[]);
-    assert!(gens >= f64::from(RELOADS), "{gens} new generations for {RELOADS} reloads");
+    assert!(
+        gens >= f64::from(RELOADS),
+        "{gens} new generations for {RELOADS} reloads"
+    );
     let mut run = run;
-    run.wait_exit(Duration::from_secs(30)).expect("the traffic client finishes");
-    assert_nothing_lost(&continuous_summary(&run), &format!("{RELOADS} reloads under traffic"));
+    run.wait_exit(Duration::from_secs(30))
+        .expect("the traffic client finishes");
+    assert_nothing_lost(
+        &continuous_summary(&run),
+        &format!("{RELOADS} reloads under traffic"),
+    );
 }
 
 /// A failsafe management flow (configured for the agent, not in the policy) reaches the
@@ -1480,7 +1592,11 @@ fn reloads_under_continuous_traffic_lose_nothing() {
 /// behind the gateway, another port, or another source stay blocked. `status` shows it.
 #[test]
 fn failsafe_flow_survives_a_policy_that_blocks_it() {
-    let blocking = edit(&policy("enforce"), r#"intra_zone = "allow""#, r#"intra_zone = "deny""#);
+    let blocking = edit(
+        &policy("enforce"),
+        r#"intra_zone = "allow""#,
+        r#"intra_zone = "deny""#,
+    );
     let mut env = Env::new("failsafe", &blocking);
     let config = env.lab.dir().join("zone-agent.toml");
     fs::write(
@@ -1503,7 +1619,11 @@ fn failsafe_flow_survives_a_policy_that_blocks_it() {
 
     let check = |env: &Env| {
         for server in [&s_lg, &s_my] {
-            let dst = if std::ptr::eq(server, &s_lg) { gw_lg.v4 } else { gw_my.v4 };
+            let dst = if std::ptr::eq(server, &s_lg) {
+                gw_lg.v4
+            } else {
+                gw_my.v4
+            };
             let before = env.metrics();
             let seen = seen_from(server, env.lg.v4);
             assert!(
@@ -1512,16 +1632,36 @@ fn failsafe_flow_survives_a_policy_that_blocks_it() {
                 env.agent.log_text()
             );
             assert_eq!(seen_from(server, env.lg.v4), seen + 1);
-            assert!(env.metrics().delta(&before, PASSES, &[("reason", "failsafe")]) >= 1.0);
+            assert!(
+                env.metrics()
+                    .delta(&before, PASSES, &[("reason", "failsafe")])
+                    >= 1.0
+            );
         }
         let seen = seen_from(&s_other, env.lg.v4);
-        assert!(!tcp_connect(&env.lab, &env.lg, gw_lg.v4, 2223, Some(env.lg.v4), T_FAIL), "port 2223 is not failsafe");
+        assert!(
+            !tcp_connect(&env.lab, &env.lg, gw_lg.v4, 2223, Some(env.lg.v4), T_FAIL),
+            "port 2223 is not failsafe"
+        );
         assert_eq!(seen_from(&s_other, env.lg.v4), seen);
         let seen = seen_from(&behind[0][0], env.lg.v4);
-        assert!(!tcp_connect(&env.lab, &env.lg, env.my.v4, 2222, Some(env.lg.v4), T_FAIL), "failsafe reached a host behind the gateway");
+        assert!(
+            !tcp_connect(&env.lab, &env.lg, env.my.v4, 2222, Some(env.lg.v4), T_FAIL),
+            "failsafe reached a host behind the gateway"
+        );
         assert_eq!(seen_from(&behind[0][0], env.lg.v4), seen);
         let seen = seen_from(&s_lg, env.inet.v4);
-        assert!(!tcp_connect(&env.lab, &env.inet, gw_lg.v4, 2222, Some(env.inet.v4), T_FAIL), "failsafe admitted a source outside its list");
+        assert!(
+            !tcp_connect(
+                &env.lab,
+                &env.inet,
+                gw_lg.v4,
+                2222,
+                Some(env.inet.v4),
+                T_FAIL
+            ),
+            "failsafe admitted a source outside its list"
+        );
         assert_eq!(seen_from(&s_lg, env.inet.v4), seen);
     };
     check(&env);
@@ -1529,12 +1669,27 @@ fn failsafe_flow_survives_a_policy_that_blocks_it() {
     let fs = &st["failsafe"][0];
     assert_eq!(fs["name"], "ssh-admin", "status: {st}");
     assert_eq!(fs["interfaces"][0][0], "zlgw", "status: {st}");
-    assert!(fs["destinations"].as_array().unwrap().iter().any(|d| d == &serde_json::json!(gw_lg.v4.to_string())), "status: {st}");
+    assert!(
+        fs["destinations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d == &serde_json::json!(gw_lg.v4.to_string())),
+        "status: {st}"
+    );
 
     // A mistaken policy: lgwan's networks no longer hold the admin host, whose address now
     // falls into the internet zone (0.0.0.0/0): to the data path it is a spoofed source.
-    let wrong = edit(&blocking, r#"networks = ["10.20.0.0/16", "fd20::/48"]"#, r#"networks = ["10.20.128.0/17", "fd20::/48"]"#);
-    let wrong = edit(&wrong, r#"sources = ["10.20.0.10/32", "fd20::10/128"]"#, r#"sources = ["10.20.128.10/32", "fd20::10/128"]"#);
+    let wrong = edit(
+        &blocking,
+        r#"networks = ["10.20.0.0/16", "fd20::/48"]"#,
+        r#"networks = ["10.20.128.0/17", "fd20::/48"]"#,
+    );
+    let wrong = edit(
+        &wrong,
+        r#"sources = ["10.20.0.10/32", "fd20::10/128"]"#,
+        r#"sources = ["10.20.128.10/32", "fd20::10/128"]"#,
+    );
     env.reload(&wrong, RELOAD_OK);
     check(&env);
 }

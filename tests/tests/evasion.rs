@@ -134,9 +134,22 @@ impl Env {
         let mut lab = Lab::new(test);
         let my = lab.add_host(spec("mynumber", "zmyn", "10.10.0", 16, "fd10", MY_MAC));
         let lg = lab.add_host(spec("lgwan", "zlgw", "10.20.0", 16, "fd20", LG_MAC));
-        let inet = lab.add_host(spec("internet", "zinet", "198.51.100", 24, "2001:db8", INET_MAC));
+        let inet = lab.add_host(spec(
+            "internet",
+            "zinet",
+            "198.51.100",
+            24,
+            "2001:db8",
+            INET_MAC,
+        ));
         let agent = agent::start(&lab, &POLICY.replace("{FRAGMENTS}", fragments));
-        Env { agent, lab, my, lg, inet }
+        Env {
+            agent,
+            lab,
+            my,
+            lg,
+            inet,
+        }
     }
 
     fn metrics(&self) -> Metrics {
@@ -146,7 +159,11 @@ impl Env {
     /// Starts a step observed at `at`: a capture on its `eth0` and the counters before.
     fn watch(&self, at: &Host) -> Step<'_> {
         let cap = craft::capture(&self.lab, &at.ns, "eth0");
-        Step { env: self, cap, before: self.metrics() }
+        Step {
+            env: self,
+            cap,
+            before: self.metrics(),
+        }
     }
 
     /// Frames (scapy expressions) sent from `from` in one `sendp`.
@@ -185,29 +202,57 @@ impl Step<'_> {
     fn expect(self, crossed: &[&str], blocked: &[&str], drops: &[(&str, f64)]) -> Seen {
         let Step { env, cap, before } = self;
         let explain = |after: &Metrics| {
-            format!("{}counters that moved:\n{}agent log:\n{}", cap.describe(), after.changes(&before), env.agent.log_text())
+            format!(
+                "{}counters that moved:\n{}agent log:\n{}",
+                cap.describe(),
+                after.changes(&before),
+                env.agent.log_text()
+            )
         };
         for m in crossed {
             if !wait_for(T, || cap.seen(m)) {
-                panic!("{m:?} (allowed) did not arrive at the receiver;\n{}", explain(&env.metrics()));
+                panic!(
+                    "{m:?} (allowed) did not arrive at the receiver;\n{}",
+                    explain(&env.metrics())
+                );
             }
         }
         let mut after = env.metrics();
         let reached = wait_for(T, || {
             after = env.metrics();
-            drops.iter().all(|(r, n)| after.delta(&before, DROPS, &[("reason", r)]) >= *n)
+            drops
+                .iter()
+                .all(|(r, n)| after.delta(&before, DROPS, &[("reason", r)]) >= *n)
         });
         for m in blocked {
-            assert!(!cap.seen(m), "BYPASS: {m:?} crossed the gateway;\n{}", explain(&after));
+            assert!(
+                !cap.seen(m),
+                "BYPASS: {m:?} crossed the gateway;\n{}",
+                explain(&after)
+            );
         }
-        assert!(reached, "drop counters did not reach {drops:?};\n{}", explain(&after));
+        assert!(
+            reached,
+            "drop counters did not reach {drops:?};\n{}",
+            explain(&after)
+        );
         for (r, n) in drops {
             let got = after.delta(&before, DROPS, &[("reason", r)]);
-            assert_eq!(got, *n, "drops{{reason={r:?}}} moved by {got}, expected {n};\n{}", explain(&after));
+            assert_eq!(
+                got,
+                *n,
+                "drops{{reason={r:?}}} moved by {got}, expected {n};\n{}",
+                explain(&after)
+            );
         }
         let total: f64 = drops.iter().map(|(_, n)| n).sum();
         let got = after.delta(&before, DROPS, &[]);
-        assert_eq!(got, total, "drops of other reasons moved;\n{}", explain(&after));
+        assert_eq!(
+            got,
+            total,
+            "drops of other reasons moved;\n{}",
+            explain(&after)
+        );
         Seen { cap, before, after }
     }
 }
@@ -215,12 +260,20 @@ impl Step<'_> {
 impl Seen {
     #[track_caller]
     fn assert_no_ipv4_id(&self, src: IpAddr, id: u16, what: &str) {
-        assert!(!self.cap.seen_ipv4_id(src, id), "BYPASS: {what} (IPv4 id {id}) crossed;\n{}", self.cap.describe());
+        assert!(
+            !self.cap.seen_ipv4_id(src, id),
+            "BYPASS: {what} (IPv4 id {id}) crossed;\n{}",
+            self.cap.describe()
+        );
     }
 
     #[track_caller]
     fn assert_ipv4_id(&self, src: IpAddr, id: u16, what: &str) {
-        assert!(self.cap.seen_ipv4_id(src, id), "{what} (IPv4 id {id}) did not arrive;\n{}", self.cap.describe());
+        assert!(
+            self.cap.seen_ipv4_id(src, id),
+            "{what} (IPv4 id {id}) did not arrive;\n{}",
+            self.cap.describe()
+        );
     }
 
     fn delta(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
@@ -247,7 +300,10 @@ fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 /// A scapy bytes literal: `marker` padded with dots to `len` bytes (fragment payloads are
 /// multiples of 8, and a marker must lie whole in one fragment).
 fn pad(marker: &str, len: usize) -> String {
-    assert!(marker.len() <= len && marker.is_ascii(), "marker {marker:?} longer than {len}");
+    assert!(
+        marker.len() <= len && marker.is_ascii(),
+        "marker {marker:?} longer than {len}"
+    );
     format!("b'{marker:.<len$}'")
 }
 
@@ -282,7 +338,10 @@ fn frags6(e: &str, pkt: &str, size: usize, id: u32) -> String {
 
 /// The scapy text of `ip/TCP(sport, dport, flags)/marker` from `e`.
 fn tcp(e: &str, ip: &str, sport: u16, dport: u16, flags: &str, marker: &str) -> String {
-    format!("{e}/{ip}/TCP(sport={sport}, dport={dport}, flags='{flags}')/{}", data(marker, 16))
+    format!(
+        "{e}/{ip}/TCP(sport={sport}, dport={dport}, flags='{flags}')/{}",
+        data(marker, 16)
+    )
 }
 
 /// An ICMP(v6) error from `src` to `dst` quoting `quoted` (scapy text of an IP packet), with
@@ -290,9 +349,17 @@ fn tcp(e: &str, ip: &str, sport: u16, dport: u16, flags: &str, marker: &str) -> 
 fn icmp_error(e: &str, src: IpAddr, dst: IpAddr, quoted: &str, marker: &str) -> String {
     match (src, dst) {
         (IpAddr::V4(_), IpAddr::V4(_)) => {
-            format!("{e}/{}/ICMP(type=3, code=3)/{quoted}/{}", ip4(src, dst, ""), data(marker, 16))
+            format!(
+                "{e}/{}/ICMP(type=3, code=3)/{quoted}/{}",
+                ip4(src, dst, ""),
+                data(marker, 16)
+            )
         }
-        _ => format!("{e}/{}/ICMPv6DestUnreach(code=4)/{quoted}/{}", ip6(src, dst), data(marker, 16)),
+        _ => format!(
+            "{e}/{}/ICMPv6DestUnreach(code=4)/{quoted}/{}",
+            ip6(src, dst),
+            data(marker, 16)
+        ),
     }
 }
 
@@ -313,8 +380,18 @@ fn ipv4_tiny_first_fragments_are_dropped() {
     // 20 bytes of TCP and 24 of data, 8 bytes a fragment: offsets 0..=5. The first two are
     // malformed, the other four tie to nothing.
     let dst = my.v4.to_string();
-    env.hping3(lg, &["-c", "1", "-S", "-s", "40100", "-k", "-p", "443", "-f", "-m", "8", "-N", "4100", "-d", "24", &dst]);
-    let ports_only = format!("{}/TCP(sport=40101, dport=8443, flags='S')/{}", ip4(lg.v4, my.v4, "id=4101"), data("ZAEV-t-ports", 16));
+    env.hping3(
+        lg,
+        &[
+            "-c", "1", "-S", "-s", "40100", "-k", "-p", "443", "-f", "-m", "8", "-N", "4100", "-d",
+            "24", &dst,
+        ],
+    );
+    let ports_only = format!(
+        "{}/TCP(sport=40101, dport=8443, flags='S')/{}",
+        ip4(lg.v4, my.v4, "id=4101"),
+        data("ZAEV-t-ports", 16)
+    );
     let allowed = format!(
         "{}/TCP(sport=40103, dport=443, flags='S')/Raw({} + {})",
         ip4(lg.v4, my.v4, "id=4103"),
@@ -326,13 +403,20 @@ fn ipv4_tiny_first_fragments_are_dropped() {
         &[
             // Ports and sequence number, then the rest of the header at offset 8.
             frag4(&e, &ports_only, 8, 0),
-            format!("{e}/{}/Raw(raw({ports_only})[28:])", ip4(lg.v4, my.v4, "id=4101, frag=1, proto=6")),
+            format!(
+                "{e}/{}/Raw(raw({ports_only})[28:])",
+                ip4(lg.v4, my.v4, "id=4101, frag=1, proto=6")
+            ),
             // The IP header alone, more fragments to come: no port at all.
             format!("{e}/{}", ip4(lg.v4, my.v4, "id=4102, flags='MF', proto=6")),
             frags4(&e, &allowed, 32),
         ],
     );
-    let seen = step.expect(&["ZAEV-t-ok-1", "ZAEV-t-ok-2"], &["ZAEV-t-ports"], &[("malformed", 5.0), ("fragment", 4.0)]);
+    let seen = step.expect(
+        &["ZAEV-t-ok-1", "ZAEV-t-ok-2"],
+        &["ZAEV-t-ports"],
+        &[("malformed", 5.0), ("fragment", 4.0)],
+    );
     seen.assert_no_ipv4_id(lg.v4, 4100, "hping3's 8-byte fragments");
     seen.assert_no_ipv4_id(lg.v4, 4101, "the ports-only first fragment");
     seen.assert_no_ipv4_id(lg.v4, 4102, "the empty first fragment");
@@ -360,7 +444,11 @@ fn ipv4_untied_and_early_fragments_are_dropped() {
     let forbidden = datagram(4202, 40202, 8443, "ZAEV-u-no-1", "ZAEV-u-no-2");
     // Offset 32 bytes, last fragment: where the second fragment of those datagrams goes.
     let later = |id: u16, proto: u8, marker: &str| {
-        format!("{e}/{}/{}", ip4(lg.v4, my.v4, &format!("id={id}, frag=4, proto={proto}")), data(marker, 16))
+        format!(
+            "{e}/{}/{}",
+            ip4(lg.v4, my.v4, &format!("id={id}, frag=4, proto={proto}")),
+            data(marker, 16)
+        )
     };
     let step = env.watch(my);
     env.scapy(
@@ -374,15 +462,30 @@ fn ipv4_untied_and_early_fragments_are_dropped() {
             later(4202, 6, "ZAEV-u-no-early"),
             frag4(&e, &forbidden, 32, 0),
             frag4(&e, &forbidden, 32, 1),
-            format!("{e}/{}/ICMP(id=4205)/{}", ip4(lg.v4, my.v4, ""), data("ZAEV-u-ping", 16)),
+            format!(
+                "{e}/{}/ICMP(id=4205)/{}",
+                ip4(lg.v4, my.v4, ""),
+                data("ZAEV-u-ping", 16)
+            ),
         ],
     );
     let seen = step.expect(
         &["ZAEV-u-ok-1", "ZAEV-u-ok-2", "ZAEV-u-ping"],
-        &["ZAEV-u-lone-tcp", "ZAEV-u-lone-icmp", "ZAEV-u-ok-early", "ZAEV-u-no-early", "ZAEV-u-no-1", "ZAEV-u-no-2"],
+        &[
+            "ZAEV-u-lone-tcp",
+            "ZAEV-u-lone-icmp",
+            "ZAEV-u-ok-early",
+            "ZAEV-u-no-early",
+            "ZAEV-u-no-1",
+            "ZAEV-u-no-2",
+        ],
         &[("fragment", 5.0), ("no_rule", 1.0)],
     );
-    assert_eq!(seen.delta(PASSES, &[("reason", "fragment")]), 1.0, "only the in-order later fragment is tied");
+    assert_eq!(
+        seen.delta(PASSES, &[("reason", "fragment")]),
+        1.0,
+        "only the in-order later fragment is tied"
+    );
 }
 
 /// Overlapping fragments that would rewrite what the first fragment showed the filter: a
@@ -416,7 +519,11 @@ fn ipv4_overlapping_fragments_cannot_rewrite_port_or_flags() {
                 ip4(lg.v4, my.v4, "id=4301, flags='MF'"),
                 data("ZAEV-o-mf", 12)
             ),
-            format!("{e}/{}/TCP(sport=40301, dport=8443, flags='S')/{}", ip4(lg.v4, my.v4, "id=4301"), data("ZAEV-o-port", 12)),
+            format!(
+                "{e}/{}/TCP(sport=40301, dport=8443, flags='S')/{}",
+                ip4(lg.v4, my.v4, "id=4301"),
+                data("ZAEV-o-port", 12)
+            ),
             frag4(&e, &allowed, 32, 1),
         ],
     );
@@ -437,12 +544,24 @@ fn untied_fragments_under_allow_meet_only_portless_rules() {
     let (lg, my) = (&env.lg, &env.my);
     let e = ether(lg);
     let later4 = |id: u16, proto: u8, marker: &str| {
-        format!("{e}/{}/{}", ip4(lg.v4, my.v4, &format!("id={id}, frag=4, proto={proto}")), data(marker, 16))
+        format!(
+            "{e}/{}/{}",
+            ip4(lg.v4, my.v4, &format!("id={id}, frag=4, proto={proto}")),
+            data(marker, 16)
+        )
     };
     let later6 = |id: u32, nh: u8, marker: &str| {
-        format!("{e}/{}/IPv6ExtHdrFragment(nh={nh}, offset=4, id={id})/{}", ip6(lg.v6, my.v6), data(marker, 16))
+        format!(
+            "{e}/{}/IPv6ExtHdrFragment(nh={nh}, offset=4, id={id})/{}",
+            ip6(lg.v6, my.v6),
+            data(marker, 16)
+        )
     };
-    let ports_only = format!("{}/TCP(sport=40403, dport=443, flags='S')/{}", ip4(lg.v4, my.v4, "id=4403"), data("ZAEV-a-tiny", 16));
+    let ports_only = format!(
+        "{}/TCP(sport=40403, dport=443, flags='S')/{}",
+        ip4(lg.v4, my.v4, "id=4403"),
+        data("ZAEV-a-tiny", 16)
+    );
     let step = env.watch(my);
     env.scapy(
         lg,
@@ -452,7 +571,11 @@ fn untied_fragments_under_allow_meet_only_portless_rules() {
             frag4(&e, &ports_only, 8, 0),
             later6(4404, 58, "ZAEV-a-icmp6"),
             later6(4405, 6, "ZAEV-a-tcp6"),
-            format!("{e}/{}/ICMP(id=4406)/{}", ip4(lg.v4, my.v4, ""), data("ZAEV-a-ping", 16)),
+            format!(
+                "{e}/{}/ICMP(id=4406)/{}",
+                ip4(lg.v4, my.v4, ""),
+                data("ZAEV-a-ping", 16)
+            ),
         ],
     );
     let seen = step.expect(
@@ -461,7 +584,11 @@ fn untied_fragments_under_allow_meet_only_portless_rules() {
         &[("no_rule", 2.0), ("malformed", 1.0)],
     );
     seen.assert_no_ipv4_id(lg.v4, 4403, "the tiny first fragment");
-    assert_eq!(seen.delta(RULE_PACKETS, &[("rule", "relay-ping6")]), 1.0, "the ICMPv6 fragment is counted to relay-ping6");
+    assert_eq!(
+        seen.delta(RULE_PACKETS, &[("rule", "relay-ping6")]),
+        1.0,
+        "the ICMPv6 fragment is counted to relay-ping6"
+    );
 }
 
 // === IPv6 fragments and extension headers ===
@@ -483,25 +610,43 @@ fn ipv6_atomic_and_headerless_first_fragments() {
     env.scapy(
         lg,
         &[
-            format!("{}/TCP(sport=40501, dport=8443, flags='S')/{}", frag("id=4501"), data("ZAEV-6-atomic-no", 16)),
+            format!(
+                "{}/TCP(sport=40501, dport=8443, flags='S')/{}",
+                frag("id=4501"),
+                data("ZAEV-6-atomic-no", 16)
+            ),
             // Destination options of 24 bytes (next: TCP), 16 of them in the first fragment.
-            format!("{}/Raw(bytes([6, 2, 1, 20]) + bytes(12))", frag("nh=60, m=1, id=4502")),
+            format!(
+                "{}/Raw(bytes([6, 2, 1, 20]) + bytes(12))",
+                frag("nh=60, m=1, id=4502")
+            ),
             format!(
                 "{}/Raw(bytes(8) + raw(TCP(sport=40502, dport=443, flags='S')) + {})",
                 frag("nh=60, offset=2, id=4502"),
                 pad("ZAEV-6-cut", 16)
             ),
             // Destination options of 16 bytes, complete; the TCP header follows in the next.
-            format!("{}/Raw(bytes([6, 1, 1, 12]) + bytes(12))", frag("nh=60, m=1, id=4503")),
+            format!(
+                "{}/Raw(bytes([6, 1, 1, 12]) + bytes(12))",
+                frag("nh=60, m=1, id=4503")
+            ),
             format!(
                 "{}/Raw(raw(TCP(sport=40503, dport=443, flags='S')) + {})",
                 frag("nh=60, offset=2, id=4503"),
                 pad("ZAEV-6-headless", 16)
             ),
-            format!("{}/TCP(sport=40504, dport=443, flags='S')/{}", frag("id=4504"), data("ZAEV-6-atomic-ok", 16)),
+            format!(
+                "{}/TCP(sport=40504, dport=443, flags='S')/{}",
+                frag("id=4504"),
+                data("ZAEV-6-atomic-ok", 16)
+            ),
             frags6(
                 &e,
-                &format!("{ip}/TCP(sport=40505, dport=443, flags='S')/Raw({} + {})", pad("ZAEV-6-ok-1", 12), pad("ZAEV-6-ok-2", 16)),
+                &format!(
+                    "{ip}/TCP(sport=40505, dport=443, flags='S')/Raw({} + {})",
+                    pad("ZAEV-6-ok-1", 12),
+                    pad("ZAEV-6-ok-2", 16)
+                ),
                 32,
                 4505,
             ),
@@ -510,7 +655,12 @@ fn ipv6_atomic_and_headerless_first_fragments() {
     step.expect(
         &["ZAEV-6-atomic-ok", "ZAEV-6-ok-1", "ZAEV-6-ok-2"],
         &["ZAEV-6-atomic-no", "ZAEV-6-cut", "ZAEV-6-headless"],
-        &[("no_rule", 1.0), ("header_limit", 1.0), ("malformed", 1.0), ("fragment", 2.0)],
+        &[
+            ("no_rule", 1.0),
+            ("header_limit", 1.0),
+            ("malformed", 1.0),
+            ("fragment", 2.0),
+        ],
     );
 }
 
@@ -543,7 +693,11 @@ fn ipv6_extension_chains_beyond_the_walk_are_dropped() {
             tcp(&e, &format!("{ip}/{}", dstopts(5)), 40604, 443, "S", "ZAEV-x-five"),
         ],
     );
-    step.expect(&["ZAEV-x-five"], &["ZAEV-x-seven", "ZAEV-x-hop", "ZAEV-x-long"], &[("header_limit", 3.0)]);
+    step.expect(
+        &["ZAEV-x-five"],
+        &["ZAEV-x-seven", "ZAEV-x-hop", "ZAEV-x-long"],
+        &[("header_limit", 3.0)],
+    );
 }
 
 // === IPv4 options ===
@@ -557,7 +711,11 @@ fn ipv4_options_do_not_hide_the_transport_header() {
     let (lg, my) = (&env.lg, &env.my);
     let e = ether(lg);
     let nops = ip4(lg.v4, my.v4, "options=[IPOption_NOP()] * 40");
-    let rr = ip4(lg.v4, my.v4, "options=[IPOption_RR(routers=['0.0.0.0'] * 9)]");
+    let rr = ip4(
+        lg.v4,
+        my.v4,
+        "options=[IPOption_RR(routers=['0.0.0.0'] * 9)]",
+    );
     let step = env.watch(my);
     env.scapy(
         lg,
@@ -568,8 +726,16 @@ fn ipv4_options_do_not_hide_the_transport_header() {
             tcp(&e, &nops, 40704, 443, "S", "ZAEV-p-443"),
         ],
     );
-    let seen = step.expect(&["ZAEV-p-rr", "ZAEV-p-443"], &["ZAEV-p-8443", "ZAEV-p-rr-8443"], &[("no_rule", 2.0)]);
-    assert!(seen.delta(RULE_PACKETS, &[("rule", "relay-https")]) >= 2.0, "{}", seen.after.changes(&seen.before));
+    let seen = step.expect(
+        &["ZAEV-p-rr", "ZAEV-p-443"],
+        &["ZAEV-p-8443", "ZAEV-p-rr-8443"],
+        &[("no_rule", 2.0)],
+    );
+    assert!(
+        seen.delta(RULE_PACKETS, &[("rule", "relay-https")]) >= 2.0,
+        "{}",
+        seen.after.changes(&seen.before)
+    );
 }
 
 /// Source routing through the gateway. A SYN to a forbidden mynumber port, addressed to the
@@ -595,7 +761,13 @@ fn source_routes_through_the_gateway_are_dropped() {
         ],
     );
     let e = ether(lg);
-    let via = |kind: &str| ip4(lg.v4, lg.gw_v4, &format!("options=[IPOption_{kind}(routers=['{}'])]", my.v4));
+    let via = |kind: &str| {
+        ip4(
+            lg.v4,
+            lg.gw_v4,
+            &format!("options=[IPOption_{kind}(routers=['{}'])]", my.v4),
+        )
+    };
     let srh = format!(
         "{}/IPv6ExtHdrSegmentRouting(addresses=['{}', '{}'], segleft=1)",
         ip6(lg.v6, lg.gw_v6),
@@ -612,7 +784,11 @@ fn source_routes_through_the_gateway_are_dropped() {
             tcp(&e, &ip4(lg.v4, my.v4, ""), 40714, 443, "S", "ZAEV-sr-ok"),
         ],
     );
-    step.expect(&["ZAEV-sr-ok"], &["ZAEV-sr-lsrr", "ZAEV-sr-ssrr", "ZAEV-sr-srh"], &[("source_route", 3.0)]);
+    step.expect(
+        &["ZAEV-sr-ok"],
+        &["ZAEV-sr-lsrr", "ZAEV-sr-ssrr", "ZAEV-sr-srh"],
+        &[("source_route", 3.0)],
+    );
 }
 
 // === tunnels and other protocols ===
@@ -631,7 +807,10 @@ fn tunnels_and_unknown_protocols_match_no_rule() {
     let inner6 = format!("{outer6}/TCP(sport=40802, dport=443, flags='S')");
     let step = env.watch(my);
     let dst = my.v4.to_string();
-    env.hping3(lg, &["-c", "1", "-0", "-H", "253", "-N", "4801", "-d", "16", &dst]);
+    env.hping3(
+        lg,
+        &["-c", "1", "-0", "-H", "253", "-N", "4801", "-d", "16", &dst],
+    );
     env.scapy(
         lg,
         &[
@@ -640,15 +819,31 @@ fn tunnels_and_unknown_protocols_match_no_rule() {
             format!("{e}/{outer4}/{inner6}/{}", data("ZAEV-n-6in4", 16)),
             format!("{e}/{outer6}/{inner6}/{}", data("ZAEV-n-6in6", 16)),
             format!("{e}/{outer6}/GRE()/{inner6}/{}", data("ZAEV-n-gre6", 16)),
-            format!("{e}/{outer4}/SCTP(sport=40803, dport=443)/{}", data("ZAEV-n-sctp", 16)),
-            format!("{e}/IPv6(src='{}', dst='{}', nh=253)/{}", lg.v6, my.v6, data("ZAEV-n-253", 16)),
+            format!(
+                "{e}/{outer4}/SCTP(sport=40803, dport=443)/{}",
+                data("ZAEV-n-sctp", 16)
+            ),
+            format!(
+                "{e}/IPv6(src='{}', dst='{}', nh=253)/{}",
+                lg.v6,
+                my.v6,
+                data("ZAEV-n-253", 16)
+            ),
             format!("{e}/{inner4}/{}", data("ZAEV-n-bare4", 16)),
             format!("{e}/{inner6}/{}", data("ZAEV-n-bare6", 16)),
         ],
     );
     let seen = step.expect(
         &["ZAEV-n-bare4", "ZAEV-n-bare6"],
-        &["ZAEV-n-gre", "ZAEV-n-ipip", "ZAEV-n-6in4", "ZAEV-n-6in6", "ZAEV-n-gre6", "ZAEV-n-sctp", "ZAEV-n-253"],
+        &[
+            "ZAEV-n-gre",
+            "ZAEV-n-ipip",
+            "ZAEV-n-6in4",
+            "ZAEV-n-6in6",
+            "ZAEV-n-gre6",
+            "ZAEV-n-sctp",
+            "ZAEV-n-253",
+        ],
         &[("no_rule", 8.0)],
     );
     seen.assert_no_ipv4_id(lg.v4, 4801, "hping3's protocol 253");
@@ -676,27 +871,62 @@ fn reply_shaped_packets_without_a_flow_are_dropped() {
     let shapes: [&[&str]; 5] = [&["-A"], &["-S", "-A"], &["-R"], &["-F", "-A"], &["-2"]];
     for (i, shape) in shapes.iter().enumerate() {
         let id = (4901 + i).to_string();
-        let mut args = vec!["-c", "1", "-s", "443", "-k", "-p", "40900", "-N", &id, "-d", "16"];
+        let mut args = vec![
+            "-c", "1", "-s", "443", "-k", "-p", "40900", "-N", &id, "-d", "16",
+        ];
         args.extend_from_slice(shape);
         args.push(&relay);
         env.hping3(my, &args);
     }
     let em = ether(my);
-    let q4 = |proto: &str, sport: u16| format!("{}/{proto}(sport={sport}, dport=443)", ip4(lg.v4, my.v4, ""));
+    let q4 = |proto: &str, sport: u16| {
+        format!(
+            "{}/{proto}(sport={sport}, dport=443)",
+            ip4(lg.v4, my.v4, "")
+        )
+    };
     env.scapy(
         my,
         &[
             icmp_error(&em, my.v4, lg.v4, &q4("UDP", 40910), "ZAEV-r-q-udp"),
             icmp_error(&em, my.v4, lg.v4, &q4("TCP", 40911), "ZAEV-r-q-tcp"),
-            format!("{em}/{}/ICMP(type=11)/{}/{}", ip4(my.v4, lg.v4, ""), ip4(lg.v4, my.v4, "proto=6"), data("ZAEV-r-q-bare", 16)),
-            format!("{em}/{}/ICMP(type=3, code=1)/{}", ip4(my.v4, lg.v4, ""), data("ZAEV-r-q-none", 16)),
-            icmp_error(&em, my.v6, lg.v6, &format!("{}/TCP(sport=40912, dport=443)", ip6(lg.v6, my.v6)), "ZAEV-r-q6"),
-            tcp(&em, &ip4(my.v4, lg.v4, ""), 443, held.port, "PA", "ZAEV-r-live"),
+            format!(
+                "{em}/{}/ICMP(type=11)/{}/{}",
+                ip4(my.v4, lg.v4, ""),
+                ip4(lg.v4, my.v4, "proto=6"),
+                data("ZAEV-r-q-bare", 16)
+            ),
+            format!(
+                "{em}/{}/ICMP(type=3, code=1)/{}",
+                ip4(my.v4, lg.v4, ""),
+                data("ZAEV-r-q-none", 16)
+            ),
+            icmp_error(
+                &em,
+                my.v6,
+                lg.v6,
+                &format!("{}/TCP(sport=40912, dport=443)", ip6(lg.v6, my.v6)),
+                "ZAEV-r-q6",
+            ),
+            tcp(
+                &em,
+                &ip4(my.v4, lg.v4, ""),
+                443,
+                held.port,
+                "PA",
+                "ZAEV-r-live",
+            ),
         ],
     );
     let seen = step.expect(
         &["ZAEV-r-live"],
-        &["ZAEV-r-q-udp", "ZAEV-r-q-tcp", "ZAEV-r-q-bare", "ZAEV-r-q-none", "ZAEV-r-q6"],
+        &[
+            "ZAEV-r-q-udp",
+            "ZAEV-r-q-tcp",
+            "ZAEV-r-q-bare",
+            "ZAEV-r-q-none",
+            "ZAEV-r-q6",
+        ],
         &[("no_rule", 10.0)],
     );
     for id in 4901..4906 {
@@ -706,23 +936,58 @@ fn reply_shaped_packets_without_a_flow_are_dropped() {
     let step = env.watch(lg);
     // A real DNS flow (the echo server answers it) ...
     let query = format!("{}/UDP(sport=40953, dport=53)", ip4(lg.v4, inet.v4, ""));
-    env.scapy(lg, &[format!("{}/{query}/{}", ether(lg), data("ZAEV-r-dns-q", 16))]);
+    env.scapy(
+        lg,
+        &[format!(
+            "{}/{query}/{}",
+            ether(lg),
+            data("ZAEV-r-dns-q", 16)
+        )],
+    );
     // ... and replies from port 53 that belong to no flow.
-    env.hping3(inet, &["-c", "1", "-2", "-s", "53", "-k", "-p", "40999", "-N", "4906", "-d", "16", &relay]);
-    env.hping3(inet, &["-c", "1", "-A", "-s", "53", "-k", "-p", "40999", "-N", "4907", "-d", "16", &relay]);
+    env.hping3(
+        inet,
+        &[
+            "-c", "1", "-2", "-s", "53", "-k", "-p", "40999", "-N", "4906", "-d", "16", &relay,
+        ],
+    );
+    env.hping3(
+        inet,
+        &[
+            "-c", "1", "-A", "-s", "53", "-k", "-p", "40999", "-N", "4907", "-d", "16", &relay,
+        ],
+    );
     let ei = ether(inet);
     env.scapy(
         inet,
         &[
-            icmp_error(&ei, inet.v4, lg.v4, &format!("{}/UDP(sport=40998, dport=53)", ip4(lg.v4, inet.v4, "")), "ZAEV-r-q-dns"),
-            format!("{ei}/{}/UDP(sport=53, dport=40953)/{}", ip4(inet.v4, lg.v4, ""), data("ZAEV-r-dns-a", 16)),
+            icmp_error(
+                &ei,
+                inet.v4,
+                lg.v4,
+                &format!("{}/UDP(sport=40998, dport=53)", ip4(lg.v4, inet.v4, "")),
+                "ZAEV-r-q-dns",
+            ),
+            format!(
+                "{ei}/{}/UDP(sport=53, dport=40953)/{}",
+                ip4(inet.v4, lg.v4, ""),
+                data("ZAEV-r-dns-a", 16)
+            ),
             icmp_error(&ei, inet.v4, lg.v4, &query, "ZAEV-r-related"),
         ],
     );
-    let seen = step.expect(&["ZAEV-r-dns-q", "ZAEV-r-dns-a", "ZAEV-r-related"], &["ZAEV-r-q-dns"], &[("no_rule", 3.0)]);
+    let seen = step.expect(
+        &["ZAEV-r-dns-q", "ZAEV-r-dns-a", "ZAEV-r-related"],
+        &["ZAEV-r-q-dns"],
+        &[("no_rule", 3.0)],
+    );
     seen.assert_no_ipv4_id(inet.v4, 4906, "UDP from port 53");
     seen.assert_no_ipv4_id(inet.v4, 4907, "TCP ACK from port 53");
-    assert!(seen.delta(PASSES, &[("reason", "related")]) >= 1.0, "{}", seen.after.changes(&seen.before));
+    assert!(
+        seen.delta(PASSES, &[("reason", "related")]) >= 1.0,
+        "{}",
+        seen.after.changes(&seen.before)
+    );
 }
 
 /// The reply of a live flow, injected where it does not belong. With the flow's exact tuple
@@ -736,17 +1001,36 @@ fn reply_shaped_packets_without_a_flow_are_dropped() {
 fn flow_replies_from_the_wrong_zone_or_source_are_dropped() {
     let env = Env::new("reply_injection", "deny");
     let (lg, my, inet) = (&env.lg, &env.my, &env.inet);
-    let _servers = [tcp_echo(&env.lab, my, 443, false), tcp_echo(&env.lab, my, 443, true)];
+    let _servers = [
+        tcp_echo(&env.lab, my, 443, false),
+        tcp_echo(&env.lab, my, 443, true),
+    ];
     let _dns = udp_echo(&env.lab, inet, 53, false);
-    let (h4, h6) = (craft::hold_tcp(&env.lab, lg, my.v4, 443), craft::hold_tcp(&env.lab, lg, my.v6, 443));
-    let reply4 = |e: &str, src: &str, dport: u16, m: &str| tcp(e, &ip4(src, lg.v4, ""), 443, dport, "PA", m);
-    let reply6 = |e: &str, src: &str, dport: u16, m: &str| tcp(e, &ip6(src, lg.v6), 443, dport, "PA", m);
+    let (h4, h6) = (
+        craft::hold_tcp(&env.lab, lg, my.v4, 443),
+        craft::hold_tcp(&env.lab, lg, my.v6, 443),
+    );
+    let reply4 =
+        |e: &str, src: &str, dport: u16, m: &str| tcp(e, &ip4(src, lg.v4, ""), 443, dport, "PA", m);
+    let reply6 =
+        |e: &str, src: &str, dport: u16, m: &str| tcp(e, &ip6(src, lg.v6), 443, dport, "PA", m);
     let (s4, s6) = (my.v4.to_string(), my.v6.to_string());
-    let quoted = format!("{}/TCP(sport={}, dport=443)", ip4(lg.v4, my.v4, ""), h4.port);
+    let quoted = format!(
+        "{}/TCP(sport={}, dport=443)",
+        ip4(lg.v4, my.v4, ""),
+        h4.port
+    );
 
     let step = env.watch(lg);
     let query = format!("{}/UDP(sport=41053, dport=53)", ip4(lg.v4, inet.v4, ""));
-    env.scapy(lg, &[format!("{}/{query}/{}", ether(lg), data("ZAEV-i-dns-q", 16))]);
+    env.scapy(
+        lg,
+        &[format!(
+            "{}/{query}/{}",
+            ether(lg),
+            data("ZAEV-i-dns-q", 16)
+        )],
+    );
     let ei = ether(inet);
     env.scapy(
         inet,
@@ -755,20 +1039,39 @@ fn flow_replies_from_the_wrong_zone_or_source_are_dropped() {
             reply6(&ei, &s6, h6.port, "ZAEV-i-inet6"),
             icmp_error(&ei, inet.v4, lg.v4, &quoted, "ZAEV-i-icmp-own"),
             icmp_error(&ei, my.v4, lg.v4, &quoted, "ZAEV-i-icmp-spf"),
-            format!("{ei}/{}/UDP(sport=53, dport=41053)/{}", ip4(inet.v4, lg.v4, ""), data("ZAEV-i-dns-a", 16)),
+            format!(
+                "{ei}/{}/UDP(sport=53, dport=41053)/{}",
+                ip4(inet.v4, lg.v4, ""),
+                data("ZAEV-i-dns-a", 16)
+            ),
         ],
     );
     step.expect(
         &["ZAEV-i-dns-q", "ZAEV-i-dns-a"],
-        &["ZAEV-i-inet4", "ZAEV-i-inet6", "ZAEV-i-icmp-own", "ZAEV-i-icmp-spf"],
+        &[
+            "ZAEV-i-inet4",
+            "ZAEV-i-inet6",
+            "ZAEV-i-icmp-own",
+            "ZAEV-i-icmp-spf",
+        ],
         &[("spoofed_source", 3.0), ("no_rule", 1.0)],
     );
 
     // Sent on the client's own segment, the gateway would route it straight back.
     let step = env.watch(lg);
     let el = ether(lg);
-    env.scapy(lg, &[reply4(&el, &s4, h4.port, "ZAEV-i-hairpin4"), reply6(&el, &s6, h6.port, "ZAEV-i-hairpin6")]);
-    step.expect(&[], &["ZAEV-i-hairpin4", "ZAEV-i-hairpin6"], &[("spoofed_source", 2.0)]);
+    env.scapy(
+        lg,
+        &[
+            reply4(&el, &s4, h4.port, "ZAEV-i-hairpin4"),
+            reply6(&el, &s6, h6.port, "ZAEV-i-hairpin6"),
+        ],
+    );
+    step.expect(
+        &[],
+        &["ZAEV-i-hairpin4", "ZAEV-i-hairpin6"],
+        &[("spoofed_source", 2.0)],
+    );
 
     let step = env.watch(lg);
     let em = ether(my);
@@ -799,7 +1102,10 @@ fn flow_replies_from_the_wrong_zone_or_source_are_dropped() {
 fn mac_bound_rule_admits_only_its_nic() {
     let env = Env::new("mac_binding", "deny");
     let (lg, my) = (&env.lg, &env.my);
-    let _servers = [tcp_echo(&env.lab, my, 443, false), tcp_echo(&env.lab, my, 443, true)];
+    let _servers = [
+        tcp_echo(&env.lab, my, 443, false),
+        tcp_echo(&env.lab, my, 443, true),
+    ];
     let held = craft::hold_tcp(&env.lab, lg, my.v4, 443);
     let (e, other) = (ether(lg), ether_from(lg, OTHER_MAC));
     let (i4, i6) = (ip4(lg.v4, my.v4, ""), ip6(lg.v6, my.v6));
@@ -820,7 +1126,11 @@ fn mac_bound_rule_admits_only_its_nic() {
         &["ZAEV-m-syn4", "ZAEV-m-syn6", "ZAEV-m-inject"],
         &[("mac_mismatch", 3.0)],
     );
-    assert!(seen.delta(PASSES, &[("reason", "established")]) >= 1.0, "{}", seen.after.changes(&seen.before));
+    assert!(
+        seen.delta(PASSES, &[("reason", "established")]) >= 1.0,
+        "{}",
+        seen.after.changes(&seen.before)
+    );
 }
 
 /// A source address of another zone is spoofed, whatever else the frame claims. From the
@@ -836,24 +1146,57 @@ fn sources_of_another_zone_are_spoofed_whatever_they_claim() {
     env.scapy(
         lg,
         &[
-            format!("{e}/{}/UDP(sport=41201, dport=9999)/{}", ip4("10.10.0.99", my.v4, ""), data("ZAEV-s-my", 16)),
-            tcp(&e, &ip4("198.51.100.7", my.v4, ""), 41202, 443, "S", "ZAEV-s-inet"),
+            format!(
+                "{e}/{}/UDP(sport=41201, dport=9999)/{}",
+                ip4("10.10.0.99", my.v4, ""),
+                data("ZAEV-s-my", 16)
+            ),
+            tcp(
+                &e,
+                &ip4("198.51.100.7", my.v4, ""),
+                41202,
+                443,
+                "S",
+                "ZAEV-s-inet",
+            ),
             tcp(&e, &ip6("fd10::99", my.v6), 41203, 443, "S", "ZAEV-s-my6"),
             tcp(&e, &ip4(lg.v4, my.v4, ""), 41204, 443, "S", "ZAEV-s-ok"),
         ],
     );
-    step.expect(&["ZAEV-s-ok"], &["ZAEV-s-my", "ZAEV-s-inet", "ZAEV-s-my6"], &[("spoofed_source", 3.0)]);
+    step.expect(
+        &["ZAEV-s-ok"],
+        &["ZAEV-s-my", "ZAEV-s-inet", "ZAEV-s-my6"],
+        &[("spoofed_source", 3.0)],
+    );
 
     let step = env.watch(my);
     let forged = ether_from(inet, LG_MAC);
     env.scapy(
         inet,
         &[
-            tcp(&forged, &ip4(lg.v4, my.v4, ""), 41205, 443, "S", "ZAEV-s-relay4"),
-            tcp(&forged, &ip6(lg.v6, my.v6), 41206, 443, "S", "ZAEV-s-relay6"),
+            tcp(
+                &forged,
+                &ip4(lg.v4, my.v4, ""),
+                41205,
+                443,
+                "S",
+                "ZAEV-s-relay4",
+            ),
+            tcp(
+                &forged,
+                &ip6(lg.v6, my.v6),
+                41206,
+                443,
+                "S",
+                "ZAEV-s-relay6",
+            ),
         ],
     );
-    step.expect(&[], &["ZAEV-s-relay4", "ZAEV-s-relay6"], &[("spoofed_source", 2.0)]);
+    step.expect(
+        &[],
+        &["ZAEV-s-relay4", "ZAEV-s-relay6"],
+        &[("spoofed_source", 2.0)],
+    );
 }
 
 // === VLAN tags ===
@@ -873,10 +1216,38 @@ fn vlan_tags_of_no_zone_are_dropped() {
     env.scapy(
         lg,
         &[
-            tcp(&format!("{e}/Dot1Q(vlan=100)"), &i4, 41301, 443, "S", "ZAEV-v-100"),
-            tcp(&format!("{e}/Dot1AD(vlan=100)/Dot1Q(vlan=200)"), &i4, 41302, 443, "S", "ZAEV-v-qinq"),
-            tcp(&format!("{e}/Dot1Q(vlan=100)/Dot1Q(vlan=200)/Dot1Q(vlan=300)"), &i4, 41303, 443, "S", "ZAEV-v-three"),
-            tcp(&format!("{e}/Dot1Q(vlan=0)"), &i4, 41304, 443, "S", "ZAEV-v-prio"),
+            tcp(
+                &format!("{e}/Dot1Q(vlan=100)"),
+                &i4,
+                41301,
+                443,
+                "S",
+                "ZAEV-v-100",
+            ),
+            tcp(
+                &format!("{e}/Dot1AD(vlan=100)/Dot1Q(vlan=200)"),
+                &i4,
+                41302,
+                443,
+                "S",
+                "ZAEV-v-qinq",
+            ),
+            tcp(
+                &format!("{e}/Dot1Q(vlan=100)/Dot1Q(vlan=200)/Dot1Q(vlan=300)"),
+                &i4,
+                41303,
+                443,
+                "S",
+                "ZAEV-v-three",
+            ),
+            tcp(
+                &format!("{e}/Dot1Q(vlan=0)"),
+                &i4,
+                41304,
+                443,
+                "S",
+                "ZAEV-v-prio",
+            ),
             tcp(&e, &i4, 41305, 443, "S", "ZAEV-v-none"),
         ],
     );

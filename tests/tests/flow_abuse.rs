@@ -316,7 +316,7 @@ impl Live {
     }
 
     /// Lines of the client that reached the server.
-    fn from_client(&self) -> usize {
+    fn lines_from_client(&self) -> usize {
         self.server
             .log_text()
             .lines()
@@ -337,7 +337,7 @@ impl Live {
             "{} lines at the client, max gap {:?} ms, last gaps {tail:?}; {} client lines at the server",
             gaps.len(),
             gaps.iter().max(),
-            self.from_client()
+            self.lines_from_client()
         )
     }
 }
@@ -400,7 +400,7 @@ fn churn_flood_does_not_evict_live_flows() {
         })
         .unwrap_or_else(|| panic!("the flood printed no count:\n{flood_log}"));
     let during = live.gaps();
-    let client_lines_after_flood = live.from_client();
+    let client_lines_after_flood = live.lines_from_client();
 
     // After the flood: the live connection still goes both ways.
     let after_lines = during.len();
@@ -413,7 +413,7 @@ fn churn_flood_does_not_evict_live_flows() {
     wait_until(
         Duration::from_secs(20),
         "the relay's data still reaches the server after the flood",
-        || live.from_client() > client_lines_after_flood,
+        || live.lines_from_client() > client_lines_after_flood,
     );
     let after = env.metrics();
     let ev = |e: &str| after.delta(&before, "zone_agent_flow_events_total", &[("event", e)]);

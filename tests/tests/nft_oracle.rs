@@ -28,8 +28,8 @@ use std::path::Path;
 use std::time::Instant;
 
 use zone_agent::policy::model::{
-    self, Decision, Model, Outcome, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Packet, TCP_ACK, TCP_FIN,
-    TCP_RST, TCP_SYN, Tuple,
+    self, Decision, Model, Outcome, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Packet,
+    TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Tuple,
 };
 use zone_agent::policy::types::{Policy, Protocol};
 use zone_agent::policy::validate;
@@ -44,9 +44,33 @@ const TCP_URG: u8 = 0x20;
 
 /// The three hosts, in zone order (host index = zone index): gateway veth, addresses, MAC.
 const HOSTS: [(&str, &str, &str, &str, &str, &str, &str); 3] = [
-    ("mynumber", "zmyn", "10.10.0.10/16", "10.10.0.1/16", "fd10::10/64", "fd10::1/64", "02:00:00:00:10:10"),
-    ("lgwan", "zlgw", "10.20.0.10/16", "10.20.0.1/16", "fd20::10/64", "fd20::1/64", "02:00:00:00:20:10"),
-    ("internet", "zinet", "198.51.100.10/24", "198.51.100.1/24", "2001:db8::10/64", "2001:db8::1/64", "02:00:00:00:30:10"),
+    (
+        "mynumber",
+        "zmyn",
+        "10.10.0.10/16",
+        "10.10.0.1/16",
+        "fd10::10/64",
+        "fd10::1/64",
+        "02:00:00:00:10:10",
+    ),
+    (
+        "lgwan",
+        "zlgw",
+        "10.20.0.10/16",
+        "10.20.0.1/16",
+        "fd20::10/64",
+        "fd20::1/64",
+        "02:00:00:00:20:10",
+    ),
+    (
+        "internet",
+        "zinet",
+        "198.51.100.10/24",
+        "198.51.100.1/24",
+        "2001:db8::10/64",
+        "2001:db8::1/64",
+        "02:00:00:00:30:10",
+    ),
 ];
 const MY: usize = 0;
 const LG: usize = 1;
@@ -296,17 +320,21 @@ mode = "audit"
 "#;
 
 fn policy_text(template: &str) -> String {
-    template.replace("{ZONES}", ZONES).replace("{SHARED}", SHARED)
+    template
+        .replace("{ZONES}", ZONES)
+        .replace("{SHARED}", SHARED)
 }
 
 fn parse_policy(text: &str) -> Policy {
-    validate::parse_str(Path::new("policy.toml"), text).map(|(p, _)| p).unwrap_or_else(|d| panic!("{d}"))
+    validate::parse_str(Path::new("policy.toml"), text)
+        .map(|(p, _)| p)
+        .unwrap_or_else(|d| panic!("{d}"))
 }
 
 /// Destination ports tried besides the rules' own: edges of the ranges, neighbours, others.
 const PORTS: [u16; 24] = [
-    22, 23, 25, 53, 80, 123, 443, 514, 3306, 3389, 5000, 5005, 5006, 5139, 5140, 5149, 5150, 5432, 7999,
-    8000, 8006, 8010, 8011, 8080,
+    22, 23, 25, 53, 80, 123, 443, 514, 3306, 3389, 5000, 5005, 5006, 5139, 5140, 5149, 5150, 5432,
+    7999, 8000, 8006, 8010, 8011, 8080,
 ];
 
 // === a deterministic generator ===
@@ -339,11 +367,19 @@ fn ip(s: &str) -> IpAddr {
 
 /// The host the gateway sends `a` to.
 fn host_of(a: IpAddr) -> usize {
-    PLACES.iter().find(|(p, _)| ip(p) == a).map(|(_, h)| *h).expect("a lab place")
+    PLACES
+        .iter()
+        .find(|(p, _)| ip(p) == a)
+        .map(|(_, h)| *h)
+        .expect("a lab place")
 }
 
 fn places(v6: bool) -> Vec<IpAddr> {
-    PLACES.iter().map(|(p, _)| ip(p)).filter(|a| a.is_ipv6() == v6).collect()
+    PLACES
+        .iter()
+        .map(|(p, _)| ip(p))
+        .filter(|a| a.is_ipv6() == v6)
+        .collect()
 }
 
 fn mac_bytes(mac: &str) -> [u8; 6] {
@@ -439,7 +475,9 @@ impl Gen {
     fn own_addrs(&self, h: usize, v6: bool) -> Vec<IpAddr> {
         places(v6)
             .into_iter()
-            .filter(|a| host_of(*a) == h && model::addr_zone(&self.policy, *a) == Policy::zone_id(h))
+            .filter(|a| {
+                host_of(*a) == h && model::addr_zone(&self.policy, *a) == Policy::zone_id(h)
+            })
             .collect()
     }
 
@@ -491,7 +529,8 @@ impl Gen {
         self.model.reload(policy.clone());
         self.policy = policy;
         self.phase += 1;
-        self.active.retain(|x| x.steps.front().is_some_and(|s| s.initiator));
+        self.active
+            .retain(|x| x.steps.front().is_some_and(|s| s.initiator));
     }
 
     // --- what to send ---
@@ -517,7 +556,9 @@ impl Gen {
             let dsts: Vec<IpAddr> = places(v6)
                 .into_iter()
                 .filter(|a| model::addr_zone(&self.policy, *a) == Policy::zone_id(rule.to))
-                .filter(|a| rule.destinations.is_empty() || rule.destinations.iter().any(|n| n.contains(a)))
+                .filter(|a| {
+                    rule.destinations.is_empty() || rule.destinations.iter().any(|n| n.contains(a))
+                })
                 .collect();
             if srcs.is_empty() || dsts.is_empty() {
                 return;
@@ -529,7 +570,11 @@ impl Gen {
                 Protocol::Udp => PROTO_UDP,
                 Protocol::Icmp => PROTO_ICMP,
                 Protocol::Icmpv6 => PROTO_ICMPV6,
-                Protocol::Any => self.rng.pick(&[PROTO_TCP, PROTO_UDP, if v6 { PROTO_ICMPV6 } else { PROTO_ICMP }]),
+                Protocol::Any => self.rng.pick(&[
+                    PROTO_TCP,
+                    PROTO_UDP,
+                    if v6 { PROTO_ICMPV6 } else { PROTO_ICMP },
+                ]),
             };
             dport = match rule.ports.as_slice() {
                 [] => self.rng.pick(&PORTS),
@@ -561,9 +606,18 @@ impl Gen {
                 self.rng.pick(&places(v6))
             };
             dst = self.rng.pick(&places(v6));
-            proto = self.rng.pick(&[PROTO_TCP, PROTO_TCP, PROTO_UDP, if v6 { PROTO_ICMPV6 } else { PROTO_ICMP }]);
+            proto = self.rng.pick(&[
+                PROTO_TCP,
+                PROTO_TCP,
+                PROTO_UDP,
+                if v6 { PROTO_ICMPV6 } else { PROTO_ICMP },
+            ]);
             dport = self.rng.pick(&PORTS);
-            mac = if sender == LG && self.rng.chance(20) { OTHER_MAC.to_string() } else { Self::host_mac(sender) };
+            mac = if sender == LG && self.rng.chance(20) {
+                OTHER_MAC.to_string()
+            } else {
+                Self::host_mac(sender)
+            };
         }
         if src == dst {
             return;
@@ -589,35 +643,84 @@ impl Gen {
             } else {
                 c(responder, &rmac, dst, src, body)
             };
-            steps.push_back(Step { initiator, c: step, what });
+            steps.push_back(Step {
+                initiator,
+                c: step,
+                what,
+            });
         };
         let label;
         match proto {
             PROTO_TCP => {
                 label = format!("tcp {src}:{sport} -> {dst}:{dport}");
                 let (ci, si) = (self.rng.next() as u32, self.rng.next() as u32);
-                let tcp = |sport, dport, flags, seq, ack, len| Body::Tcp { sport, dport, flags, seq, ack, len };
-                let (l, m) = (1 + self.rng.below(200) as u16, 1 + self.rng.below(200) as u16);
+                let tcp = |sport, dport, flags, seq, ack, len| Body::Tcp {
+                    sport,
+                    dport,
+                    flags,
+                    seq,
+                    ack,
+                    len,
+                };
+                let (l, m) = (
+                    1 + self.rng.below(200) as u16,
+                    1 + self.rng.below(200) as u16,
+                );
                 let (c1, s1) = (ci.wrapping_add(1), si.wrapping_add(1));
                 let (c2, s2) = (c1.wrapping_add(u32::from(l)), s1.wrapping_add(u32::from(m)));
                 push(true, "SYN", tcp(sport, dport, TCP_SYN, ci, 0, 0));
                 if self.rng.chance(10) {
                     // A closed port: the responder resets the handshake.
-                    push(false, "RST-ACK (closed)", tcp(dport, sport, TCP_RST | TCP_ACK, 0, c1, 0));
+                    push(
+                        false,
+                        "RST-ACK (closed)",
+                        tcp(dport, sport, TCP_RST | TCP_ACK, 0, c1, 0),
+                    );
                 } else {
-                    push(false, "SYN-ACK", tcp(dport, sport, TCP_SYN | TCP_ACK, si, c1, 0));
+                    push(
+                        false,
+                        "SYN-ACK",
+                        tcp(dport, sport, TCP_SYN | TCP_ACK, si, c1, 0),
+                    );
                     push(true, "ACK", tcp(sport, dport, TCP_ACK, c1, s1, 0));
-                    push(true, "data", tcp(sport, dport, TCP_PSH | TCP_ACK, c1, s1, l));
-                    push(false, "data reply", tcp(dport, sport, TCP_PSH | TCP_ACK, s1, c2, m));
+                    push(
+                        true,
+                        "data",
+                        tcp(sport, dport, TCP_PSH | TCP_ACK, c1, s1, l),
+                    );
+                    push(
+                        false,
+                        "data reply",
+                        tcp(dport, sport, TCP_PSH | TCP_ACK, s1, c2, m),
+                    );
                     push(true, "ACK", tcp(sport, dport, TCP_ACK, c2, s2, 0));
                     match self.rng.below(4) {
                         0 => {
                             push(true, "FIN", tcp(sport, dport, TCP_FIN | TCP_ACK, c2, s2, 0));
-                            push(false, "FIN", tcp(dport, sport, TCP_FIN | TCP_ACK, s2, c2.wrapping_add(1), 0));
-                            push(true, "last ACK", tcp(sport, dport, TCP_ACK, c2.wrapping_add(1), s2.wrapping_add(1), 0));
+                            push(
+                                false,
+                                "FIN",
+                                tcp(dport, sport, TCP_FIN | TCP_ACK, s2, c2.wrapping_add(1), 0),
+                            );
+                            push(
+                                true,
+                                "last ACK",
+                                tcp(
+                                    sport,
+                                    dport,
+                                    TCP_ACK,
+                                    c2.wrapping_add(1),
+                                    s2.wrapping_add(1),
+                                    0,
+                                ),
+                            );
                         }
                         1 => push(true, "RST", tcp(sport, dport, TCP_RST | TCP_ACK, c2, s2, 0)),
-                        2 => push(false, "RST", tcp(dport, sport, TCP_RST | TCP_ACK, s2, c2, 0)),
+                        2 => push(
+                            false,
+                            "RST",
+                            tcp(dport, sport, TCP_RST | TCP_ACK, s2, c2, 0),
+                        ),
                         _ => {} // left open
                     }
                 }
@@ -625,18 +728,46 @@ impl Gen {
             PROTO_UDP => {
                 label = format!("udp {src}:{sport} -> {dst}:{dport}");
                 for _ in 0..1 + self.rng.below(3) {
-                    let (l, m) = (1 + self.rng.below(100) as u16, 1 + self.rng.below(100) as u16);
-                    push(true, "request", Body::Udp { sport, dport, len: l });
-                    push(false, "response", Body::Udp { sport: dport, dport: sport, len: m });
+                    let (l, m) = (
+                        1 + self.rng.below(100) as u16,
+                        1 + self.rng.below(100) as u16,
+                    );
+                    push(
+                        true,
+                        "request",
+                        Body::Udp {
+                            sport,
+                            dport,
+                            len: l,
+                        },
+                    );
+                    push(
+                        false,
+                        "response",
+                        Body::Udp {
+                            sport: dport,
+                            dport: sport,
+                            len: m,
+                        },
+                    );
                 }
             }
             _ => {
                 let id = self.icmp_id();
                 // Sometimes the other family's ICMP: an unknown protocol to the data path.
                 let foreign = self.rng.chance(15);
-                label = format!("{}echo {src} -> {dst} id {id}", if foreign { "foreign " } else { "" });
+                label = format!(
+                    "{}echo {src} -> {dst} id {id}",
+                    if foreign { "foreign " } else { "" }
+                );
                 for seq in 0..1 + self.rng.below(3) as u16 {
-                    let echo = |reply| if foreign { Body::ForeignEcho { reply, id, seq } } else { Body::Echo { reply, id, seq } };
+                    let echo = |reply| {
+                        if foreign {
+                            Body::ForeignEcho { reply, id, seq }
+                        } else {
+                            Body::Echo { reply, id, seq }
+                        }
+                    };
                     push(true, "echo request", echo(false));
                     push(false, "echo reply", echo(true));
                 }
@@ -655,7 +786,12 @@ impl Gen {
             self.active.swap_remove(i);
             return;
         };
-        let what = format!("{} {} {}", self.active[i].label, if step.initiator { ">" } else { "<" }, step.what);
+        let what = format!(
+            "{} {} {}",
+            self.active[i].label,
+            if step.initiator { ">" } else { "<" },
+            step.what
+        );
         let passed = self.emit(step.c, what);
         // A packet that did not cross ends its exchange, now or (reply-shaped, with no flow
         // behind it) after one more packet.
@@ -681,8 +817,22 @@ impl Gen {
         }
         let (sport, dport) = (self.rng.pick(&PORTS), self.ephemeral());
         let (body, what) = match self.rng.below(8) {
-            0 => (Body::Udp { sport, dport, len: 20 }, "udp response"),
-            1 => (Body::Echo { reply: true, id: self.icmp_id(), seq: 0 }, "echo reply"),
+            0 => (
+                Body::Udp {
+                    sport,
+                    dport,
+                    len: 20,
+                },
+                "udp response",
+            ),
+            1 => (
+                Body::Echo {
+                    reply: true,
+                    id: self.icmp_id(),
+                    seq: 0,
+                },
+                "echo reply",
+            ),
             n => {
                 let (flags, what) = [
                     (TCP_SYN | TCP_ACK, "SYN-ACK"),
@@ -693,12 +843,27 @@ impl Gen {
                     (TCP_FIN | TCP_PSH | TCP_URG, "xmas"),
                 ][n - 2];
                 let len = if flags & TCP_PSH != 0 { 10 } else { 0 };
-                let body = Body::Tcp { sport, dport, flags, seq: self.rng.next() as u32, ack: self.rng.next() as u32, len };
+                let body = Body::Tcp {
+                    sport,
+                    dport,
+                    flags,
+                    seq: self.rng.next() as u32,
+                    ack: self.rng.next() as u32,
+                    len,
+                };
                 (body, what)
             }
         };
         let opts = self.rng.chance(8);
-        let c = Crafted { marker: 0, sender, src_mac: Self::host_mac(sender), src, dst, opts, body };
+        let c = Crafted {
+            marker: 0,
+            sender,
+            src_mac: Self::host_mac(sender),
+            src,
+            dst,
+            opts,
+            body,
+        };
         self.emit(c, format!("orphan {what} {src}:{sport} -> {dst}:{dport}"));
     }
 
@@ -709,7 +874,10 @@ impl Gen {
             .quotable
             .iter()
             .copied()
-            .filter(|&i| flow_key(&self.out[i].c).is_none_or(|k| !self.tainted.contains(&k) && self.relatable(&k)))
+            .filter(|&i| {
+                flow_key(&self.out[i].c)
+                    .is_none_or(|k| !self.tainted.contains(&k) && self.relatable(&k))
+            })
             .collect();
         if candidates.is_empty() {
             return;
@@ -725,14 +893,28 @@ impl Gen {
                     .into_iter()
                     .filter(|a| host_of(*a) == h && model::addr_zone(&self.policy, *a) == zone)
                     .collect();
-                let src = if self.rng.chance(60) || routers.is_empty() { q.dst } else { self.rng.pick(&routers) };
+                let src = if self.rng.chance(60) || routers.is_empty() {
+                    q.dst
+                } else {
+                    self.rng.pick(&routers)
+                };
                 (h, src, q.src, "back")
             }
             6..=7 => {
                 let h = self.rng.below(HOSTS.len());
-                (h, self.rng.pick(&self.own_addrs(h, v6)), q.src, "from elsewhere")
+                (
+                    h,
+                    self.rng.pick(&self.own_addrs(h, v6)),
+                    q.src,
+                    "from elsewhere",
+                )
             }
-            _ => (host_of(q.dst), q.dst, self.rng.pick(&places(v6)), "misdirected"),
+            _ => (
+                host_of(q.dst),
+                q.dst,
+                self.rng.pick(&places(v6)),
+                "misdirected",
+            ),
         };
         if src == dst {
             return;
@@ -740,7 +922,8 @@ impl Gen {
         let (ty, code) = if v6 {
             self.rng.pick(&[(1, 4), (1, 1), (2, 0), (3, 0), (4, 0)])
         } else {
-            self.rng.pick(&[(3, 3), (3, 1), (3, 13), (11, 0), (12, 0), (4, 0), (5, 1)])
+            self.rng
+                .pick(&[(3, 3), (3, 1), (3, 13), (11, 0), (12, 0), (4, 0), (5, 1)])
         };
         let c = Crafted {
             marker: 0,
@@ -749,9 +932,19 @@ impl Gen {
             src,
             dst,
             opts: self.rng.chance(8),
-            body: Body::Quote { ty, code, quoted: q.marker },
+            body: Body::Quote {
+                ty,
+                code,
+                quoted: q.marker,
+            },
         };
-        self.emit(c, format!("icmp {ty}/{code} {how} {src} -> {dst} quoting #{}", q.marker));
+        self.emit(
+            c,
+            format!(
+                "icmp {ty}/{code} {how} {src} -> {dst} quoting #{}",
+                q.marker
+            ),
+        );
     }
 
     /// A RST that a host of another zone forges for an exchange past its handshake: the
@@ -780,16 +973,34 @@ impl Gen {
 
     fn forge_reset(&mut self, i: usize) {
         let next = &self.active[i].steps[0].c;
-        let Body::Tcp { sport, dport, seq, ack, .. } = next.body else { unreachable!("a TCP step") };
+        let Body::Tcp {
+            sport,
+            dport,
+            seq,
+            ack,
+            ..
+        } = next.body
+        else {
+            unreachable!("a TCP step")
+        };
         let zone = model::addr_zone(&self.policy, next.src);
-        let others: Vec<usize> = (0..HOSTS.len()).filter(|&h| Policy::zone_id(h) != zone).collect();
+        let others: Vec<usize> = (0..HOSTS.len())
+            .filter(|&h| Policy::zone_id(h) != zone)
+            .collect();
         let sender = self.rng.pick(&others);
         let flags = TCP_RST | TCP_ACK;
         let c = Crafted {
             marker: 0,
             sender,
             src_mac: Self::host_mac(sender),
-            body: Body::Tcp { sport, dport, flags, seq, ack, len: 0 },
+            body: Body::Tcp {
+                sport,
+                dport,
+                flags,
+                seq,
+                ack,
+                len: 0,
+            },
             ..next.clone()
         };
         let what = format!("forged RST {}:{sport} -> {}:{dport}", c.src, c.dst);
@@ -807,12 +1018,23 @@ impl Gen {
         }
         let body = match self.rng.below(3) {
             0 => Body::Proto { proto: 47, len: 8 },
-            1 => Body::Proto { proto: 132, len: 12 },
+            1 => Body::Proto {
+                proto: 132,
+                len: 12,
+            },
             _ if v6 => Body::Icmp { ty: 200, code: 0 },
             _ => Body::Icmp { ty: 13, code: 0 },
         };
         let opts = self.rng.chance(8);
-        let c = Crafted { marker: 0, sender, src_mac: Self::host_mac(sender), src, dst, opts, body };
+        let c = Crafted {
+            marker: 0,
+            sender,
+            src_mac: Self::host_mac(sender),
+            src,
+            dst,
+            opts,
+            body,
+        };
         self.emit(c, format!("other {src} -> {dst}"));
     }
 
@@ -823,7 +1045,9 @@ impl Gen {
     /// load of the current policy's text.
     fn relatable(&self, k: &Key) -> bool {
         let now = self.loads.len() - 1;
-        self.validated.get(k).is_none_or(|&load| load == now || self.loads[load] != self.loads[now])
+        self.validated
+            .get(k)
+            .is_none_or(|&load| load == now || self.loads[load] != self.loads[now])
     }
 
     /// Plans `c` and lets the model decide it. `None`: not sent (its flow is tainted).
@@ -861,7 +1085,11 @@ impl Gen {
             return None;
         }
         c.marker = u32::try_from(self.out.len() + 1).expect("marker fits");
-        let what = if c.opts { format!("{what} +opts") } else { what };
+        let what = if c.opts {
+            format!("{what} +opts")
+        } else {
+            what
+        };
         let p = self.model_packet(&c);
         self.now += 1_000_000;
         let d = self.model.decide(&p, self.now);
@@ -878,7 +1106,12 @@ impl Gen {
             self.quotable.push(self.out.len());
         }
         let passed = d.xdp_pass(false);
-        self.out.push(Planned { c, phase: self.phase, what, model: d });
+        self.out.push(Planned {
+            c,
+            phase: self.phase,
+            what,
+            model: d,
+        });
         Some(passed)
     }
 
@@ -888,12 +1121,19 @@ impl Gen {
         let icmp = if v6 { PROTO_ICMPV6 } else { PROTO_ICMP };
         let ifname = HOSTS[c.sender].1;
         let mut p = match &c.body {
-            Body::Tcp { sport, dport, flags, .. } => {
+            Body::Tcp {
+                sport,
+                dport,
+                flags,
+                ..
+            } => {
                 let mut p = Packet::new(ifname, c.src, c.dst, PROTO_TCP, *sport, *dport);
                 p.tcp_flags = *flags;
                 p
             }
-            Body::Udp { sport, dport, .. } => Packet::new(ifname, c.src, c.dst, PROTO_UDP, *sport, *dport),
+            Body::Udp { sport, dport, .. } => {
+                Packet::new(ifname, c.src, c.dst, PROTO_UDP, *sport, *dport)
+            }
             Body::Echo { reply, id, .. } => {
                 let (sport, dport) = if *reply { (0, *id) } else { (*id, 0) };
                 let mut p = Packet::new(ifname, c.src, c.dst, icmp, sport, dport);
@@ -913,15 +1153,27 @@ impl Gen {
             Body::Quote { ty, quoted, .. } => {
                 let mut p = Packet::new(ifname, c.src, c.dst, icmp, 0, 0);
                 p.icmp_type = *ty;
-                let error = if v6 { (1..=4).contains(ty) } else { matches!(ty, 3 | 11 | 12) };
+                let error = if v6 {
+                    (1..=4).contains(ty)
+                } else {
+                    matches!(ty, 3 | 11 | 12)
+                };
                 if error {
                     let q = &self.out[*quoted as usize - 1].c;
                     let (sport, dport) = ports(q);
-                    p.inner = Some(Tuple { proto: proto_of(q), src: q.src, dst: q.dst, sport, dport });
+                    p.inner = Some(Tuple {
+                        proto: proto_of(q),
+                        src: q.src,
+                        dst: q.dst,
+                        sport,
+                        dport,
+                    });
                 }
                 p
             }
-            Body::Proto { .. } | Body::ForeignEcho { .. } => Packet::new(ifname, c.src, c.dst, proto_of(c), 0, 0),
+            Body::Proto { .. } | Body::ForeignEcho { .. } => {
+                Packet::new(ifname, c.src, c.dst, proto_of(c), 0, 0)
+            }
         };
         p.src_mac = mac_bytes(&c.src_mac);
         p
@@ -932,7 +1184,9 @@ fn proto_of(c: &Crafted) -> u8 {
     match &c.body {
         Body::Tcp { .. } => PROTO_TCP,
         Body::Udp { .. } => PROTO_UDP,
-        Body::Echo { .. } | Body::Icmp { .. } | Body::Quote { .. } if c.src.is_ipv6() => PROTO_ICMPV6,
+        Body::Echo { .. } | Body::Icmp { .. } | Body::Quote { .. } if c.src.is_ipv6() => {
+            PROTO_ICMPV6
+        }
         Body::Echo { .. } | Body::Icmp { .. } | Body::Quote { .. } => PROTO_ICMP,
         Body::Proto { proto, .. } => *proto,
         Body::ForeignEcho { .. } if c.src.is_ipv6() => PROTO_ICMP,
@@ -944,8 +1198,12 @@ fn proto_of(c: &Crafted) -> u8 {
 fn ports(c: &Crafted) -> (u16, u16) {
     match &c.body {
         Body::Tcp { sport, dport, .. } | Body::Udp { sport, dport, .. } => (*sport, *dport),
-        Body::Echo { reply: false, id, .. } => (*id, 0),
-        Body::Echo { reply: true, id, .. } => (0, *id),
+        Body::Echo {
+            reply: false, id, ..
+        } => (*id, 0),
+        Body::Echo {
+            reply: true, id, ..
+        } => (0, *id),
         _ => (0, 0),
     }
 }
@@ -965,7 +1223,10 @@ fn flow_key(c: &Crafted) -> Option<Key> {
 /// bare ACK (mid-stream pickup, `nf_conntrack_tcp_loose`), any UDP datagram, an echo request.
 fn conntrack_opens(c: &Crafted) -> bool {
     match c.body {
-        Body::Tcp { flags, .. } => matches!(flags & (TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST), TCP_SYN | TCP_ACK),
+        Body::Tcp { flags, .. } => matches!(
+            flags & (TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST),
+            TCP_SYN | TCP_ACK
+        ),
         Body::Udp { .. } => true,
         Body::Echo { reply, .. } => !reply,
         _ => false,
@@ -989,7 +1250,11 @@ enum Boundary {
 }
 
 /// Phase 1 runs policy A; then these boundaries, each followed by a phase.
-const PLAN: [Boundary; 3] = [Boundary::Wait, Boundary::Reload(POLICY_B), Boundary::Reload(POLICY_A)];
+const PLAN: [Boundary; 3] = [
+    Boundary::Wait,
+    Boundary::Reload(POLICY_B),
+    Boundary::Reload(POLICY_A),
+];
 
 const WAIT: std::time::Duration = std::time::Duration::from_millis(1500);
 
@@ -1003,7 +1268,10 @@ fn generate(seed: u64, per_phase: usize) -> Sequence {
         }
         g.run(per_phase);
     }
-    Sequence { seed, packets: g.out }
+    Sequence {
+        seed,
+        packets: g.out,
+    }
 }
 
 // === the two runs ===
@@ -1059,12 +1327,21 @@ fn run(seq: &Sequence, enforcer: Enforcer) -> oracle::Run {
             oracle::nft_file(&lab, &gw, "policy", &ruleset, false);
             // Conntrack is loaded now. A closed connection lingers 10 s by default; 1 s lets
             // the test see, after a short wait, whether a forged RST closed one.
-            lab.sysctls(&gw, &[("net.netfilter.nf_conntrack_tcp_timeout_close", "1")]);
+            lab.sysctls(
+                &gw,
+                &[("net.netfilter.nf_conntrack_tcp_timeout_close", "1")],
+            );
         }
         Enforcer::Agent => _agent = Some(zone_agent_lab::agent::start_file(&lab, &policy)),
     }
     let phases: Vec<Vec<Crafted>> = (1..=PLAN.len() + 1)
-        .map(|k| seq.packets.iter().filter(|p| usize::from(p.phase) == k).map(|p| p.c.clone()).collect())
+        .map(|k| {
+            seq.packets
+                .iter()
+                .filter(|p| usize::from(p.phase) == k)
+                .map(|p| p.c.clone())
+                .collect()
+        })
         .collect();
     let run = oracle::send_and_capture(&lab, &hosts, &phases, |k| match PLAN[k - 1] {
         // The wait is the point here: a timeout has to run out.
@@ -1087,12 +1364,20 @@ fn run(seq: &Sequence, enforcer: Enforcer) -> oracle::Run {
     // Each packet can only have arrived where the gateway routes its destination.
     for p in phases.iter().flatten() {
         for h in &run.seen[&p.marker] {
-            assert_eq!(*h, host_of(p.dst), "#{} arrived at host {h}, not where it is routed", p.marker);
+            assert_eq!(
+                *h,
+                host_of(p.dst),
+                "#{} arrived at host {h}, not where it is routed",
+                p.marker
+            );
         }
     }
     // The shortest idle timeout on either side is a closed TCP flow's (zone-agent): a
     // sequence that took longer could see flows expire in one run and not in the other.
-    eprintln!("nft_oracle: {enforcer:?} run of seed {}: sent in {:.1?}", seq.seed, run.span);
+    eprintln!(
+        "nft_oracle: {enforcer:?} run of seed {}: sent in {:.1?}",
+        seq.seed, run.span
+    );
     assert!(
         run.span.as_nanos() < u128::from(FLOW_TCP_CLOSING_NS),
         "{enforcer:?} run of seed {} took {:?}: flows may have expired",
@@ -1102,7 +1387,10 @@ fn run(seq: &Sequence, enforcer: Enforcer) -> oracle::Run {
     if enforcer == Enforcer::Nft {
         // The counters show the ruleset itself decided (a broken ruleset would drop all).
         let counters = lab.run_ok(&gw, &["nft", "list", "table", "inet", "zone_agent"]);
-        assert!(counters.contains("counter packets"), "nft ruleset has no counters:\n{counters}");
+        assert!(
+            counters.contains("counter packets"),
+            "nft ruleset has no counters:\n{counters}"
+        );
     }
     run
 }
@@ -1116,7 +1404,9 @@ fn outcome_label(d: &Decision) -> String {
 
 fn env_num(name: &str, default: u64) -> u64 {
     match std::env::var(name) {
-        Ok(v) => v.parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
         Err(_) => default,
     }
 }
@@ -1132,9 +1422,11 @@ fn nftables_export_and_xdp_pass_the_same_packets() {
     let (mut total, mut crossed, mut model_off) = (0usize, 0usize, Vec::new());
     let mut mismatches = Vec::new();
     // (model verdict, kind of packet) -> (crossed, blocked) under nftables.
-    let mut tally: std::collections::BTreeMap<(String, String), (usize, usize)> = Default::default();
+    let mut tally: std::collections::BTreeMap<(String, String), (usize, usize)> =
+        Default::default();
     // ZA_NFT_DUMP=FILE: every packet with both outcomes, for reading a failure.
-    let mut dump = std::env::var_os("ZA_NFT_DUMP").map(|p| std::fs::File::create(p).expect("dump file"));
+    let mut dump =
+        std::env::var_os("ZA_NFT_DUMP").map(|p| std::fs::File::create(p).expect("dump file"));
     for seed in first_seed..first_seed + sequences {
         let seq = generate(seed, per_phase);
         let nft = run(&seq, Enforcer::Nft);
@@ -1143,10 +1435,18 @@ fn nftables_export_and_xdp_pass_the_same_packets() {
         for p in &seq.packets {
             let (by_nft, by_agent) = (nft.crossed(p.c.marker), agent.crossed(p.c.marker));
             let by_model = p.model.xdp_pass(false);
-            if by_nft { n_crossed += 1 } else { n_blocked += 1 }
+            if by_nft {
+                n_crossed += 1
+            } else {
+                n_blocked += 1
+            }
             let kind = p.what.split_whitespace().next().unwrap_or("").to_string();
             let t = tally.entry((outcome_label(&p.model), kind)).or_default();
-            if by_nft { t.0 += 1 } else { t.1 += 1 }
+            if by_nft {
+                t.0 += 1
+            } else {
+                t.1 += 1
+            }
             let line = format!(
                 "seed {seed} #{} phase {} from {}: {} [model: {}] nft {} agent {}",
                 p.c.marker,
@@ -1176,7 +1476,10 @@ fn nftables_export_and_xdp_pass_the_same_packets() {
         );
         // A lab where nothing (or everything) crosses would agree trivially.
         let min = seq.packets.len() / 5;
-        assert!(n_crossed >= min && n_blocked >= min, "seed {seed}: {n_crossed} crossed, {n_blocked} blocked");
+        assert!(
+            n_crossed >= min && n_blocked >= min,
+            "seed {seed}: {n_crossed} crossed, {n_blocked} blocked"
+        );
         total += seq.packets.len();
         crossed += n_crossed;
     }
@@ -1194,6 +1497,15 @@ fn nftables_export_and_xdp_pass_the_same_packets() {
     for l in &model_off {
         eprintln!("  both differ from the model: {l}");
     }
-    assert!(mismatches.is_empty(), "nftables and zone-agent disagree on {} packet(s):\n{}", mismatches.len(), mismatches.join("\n"));
-    assert!(model_off.is_empty(), "{} packet(s) crossed differently from the model's verdict", model_off.len());
+    assert!(
+        mismatches.is_empty(),
+        "nftables and zone-agent disagree on {} packet(s):\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
+    assert!(
+        model_off.is_empty(),
+        "{} packet(s) crossed differently from the model's verdict",
+        model_off.len()
+    );
 }

@@ -202,20 +202,40 @@ fn the_unit_capabilities_are_enough_to_enforce() {
     // What a `systemctl restart` does, with the same capabilities: the stopped agent left the
     // policy pinned and enforcing; the new one adopts it (BPF_OBJ_GET + BPF_LINK_UPDATE).
     for iface in ["zmyn", "zlgw"] {
-        assert!(xdp_attached(&lab, iface), "the stop removed XDP from {iface}");
+        assert!(
+            xdp_attached(&lab, iface),
+            "the stop removed XDP from {iface}"
+        );
     }
     let mut agent = spawn_agent(&lab, &policy, &caps, "agent");
     let started = Instant::now();
     while scrape::metrics(&lab, lab.gateway(), METRICS_ADDR).is_none() {
         if let Some(status) = agent.exited() {
-            panic!("with only {caps:?} the restarted agent exited ({status}):\n{}", agent.log_text());
+            panic!(
+                "with only {caps:?} the restarted agent exited ({status}):\n{}",
+                agent.log_text()
+            );
         }
-        assert!(started.elapsed() < AGENT_READY, "restart: no /metrics:\n{}", agent.log_text());
+        assert!(
+            started.elapsed() < AGENT_READY,
+            "restart: no /metrics:\n{}",
+            agent.log_text()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(agent.log_text().contains("adopted"), "the restarted agent did not adopt the links:\n{}", agent.log_text());
-    assert!(!tcp_connect(&lab, &lg, ip("10.10.0.10"), 22, None, T_FAIL), "port 22 after the restart");
-    assert!(tcp_connect(&lab, &lg, ip("10.10.0.10"), 443, None, T), "relay-https after the restart");
+    assert!(
+        agent.log_text().contains("adopted"),
+        "the restarted agent did not adopt the links:\n{}",
+        agent.log_text()
+    );
+    assert!(
+        !tcp_connect(&lab, &lg, ip("10.10.0.10"), 22, None, T_FAIL),
+        "port 22 after the restart"
+    );
+    assert!(
+        tcp_connect(&lab, &lg, ip("10.10.0.10"), 443, None, T),
+        "relay-https after the restart"
+    );
     agent.stop().expect("the agent is reaped");
 
     // `zone-agent detach` with the same capabilities removes everything.
@@ -231,9 +251,15 @@ fn the_unit_capabilities_are_enough_to_enforce() {
     let detach: Vec<&str> = detach.iter().map(String::as_str).collect();
     lab.run_ok(lab.gateway(), &detach);
     for iface in ["zmyn", "zlgw"] {
-        assert!(!xdp_attached(&lab, iface), "XDP still on {iface} after detach");
+        assert!(
+            !xdp_attached(&lab, iface),
+            "XDP still on {iface} after detach"
+        );
     }
-    assert!(tcp_connect(&lab, &lg, ip("10.10.0.10"), 22, None, T), "after detach the gateway routes unfiltered");
+    assert!(
+        tcp_connect(&lab, &lg, ip("10.10.0.10"), 22, None, T),
+        "after detach the gateway routes unfiltered"
+    );
 }
 
 /// Each capability of the unit is needed: without it the agent fails to start (and says so),

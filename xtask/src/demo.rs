@@ -326,17 +326,34 @@ fn demo(args: &Args, agent_bin: Option<&Path>) -> Result<()> {
                 ),
                 None => report.check("zone-agent exit after SIGTERM", false, "exit within 10 s"),
             }
-            let what = format!("lgwan {} -> mynumber {} tcp/22, agent stopped", lg.v4, my.v4);
+            let what = format!(
+                "lgwan {} -> mynumber {} tcp/22, agent stopped",
+                lg.v4, my.v4
+            );
             let passed = tcp_connect(&lab, &lg, my.v4, 22, None, ATTEMPT);
-            report.check(&what, !passed, "still blocked: enforcement is pinned, it outlives the agent");
+            report.check(
+                &what,
+                !passed,
+                "still blocked: enforcement is pinned, it outlives the agent",
+            );
             let allowed = tcp_connect(&lab, &lg, my.v4, 443, None, ATTEMPT);
             report.check(
-                &format!("lgwan {} -> mynumber {} tcp/443, agent stopped", lg.v4, my.v4),
+                &format!(
+                    "lgwan {} -> mynumber {} tcp/443, agent stopped",
+                    lg.v4, my.v4
+                ),
                 allowed,
                 "still allowed (rule lgwan-relay-to-mynumber)",
             );
             step("demo: zone-agent detach (the one way to remove enforcement)");
-            let argv = [s(bin), "detach", "--pin-dir", s(&pins), "--state-dir", s(&state)];
+            let argv = [
+                s(bin),
+                "detach",
+                "--pin-dir",
+                s(&pins),
+                "--state-dir",
+                s(&state),
+            ];
             println!("    $ zone-agent {}", argv[1..].join(" "));
             let out = lab.run(lab.gateway(), &argv);
             print_output(&out);

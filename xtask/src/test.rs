@@ -1,4 +1,6 @@
 //! `cargo xtask test`: setup + build, then
+//! 0. the habits: `cargo fmt --check` over the three cargo workspaces (agent, zone-agent-ebpf,
+//!    fuzz) and `cargo clippy --workspace --all-targets -- -D warnings`, then
 //! 1. `cargo test --workspace --exclude zone-agent-lab` (unit and no-root tests), then
 //! 2. the privileged suites, `cargo test -p zone-agent-lab --release`, run as root under
 //!    `unshare --mount --net` as a second safety net: whatever a test creates or forgets
@@ -17,6 +19,8 @@ pub enum Phase {
     Unit,
     /// Only the privileged namespace suites (zone-agent-lab).
     Lab,
+    /// Only rustfmt and clippy.
+    Lint,
 }
 
 #[derive(clap::Args)]
@@ -54,7 +58,22 @@ pub fn run(ws: &Workspace, args: &Args) -> Result<()> {
 
     record("build", build::agent(ws, true).map(|_| ()));
 
-    if args.only != Some(Phase::Lab) {
+    if args.only.is_none() || args.only == Some(Phase::Lint) {
+        step("test: rustfmt and clippy");
+        record("format", fmt_check(ws));
+        let mut clippy = ws.command("cargo");
+        clippy.args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]);
+        record("clippy", exec(&mut clippy));
+    }
+
+    if args.only.is_none() || args.only == Some(Phase::Unit) {
         step("test: unit and no-root tests");
         let mut cmd = ws.command("cargo");
         cmd.args(["test", "--workspace", "--exclude", "zone-agent-lab"])
@@ -62,7 +81,7 @@ pub fn run(ws: &Workspace, args: &Args) -> Result<()> {
         record("unit tests", exec(&mut cmd));
     }
 
-    if args.only != Some(Phase::Unit) {
+    if args.only.is_none() || args.only == Some(Phase::Lab) {
         step("test: privileged namespace suites (zone-agent-lab)");
         record("lab tests", lab_phase(ws, &args.extra));
     }
@@ -76,6 +95,31 @@ pub fn run(ws: &Workspace, args: &Args) -> Result<()> {
         eprintln!("    FAILED {failure}");
     }
     bail!("{} phase(s) failed", failures.len())
+}
+
+/// `cargo fmt --check` in each cargo workspace of the tree (the eBPF crate and the fuzz
+/// targets are workspaces of their own; one `rustfmt.toml` at the root serves all three).
+fn fmt_check(ws: &Workspace) -> Result<()> {
+    let mut failed = Vec::new();
+    for (dir, toolchain) in [
+        (".", None),
+        ("zone-agent-ebpf", Some("+nightly")),
+        ("fuzz", None),
+    ] {
+        let mut cmd = ws.command("cargo");
+        cmd.current_dir(ws.root.join(dir));
+        cmd.args(toolchain).args(["fmt", "--all", "--check"]);
+        if exec(&mut cmd).is_err() {
+            failed.push(dir);
+        }
+    }
+    if failed.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "unformatted code in {}; run `cargo fmt --all` there (the eBPF crate with `cargo +nightly fmt`)",
+        failed.join(", ")
+    )
 }
 
 fn lab_phase(ws: &Workspace, extra: &[String]) -> Result<()> {

@@ -369,7 +369,10 @@ pub struct FailsafeSrcKey {
 /// Word and bit of a failsafe port in `ZA_FSPORTS`.
 #[inline(always)]
 pub const fn failsafe_port_slot(udp: bool, port: u16) -> (u32, u64) {
-    ((udp as u32) * (PORTS / 64) + (port as u32) / 64, 1u64 << (port % 64))
+    (
+        (udp as u32) * (PORTS / 64) + (port as u32) / 64,
+        1u64 << (port % 64),
+    )
 }
 
 /// Index of a zone-pair counter.

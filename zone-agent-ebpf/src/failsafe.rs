@@ -23,13 +23,29 @@ pub fn matches(ifindex: u32, p: &Packet) -> bool {
         Some(w) if *w & bit != 0 => {}
         _ => return false,
     }
-    let key = FailsafeKey { ifindex, port: t.dport, proto: t.proto, family: t.family, addr: t.dst };
+    let key = FailsafeKey {
+        ifindex,
+        port: t.dport,
+        proto: t.proto,
+        family: t.family,
+        addr: t.dst,
+    };
     // SAFETY: plain data.
     let Some(dst_mask) = (unsafe { FAILSAFE.get(&key) }).copied() else {
         return false;
     };
-    let bits = if t.family == FAMILY_V4 { 8 + 32 } else { 8 + 128 };
-    let src = Key::new(bits, FailsafeSrcKey { family: t.family, addr: t.src });
+    let bits = if t.family == FAMILY_V4 {
+        8 + 32
+    } else {
+        8 + 128
+    };
+    let src = Key::new(
+        bits,
+        FailsafeSrcKey {
+            family: t.family,
+            addr: t.src,
+        },
+    );
     match FAILSAFE_SRC.get(&src) {
         Some(src_mask) => dst_mask & *src_mask != 0,
         None => false,

@@ -44,7 +44,13 @@ struct Decision {
 
 impl Decision {
     fn drop(reason: DropReason) -> Self {
-        Decision { outcome: Outcome::Drop(reason), from: 0, to: 0, rule: NO_RULE, audit: false }
+        Decision {
+            outcome: Outcome::Drop(reason),
+            from: 0,
+            to: 0,
+            rule: NO_RULE,
+            audit: false,
+        }
     }
 }
 
@@ -132,7 +138,13 @@ fn classify(ctx: &XdpContext, set: u32, cfg: &SetConfig, s: &mut Scratch) -> Dec
         Outcome::Pass(_) => (s.hit.rule, s.hit.audit),
         Outcome::Drop(_) => (NO_RULE, false),
     };
-    Decision { outcome, from: s.z.from, to: s.z.to, rule, audit }
+    Decision {
+        outcome,
+        from: s.z.from,
+        to: s.z.to,
+        rule,
+        audit,
+    }
 }
 
 /// Steps 3–10 of `classify` (7 first); on `Ok` the pass is described in `s.hit`, and
@@ -167,7 +179,14 @@ fn decide(set: u32, cfg: &SetConfig, ifindex: u32, s: &mut Scratch) -> Result<()
     if stale && state::lookup(set, gen_, s, false) == state::LOOKUP_HIT {
         return state::follow_first_fragment(gen_, s);
     }
-    let Scratch { p, z, hit, m, found, .. } = s;
+    let Scratch {
+        p,
+        z,
+        hit,
+        m,
+        found,
+        ..
+    } = s;
     if p.frag == FRAG_LATER {
         if let Some(h) = state::fragment(gen_, z, p) {
             *hit = h;
@@ -182,7 +201,11 @@ fn decide(set: u32, cfg: &SetConfig, ifindex: u32, s: &mut Scratch) -> Result<()
         return Err(reason(r));
     }
     state::open(gen_, z, p, ifindex, m, *found)?;
-    *hit = state::Hit { reason: PassReason::Rule, rule: m.rule, audit: m.audit };
+    *hit = state::Hit {
+        reason: PassReason::Rule,
+        rule: m.rule,
+        audit: m.audit,
+    };
     state::follow_first_fragment(gen_, s)
 }
 
@@ -198,7 +221,11 @@ fn record_and_act(set: u32, cfg: &SetConfig, d: Decision, len: u64) -> u32 {
     match d.outcome {
         Outcome::Pass(reason) => {
             record::pass(reason, len);
-            let v = if d.audit { Verdict::Audit } else { Verdict::Allow };
+            let v = if d.audit {
+                Verdict::Audit
+            } else {
+                Verdict::Allow
+            };
             record::zone_pair(set, d.from, d.to, v, len);
             XDP_PASS
         }

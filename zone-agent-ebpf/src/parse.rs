@@ -76,7 +76,6 @@ pub struct Packet {
     pub has_inner: bool,
 }
 
-
 #[inline(always)]
 fn bytes<const N: usize>(ctx: &XdpContext, off: usize) -> Result<[u8; N], DropReason> {
     // Volatile reads: otherwise LLVM proves this check redundant from earlier length checks
@@ -440,7 +439,11 @@ fn l4_inner(ctx: &XdpContext, p: &mut Packet, off: usize, end: usize) -> Result<
             p.t.l4 = true;
         }
         PROTO_ICMP | PROTO_ICMPV6 => {
-            let icmp_proto = if p.t.family == FAMILY_V4 { PROTO_ICMP } else { PROTO_ICMPV6 };
+            let icmp_proto = if p.t.family == FAMILY_V4 {
+                PROTO_ICMP
+            } else {
+                PROTO_ICMPV6
+            };
             if p.t.proto != icmp_proto {
                 // ICMPv4 inside IPv6 or the reverse: an unknown protocol for this family.
                 return Ok(());

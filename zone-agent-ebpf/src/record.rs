@@ -19,7 +19,11 @@ fn bump(map: &PerCpuArray<Counter>, index: u32, len: u64) {
 }
 
 pub fn zone_pair(set: u32, from: u8, to: u8, verdict: Verdict, len: u64) {
-    bump(&ZONE_STATS, zone_stat_index(set, from, to, verdict as u8), len);
+    bump(
+        &ZONE_STATS,
+        zone_stat_index(set, from, to, verdict as u8),
+        len,
+    );
 }
 
 pub fn rule(set: u32, rule: u32, len: u64) {

@@ -51,7 +51,13 @@ pub fn find(set: u32, z: &Zones, t: &Tuple, mac: &[u8; 6], out: &mut Match) -> u
 }
 
 #[inline(always)]
-fn find_inner(set: u32, z: &Zones, t: &Tuple, mac: &[u8; 6], out: &mut Match) -> Result<(), DropReason> {
+fn find_inner(
+    set: u32,
+    z: &Zones,
+    t: &Tuple,
+    mac: &[u8; 6],
+    out: &mut Match,
+) -> Result<(), DropReason> {
     let proto = proto_class(t);
     let key = RuleKey {
         src_class: z.src_class,
@@ -72,9 +78,17 @@ fn find_inner(set: u32, z: &Zones, t: &Tuple, mac: &[u8; 6], out: &mut Match) ->
         if rule == NO_RULE || rule >= MAX_RULES {
             break;
         }
-        let flags = RULEINFO.get(set * MAX_RULES + rule).map(|r| r.flags).unwrap_or(0);
+        let flags = RULEINFO
+            .get(set * MAX_RULES + rule)
+            .map(|r| r.flags)
+            .unwrap_or(0);
         if flags & RULE_HAS_MACS != 0 {
-            let mk = MacKey { rule, mac: *mac, set: set as u8, _pad: 0 };
+            let mk = MacKey {
+                rule,
+                mac: *mac,
+                set: set as u8,
+                _pad: 0,
+            };
             // SAFETY: presence test only.
             if unsafe { RULEMACS.get(&mk) }.is_none() {
                 mac_failed = true;
@@ -85,12 +99,18 @@ fn find_inner(set: u32, z: &Zones, t: &Tuple, mac: &[u8; 6], out: &mut Match) ->
             first = rule;
         }
         if flags & RULE_AUDIT == 0 {
-            *out = Match { rule: first, audit: false };
+            *out = Match {
+                rule: first,
+                audit: false,
+            };
             return Ok(());
         }
     }
     if first != NO_RULE {
-        *out = Match { rule: first, audit: true };
+        *out = Match {
+            rule: first,
+            audit: true,
+        };
         Ok(())
     } else if mac_failed {
         Err(DropReason::MacMismatch)

@@ -34,7 +34,18 @@ pub fn key(t: &Tuple) -> (FlowKey, bool) {
     } else {
         (t.dst, t.dport, t.src, t.sport)
     };
-    (FlowKey { a, b, a_port, b_port, proto: t.proto, family: t.family, _pad: [0; 2] }, src_is_a)
+    (
+        FlowKey {
+            a,
+            b,
+            a_port,
+            b_port,
+            proto: t.proto,
+            family: t.family,
+            _pad: [0; 2],
+        },
+        src_is_a,
+    )
 }
 
 pub struct Hit {
@@ -46,20 +57,38 @@ pub struct Hit {
 impl Hit {
     /// A pass that no rule is behind (defaults, neighbour discovery).
     pub fn plain(reason: PassReason) -> Self {
-        Hit { reason, rule: NO_RULE, audit: false }
+        Hit {
+            reason,
+            rule: NO_RULE,
+            audit: false,
+        }
     }
 }
 
 /// Re-decide a flow of an older generation under the active policy; updates the entry.
 /// `w` is working memory for the opening packet's tuple and zones (see `maps::Scratch`).
 #[inline(always)]
-fn revalidate(set: u32, generation: u32, k: &FlowKey, st: &mut FlowState, w: &mut Revalidation) -> bool {
+fn revalidate(
+    set: u32,
+    generation: u32,
+    k: &FlowKey,
+    st: &mut FlowState,
+    w: &mut Revalidation,
+) -> bool {
     let (src, sport, dst, dport) = if st.orig_is_a != 0 {
         (k.a, k.a_port, k.b, k.b_port)
     } else {
         (k.b, k.b_port, k.a, k.a_port)
     };
-    w.t = Tuple { family: k.family, proto: k.proto, l4: true, src, dst, sport, dport };
+    w.t = Tuple {
+        family: k.family,
+        proto: k.proto,
+        l4: true,
+        src,
+        dst,
+        sport,
+        dport,
+    };
     w.z = match zone::resolve(set, st.orig_ifindex, st.orig_vlan, &w.t) {
         Ok(z) => z,
         Err(_) => return false,
@@ -107,7 +136,15 @@ pub const FOUND_EMBRYOS: u32 = 2;
 /// Only `s.z.from` needs to be known; on a hit `s.z.to` is set to the zone the packet goes
 /// to (the flow's other end).
 pub fn lookup(set: u32, generation: u32, s: &mut Scratch, fast: bool) -> u32 {
-    let Scratch { p, z, hit, key: k, found, re, .. } = s;
+    let Scratch {
+        p,
+        z,
+        hit,
+        key: k,
+        found,
+        re,
+        ..
+    } = s;
     match lookup_inner(set, generation, z, p, k, found, re, fast) {
         Ok((h, to)) => {
             *hit = h;
@@ -182,7 +219,11 @@ fn lookup_inner(
     }
     st.last_seen_ns = t;
     let to = if orig { st.to_zone } else { st.from_zone };
-    let hit = Hit { reason: dir_reason(orig), rule: st.rule, audit: st.flags & FLOW_AUDIT != 0 };
+    let hit = Hit {
+        reason: dir_reason(orig),
+        rule: st.rule,
+        audit: st.flags & FLOW_AUDIT != 0,
+    };
     // A RST only shortens the flow's life (`FLOW_TCP_RESET_NS`): anyone on the path of a
     // zone whose networks are wide (the internet's 0.0.0.0/0) can forge one with a random
     // sequence number, and deleting the flow would cut a live connection. The next packet
@@ -241,7 +282,11 @@ fn get(k: &FlowKey) -> Option<&FlowState> {
 
 #[inline(always)]
 fn dir_reason(orig: bool) -> PassReason {
-    if orig { PassReason::Established } else { PassReason::Reply }
+    if orig {
+        PassReason::Established
+    } else {
+        PassReason::Reply
+    }
 }
 
 /// An ICMP error whose quoted packet belongs to a live flow of this generation, travelling
@@ -277,11 +322,19 @@ fn related_inner(generation: u32, z: &Zones, p: &Packet) -> Option<Hit> {
     // The quoted packet went from its source to the other end; the error comes from the
     // other end's zone.
     let quoted_from_orig = (st.orig_is_a != 0) == inner_src_is_a;
-    let expected_zone = if quoted_from_orig { st.to_zone } else { st.from_zone };
+    let expected_zone = if quoted_from_orig {
+        st.to_zone
+    } else {
+        st.from_zone
+    };
     if z.from != expected_zone {
         return None;
     }
-    Some(Hit { reason: PassReason::Related, rule: st.rule, audit: st.flags & FLOW_AUDIT != 0 })
+    Some(Hit {
+        reason: PassReason::Related,
+        rule: st.rule,
+        audit: st.flags & FLOW_AUDIT != 0,
+    })
 }
 
 /// Record a flow a rule allowed, as embryonic. A TCP RST opens nothing. `found`: an entry
@@ -340,7 +393,11 @@ fn frag_key(p: &Packet) -> FragKey {
         src: p.t.src,
         dst: p.t.dst,
         id: p.frag_id,
-        proto: if p.t.family == FAMILY_V4 { p.t.proto } else { 0 },
+        proto: if p.t.family == FAMILY_V4 {
+            p.t.proto
+        } else {
+            0
+        },
         family: p.t.family,
         _pad: [0; 2],
     }
@@ -360,7 +417,11 @@ pub fn fragment(generation: u32, z: &Zones, p: &Packet) -> Option<Hit> {
     {
         return None;
     }
-    Some(Hit { reason: PassReason::Fragment, rule: st.rule, audit: st.flags & FLOW_AUDIT != 0 })
+    Some(Hit {
+        reason: PassReason::Fragment,
+        rule: st.rule,
+        audit: st.flags & FLOW_AUDIT != 0,
+    })
 }
 
 /// After a pass (`s.hit`, zones in `s.z`): a first fragment is remembered so that its later
@@ -380,5 +441,7 @@ pub fn follow_first_fragment(generation: u32, s: &Scratch) -> Result<(), DropRea
         flags: if s.hit.audit { FLOW_AUDIT } else { 0 },
         _pad: [0; 7],
     };
-    FRAGS.insert(&frag_key(&s.p), &st, 0).map_err(|_| DropReason::TableFull)
+    FRAGS
+        .insert(&frag_key(&s.p), &st, 0)
+        .map_err(|_| DropReason::TableFull)
 }

@@ -24,7 +24,13 @@ pub struct Zones {
 impl Zones {
     /// Only the ingress zone known yet (addresses not looked up).
     pub fn ingress_only(from: u8) -> Self {
-        Zones { from, src_zone: NO_ZONE, to: NO_ZONE, src_class: 0, dst_class: 0 }
+        Zones {
+            from,
+            src_zone: NO_ZONE,
+            to: NO_ZONE,
+            src_class: 0,
+            dst_class: 0,
+        }
     }
 
     pub fn unknown(&self) -> bool {
@@ -34,7 +40,12 @@ impl Zones {
 
 #[inline(always)]
 pub fn ingress(set: u32, ifindex: u32, vlan: u16) -> Result<u8, DropReason> {
-    let key = IfaceKey { ifindex, vlan, set: set as u8, _pad: 0 };
+    let key = IfaceKey {
+        ifindex,
+        vlan,
+        set: set as u8,
+        _pad: 0,
+    };
     // SAFETY: the value is plain data; a concurrent update can only swap one zone id for
     // another, and the agent never updates the active set's entries.
     match unsafe { IFACES.get(&key) } {
@@ -48,11 +59,22 @@ pub fn addr(set: u32, role: u8, family: u8, a: &[u8; 16]) -> AddrClass {
     let found = if family == FAMILY_V4 {
         let key = Key::new(
             ADDR_KEY_PREFIX_BITS + 32,
-            Addr4Key { set: set as u8, role, addr: [a[0], a[1], a[2], a[3]] },
+            Addr4Key {
+                set: set as u8,
+                role,
+                addr: [a[0], a[1], a[2], a[3]],
+            },
         );
         ADDR4.get(&key).copied()
     } else {
-        let key = Key::new(ADDR_KEY_PREFIX_BITS + 128, Addr6Key { set: set as u8, role, addr: *a });
+        let key = Key::new(
+            ADDR_KEY_PREFIX_BITS + 128,
+            Addr6Key {
+                set: set as u8,
+                role,
+                addr: *a,
+            },
+        );
         ADDR6.get(&key).copied()
     };
     found.unwrap_or_default()
@@ -69,7 +91,11 @@ pub fn resolve(set: u32, ifindex: u32, vlan: u16, t: &Tuple) -> Result<Zones, Dr
 /// rule's class (class 0).
 #[inline(always)]
 pub fn addresses(set: u32, from: u8, t: &Tuple) -> Result<Zones, DropReason> {
-    let link = AddrClass { class: 0, zone: from, _pad: [0; 3] };
+    let link = AddrClass {
+        class: 0,
+        zone: from,
+        _pad: [0; 3],
+    };
     let src = if link_scoped_src(t.family, &t.src) {
         link
     } else {

@@ -71,9 +71,14 @@ pub fn bind(state_dir: &Path) -> anyhow::Result<UnixListener> {
 }
 
 pub async fn serve(listener: UnixListener, shared: Arc<Shared>, control: Control) {
-    let mut slots = Slots::new("admin socket", MAX_CONNECTIONS, &crate::service::REFUSED_ADMIN);
+    let mut slots = Slots::new(
+        "admin socket",
+        MAX_CONNECTIONS,
+        &crate::service::REFUSED_ADMIN,
+    );
     loop {
-        let Some((stream, slot)) = slots.admit(listener.accept().await.map(|(s, _)| s)).await else {
+        let Some((stream, slot)) = slots.admit(listener.accept().await.map(|(s, _)| s)).await
+        else {
             continue;
         };
         let (shared, control) = (shared.clone(), control.clone());
@@ -122,23 +127,34 @@ async fn handle(shared: Arc<Shared>, control: Control, cmd: &str) -> serde_json:
         "flows" => {
             on_blocking(shared, |s| {
                 let snap = s.snapshot();
-                let names = snap.telemetry.sets[snap.active_set as usize].clone().unwrap_or_default();
+                let names = snap.telemetry.sets[snap.active_set as usize]
+                    .clone()
+                    .unwrap_or_default();
                 serde_json::to_value(flows(&s.maps, names)).unwrap_or_default()
             })
             .await
         }
         "reload" => {
             let (tx, rx) = tokio::sync::oneshot::channel();
-            if !control.request(Request::Reload { why: "admin socket", reply: Some(tx) }) {
+            if !control.request(Request::Reload {
+                why: "admin socket",
+                reply: Some(tx),
+            }) {
                 return serde_json::json!({ "result": "error", "error": "reloads are already queued (or the agent is stopping); try again", "generation": shared.snapshot().telemetry.generation });
             }
             match tokio::time::timeout(RELOAD_TIMEOUT, rx).await {
                 Ok(Ok(Ok(g))) => serde_json::json!({ "result": "success", "generation": g }),
-                Ok(Ok(Err((e, g)))) => serde_json::json!({ "result": "error", "error": e, "generation": g }),
-                _ => serde_json::json!({ "result": "error", "error": "the reload did not answer in time; see the agent's log", "generation": shared.snapshot().telemetry.generation }),
+                Ok(Ok(Err((e, g)))) => {
+                    serde_json::json!({ "result": "error", "error": e, "generation": g })
+                }
+                _ => {
+                    serde_json::json!({ "result": "error", "error": "the reload did not answer in time; see the agent's log", "generation": shared.snapshot().telemetry.generation })
+                }
             }
         }
-        other => serde_json::json!({ "error": format!("unknown request {other:?}; expected status, flows or reload") }),
+        other => {
+            serde_json::json!({ "error": format!("unknown request {other:?}; expected status, flows or reload") })
+        }
     }
 }
 
@@ -176,20 +192,23 @@ pub struct InterfaceStatus {
 /// The agent's status, but `flows_active` (0 here: readers count it from the maps).
 pub fn status(a: &Agent) -> Status {
     let links = a.dp.link_programs();
-    let interfaces = a
-        .dp
-        .attached()
-        .map(|(name, attach)| InterfaceStatus {
-            name: name.clone(),
-            attach,
-            program_id: links.iter().find(|(n, _)| n == name).and_then(|(_, p)| *p),
-        })
-        .collect();
+    let interfaces =
+        a.dp.attached()
+            .map(|(name, attach)| InterfaceStatus {
+                name: name.clone(),
+                attach,
+                program_id: links.iter().find(|(n, _)| n == name).and_then(|(_, p)| *p),
+            })
+            .collect();
     Status {
         pid: std::process::id(),
         version: env!("CARGO_PKG_VERSION"),
         policy: a.policy_path.display().to_string(),
-        mode: if a.policy.mode == Mode::Audit { "audit" } else { "enforce" },
+        mode: if a.policy.mode == Mode::Audit {
+            "audit"
+        } else {
+            "enforce"
+        },
         generation: a.telemetry.generation,
         zones: a.policy.zones.iter().map(|z| z.name.clone()).collect(),
         rules: a.policy.rules.len(),
@@ -225,7 +244,13 @@ const FLOWS_LISTED: usize = 10_000;
 
 fn flows(maps: &Maps, names: SetNames) -> Vec<Flow> {
     let now = crate::datapath::stats::monotonic_coarse_ns();
-    let zone = |id: u8| names.zones.get(id as usize).cloned().unwrap_or_else(|| format!("#{id}"));
+    let zone = |id: u8| {
+        names
+            .zones
+            .get(id as usize)
+            .cloned()
+            .unwrap_or_else(|| format!("#{id}"))
+    };
     let addr = |b: &[u8; 16], fam: u8, port: u16| {
         let ip: IpAddr = if fam == FAMILY_V4 {
             IpAddr::from([b[0], b[1], b[2], b[3]])
@@ -246,7 +271,11 @@ fn flows(maps: &Maps, names: SetNames) -> Vec<Flow> {
         .map(|(k, st)| {
             let ea = addr(&k.a, k.family, k.a_port);
             let eb = addr(&k.b, k.family, k.b_port);
-            let (src, dst) = if st.orig_is_a != 0 { (ea, eb) } else { (eb, ea) };
+            let (src, dst) = if st.orig_is_a != 0 {
+                (ea, eb)
+            } else {
+                (eb, ea)
+            };
             Flow {
                 proto: k.proto,
                 src,

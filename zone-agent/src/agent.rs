@@ -18,8 +18,8 @@ use crate::{
     config::Settings,
     datapath::{Adoption, Datapath, XdpMode},
     failsafe,
-    policy::{self, Diagnostics, Policy, compile::Compiled, validate::HostEnvironment},
     policy::read::ReadError,
+    policy::{self, Diagnostics, Policy, compile::Compiled, validate::HostEnvironment},
     service::{FileWatch, Shared, Snapshot},
     telemetry::{SetNames, Telemetry, persist},
 };
@@ -60,16 +60,31 @@ pub struct ReloadError {
 /// (never blocks on a FIFO; bounded size).
 fn prepare_file(path: &Path, watch: &mut FileWatch) -> Result<(Policy, Compiled), ReloadError> {
     let bytes = watch.read(path).map_err(|e| match e {
-        ReadError::Refused(_) => ReloadError { error: e.into(), retry: false },
-        ReadError::Io(_) => ReloadError { error: e.into(), retry: true },
+        ReadError::Refused(_) => ReloadError {
+            error: e.into(),
+            retry: false,
+        },
+        ReadError::Io(_) => ReloadError {
+            error: e.into(),
+            retry: true,
+        },
     })?;
-    let (p, warnings) = policy::validate::check_bytes(path, &bytes, &HostEnvironment)
-        .map_err(|d| ReloadError { error: anyhow::anyhow!("{d}"), retry: false })?;
+    let (p, warnings) =
+        policy::validate::check_bytes(path, &bytes, &HostEnvironment).map_err(|d| ReloadError {
+            error: anyhow::anyhow!("{d}"),
+            retry: false,
+        })?;
     drop(bytes);
-    finish_prepare(p, warnings).map_err(|d| ReloadError { error: anyhow::anyhow!("{d}"), retry: false })
+    finish_prepare(p, warnings).map_err(|d| ReloadError {
+        error: anyhow::anyhow!("{d}"),
+        retry: false,
+    })
 }
 
-fn finish_prepare(p: Policy, warnings: Vec<policy::Diagnostic>) -> Result<(Policy, Compiled), Diagnostics> {
+fn finish_prepare(
+    p: Policy,
+    warnings: Vec<policy::Diagnostic>,
+) -> Result<(Policy, Compiled), Diagnostics> {
     for w in warnings {
         warn!("{w}");
     }
@@ -78,7 +93,10 @@ fn finish_prepare(p: Policy, warnings: Vec<policy::Diagnostic>) -> Result<(Polic
 }
 
 fn interfaces(p: &Policy) -> BTreeSet<String> {
-    p.zones.iter().flat_map(|z| z.interfaces.iter().map(|i| i.name.clone())).collect()
+    p.zones
+        .iter()
+        .flat_map(|z| z.interfaces.iter().map(|i| i.name.clone()))
+        .collect()
 }
 
 pub fn ifindex(name: &str) -> Option<u32> {
@@ -103,13 +121,16 @@ impl Agent {
         })?;
         std::fs::create_dir_all(&settings.state_dir)
             .with_context(|| format!("creating state dir {}", settings.state_dir.display()))?;
-        let (dp, adoption) = Datapath::load_pinned(&settings.pin_dir).context("loading the XDP program")?;
+        let (dp, adoption) =
+            Datapath::load_pinned(&settings.pin_dir).context("loading the XDP program")?;
         let mut telemetry = Telemetry::default();
         if adoption.generation > 0 {
             let gens = [dp.set_generation(0), dp.set_generation(1)];
             match persist::restore(&settings.state_dir, gens, &mut telemetry) {
                 Ok(()) => {}
-                Err(e) => warn!("counters of the adopted policy cannot be labelled ({e}); they restart from zero"),
+                Err(e) => warn!(
+                    "counters of the adopted policy cannot be labelled ({e}); they restart from zero"
+                ),
             }
             info!(generation = adoption.generation, pin_dir = %settings.pin_dir.display(), "adopting the pinned enforcement state");
         }
@@ -131,14 +152,21 @@ impl Agent {
             settings,
         };
         let wanted = interfaces(&policy);
-        agent.install_failsafe(&wanted).context("installing the failsafe flows")?;
-        let generation = agent.install(&policy, &compiled).context("installing the policy")?;
+        agent
+            .install_failsafe(&wanted)
+            .context("installing the failsafe flows")?;
+        let generation = agent
+            .install(&policy, &compiled)
+            .context("installing the policy")?;
         if let Err(e) = agent.dp.attach_all(&wanted, agent.xdp_mode) {
             // Interfaces attached by this start stay pinned and enforce the new policy; the
             // error stops the agent so that the operator sees it.
             return Err(e).context("attaching XDP");
         }
-        agent.dp.detach_others(&wanted).context("detaching interfaces no longer in the policy")?;
+        agent
+            .dp
+            .detach_others(&wanted)
+            .context("detaching interfaces no longer in the policy")?;
         agent.dp.remove_stale_pins();
         info!(policy = %path.display(), generation, rules = policy.rules.len(), zones = policy.zones.len(), "enforcing");
         Ok(agent)
@@ -205,7 +233,10 @@ impl Agent {
 
     fn persist(&self) {
         if let Err(e) = persist::save(&self.settings.state_dir, &self.telemetry) {
-            warn!("cannot save telemetry state under {}: {e}", self.settings.state_dir.display());
+            warn!(
+                "cannot save telemetry state under {}: {e}",
+                self.settings.state_dir.display()
+            );
         }
     }
 
@@ -231,7 +262,11 @@ impl Agent {
         match &r {
             Ok(g) => {
                 self.telemetry.reloads_ok += 1;
-                info!(generation = g, rules = self.policy.rules.len(), "policy reloaded");
+                info!(
+                    generation = g,
+                    rules = self.policy.rules.len(),
+                    "policy reloaded"
+                );
             }
             Err(e) => {
                 self.telemetry.reloads_error += 1;
@@ -254,10 +289,14 @@ impl Agent {
         let failed = |error: anyhow::Error| ReloadError { error, retry: true };
         let wanted = interfaces(&policy);
         // New interfaces first: until the flip they drop (no zone in the old policy).
-        self.dp.attach_all(&wanted, self.xdp_mode).map_err(|e| failed(e.into()))?;
+        self.dp
+            .attach_all(&wanted, self.xdp_mode)
+            .map_err(|e| failed(e.into()))?;
         let generation = self.install(&policy, &compiled).map_err(failed)?;
         drop(compiled);
-        self.dp.detach_others(&wanted).map_err(|e| failed(e.into()))?;
+        self.dp
+            .detach_others(&wanted)
+            .map_err(|e| failed(e.into()))?;
         // Interfaces may have come or gone: rebind the failsafe flows. Failing that keeps
         // the ones installed (the policy itself is already in force).
         if let Err(e) = self.install_failsafe(&wanted) {
@@ -276,7 +315,9 @@ impl Agent {
     pub fn shutdown(&mut self) {
         self.save();
         if self.settings.fail_open_on_exit {
-            error!("fail_open_on_exit is set: detaching XDP, the zone gates are OPEN until the agent runs again");
+            error!(
+                "fail_open_on_exit is set: detaching XDP, the zone gates are OPEN until the agent runs again"
+            );
             if let Err(e) = self.dp.detach_all() {
                 error!("detaching XDP on exit: {e:#}");
             }

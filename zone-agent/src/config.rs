@@ -84,13 +84,25 @@ pub fn settings(args: &RunArgs) -> anyhow::Result<Settings> {
         None => Parsed::default(),
     };
     Ok(Settings {
-        policy: args.policy.clone().or(file.policy).unwrap_or_else(|| DEFAULT_POLICY.into()),
+        policy: args
+            .policy
+            .clone()
+            .or(file.policy)
+            .unwrap_or_else(|| DEFAULT_POLICY.into()),
         metrics_addr: args
             .metrics_addr
             .or(file.metrics_addr)
             .unwrap_or_else(|| DEFAULT_METRICS_ADDR.parse().expect("valid default")),
-        state_dir: args.state_dir.clone().or(file.state_dir).unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
-        pin_dir: args.pin_dir.clone().or(file.pin_dir).unwrap_or_else(|| DEFAULT_PIN_DIR.into()),
+        state_dir: args
+            .state_dir
+            .clone()
+            .or(file.state_dir)
+            .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+        pin_dir: args
+            .pin_dir
+            .clone()
+            .or(file.pin_dir)
+            .unwrap_or_else(|| DEFAULT_PIN_DIR.into()),
         xdp_mode: args.xdp_mode.or(file.xdp_mode).unwrap_or_default(),
         fail_open_on_exit: args.fail_open_on_exit || file.fail_open_on_exit.unwrap_or(false),
         failsafe: file.failsafe,
@@ -117,12 +129,19 @@ pub fn parse(path: &Path, text: &str) -> anyhow::Result<Parsed> {
         format!("{}:{}:{}", path.display(), l.line, l.col)
     };
     let f: File = toml::from_str(text).map_err(|e| {
-        let pos = e.span().map(&at).unwrap_or_else(|| path.display().to_string());
+        let pos = e
+            .span()
+            .map(&at)
+            .unwrap_or_else(|| path.display().to_string());
         anyhow::anyhow!("{pos}: {}", e.message())
     })?;
     let metrics_addr = match f.metrics_addr {
         Some(s) => Some(s.get_ref().parse::<SocketAddr>().map_err(|_| {
-            anyhow::anyhow!("{}: metrics_addr {:?} is not an address:port (e.g. \"127.0.0.1:9750\")", at(s.span()), s.get_ref())
+            anyhow::anyhow!(
+                "{}: metrics_addr {:?} is not an address:port (e.g. \"127.0.0.1:9750\")",
+                at(s.span()),
+                s.get_ref()
+            )
         })?),
         None => None,
     };
@@ -131,7 +150,10 @@ pub fn parse(path: &Path, text: &str) -> anyhow::Result<Parsed> {
             "auto" => XdpMode::Auto,
             "native" => XdpMode::Native,
             "generic" => XdpMode::Generic,
-            other => anyhow::bail!("{}: xdp_mode {other:?} is not one of auto, native, generic", at(s.span())),
+            other => anyhow::bail!(
+                "{}: xdp_mode {other:?} is not one of auto, native, generic",
+                at(s.span())
+            ),
         }),
         None => None,
     };
@@ -141,7 +163,10 @@ pub fn parse(path: &Path, text: &str) -> anyhow::Result<Parsed> {
         let e = entry.into_inner();
         let fs = failsafe_entry(e).map_err(|msg| anyhow::anyhow!("{pos}: [[failsafe]] {msg}"))?;
         if failsafe.iter().any(|o: &Failsafe| o.name == fs.name) {
-            anyhow::bail!("{pos}: [[failsafe]] name {:?} is used twice; give each entry its own name", fs.name);
+            anyhow::bail!(
+                "{pos}: [[failsafe]] name {:?} is used twice; give each entry its own name",
+                fs.name
+            );
         }
         failsafe.push(fs);
     }
@@ -172,7 +197,11 @@ fn failsafe_entry(e: FailsafeFile) -> Result<Failsafe, String> {
     let proto = match e.protocol.as_str() {
         "tcp" => zone_agent_common::PROTO_TCP,
         "udp" => zone_agent_common::PROTO_UDP,
-        p => return Err(format!("{name:?}: protocol {p:?} must be \"tcp\" or \"udp\"")),
+        p => {
+            return Err(format!(
+                "{name:?}: protocol {p:?} must be \"tcp\" or \"udp\""
+            ));
+        }
     };
     if e.ports.is_empty() {
         return Err(format!("{name:?}: needs ports, e.g. ports = [\"22\"]"));
@@ -185,13 +214,18 @@ fn failsafe_entry(e: FailsafeFile) -> Result<Failsafe, String> {
     }
     if e.sources.is_empty() {
         // An open failsafe would be a hole around the whole policy.
-        return Err(format!("{name:?}: needs sources (the admin subnets), e.g. sources = [\"192.0.2.0/24\"]"));
+        return Err(format!(
+            "{name:?}: needs sources (the admin subnets), e.g. sources = [\"192.0.2.0/24\"]"
+        ));
     }
     let mut sources = Vec::new();
     for s in &e.sources {
-        let net = parse_net(s).ok_or_else(|| format!("{name:?}: source {s:?} is not an IP address or CIDR"))?;
+        let net = parse_net(s)
+            .ok_or_else(|| format!("{name:?}: source {s:?} is not an IP address or CIDR"))?;
         if net.prefix_len() == 0 {
-            return Err(format!("{name:?}: source {s:?} admits every address; name the admin subnets"));
+            return Err(format!(
+                "{name:?}: source {s:?} admits every address; name the admin subnets"
+            ));
         }
         sources.push(net);
     }
@@ -203,10 +237,19 @@ fn failsafe_entry(e: FailsafeFile) -> Result<Failsafe, String> {
     }
     for i in &e.interfaces {
         if i.is_empty() || i.len() > 15 {
-            return Err(format!("{name:?}: interface name {i:?} is not a valid Linux interface name"));
+            return Err(format!(
+                "{name:?}: interface name {i:?} is not a valid Linux interface name"
+            ));
         }
     }
-    Ok(Failsafe { name, proto, ports, sources, interfaces: e.interfaces, destinations })
+    Ok(Failsafe {
+        name,
+        proto,
+        ports,
+        sources,
+        interfaces: e.interfaces,
+        destinations,
+    })
 }
 
 fn port_range(s: &str) -> Option<(u16, u16)> {
@@ -271,9 +314,15 @@ interfaces = ["eth1"]
         assert_eq!(c.state_dir.as_deref(), Some(Path::new(DEFAULT_STATE_DIR)));
         assert_eq!(c.metrics_addr, Some(DEFAULT_METRICS_ADDR.parse().unwrap()));
         assert_eq!(c.fail_open_on_exit, Some(false));
-        let start = text.find("# [[failsafe]]").expect("a commented failsafe example");
+        let start = text
+            .find("# [[failsafe]]")
+            .expect("a commented failsafe example");
         let uncommented: String = text[..start].to_string()
-            + &text[start..].lines().map(|l| l.strip_prefix("# ").unwrap_or(l)).collect::<Vec<_>>().join("\n");
+            + &text[start..]
+                .lines()
+                .map(|l| l.strip_prefix("# ").unwrap_or(l))
+                .collect::<Vec<_>>()
+                .join("\n");
         let c = parse(Path::new("x.toml"), &uncommented).unwrap();
         assert_eq!(c.failsafe.len(), 1);
         assert_eq!(c.failsafe[0].ports, vec![(22, 22)]);
@@ -281,10 +330,18 @@ interfaces = ["eth1"]
 
     #[test]
     fn errors_name_the_place_and_the_fix() {
-        let e = p("policy = \"x\"\nmetrcs_addr = \"1\"\n").unwrap_err().to_string();
-        assert!(e.starts_with("za.toml:2:1:") && e.contains("unknown field"), "{e}");
+        let e = p("policy = \"x\"\nmetrcs_addr = \"1\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("za.toml:2:1:") && e.contains("unknown field"),
+            "{e}"
+        );
         let e = p("xdp_mode = \"fast\"\n").unwrap_err().to_string();
-        assert!(e.starts_with("za.toml:1:12:") && e.contains("auto, native, generic"), "{e}");
+        assert!(
+            e.starts_with("za.toml:1:12:") && e.contains("auto, native, generic"),
+            "{e}"
+        );
         let e = p("[[failsafe]]\nname = \"a\"\nprotocol = \"tcp\"\nports = [\"22\"]\nsources = [\"0.0.0.0/0\"]\n")
             .unwrap_err()
             .to_string();
@@ -299,6 +356,9 @@ interfaces = ["eth1"]
         assert!(e.contains("port \"0\""), "{e}");
         let two = "[[failsafe]]\nname = \"a\"\nprotocol = \"tcp\"\nports = [\"22\"]\nsources = [\"10.0.0.1\"]\n";
         let e = p(&format!("{two}{two}")).unwrap_err().to_string();
-        assert!(e.starts_with("za.toml:6:") && e.contains("used twice"), "{e}");
+        assert!(
+            e.starts_with("za.toml:6:") && e.contains("used twice"),
+            "{e}"
+        );
     }
 }

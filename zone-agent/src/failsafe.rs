@@ -43,12 +43,19 @@ pub fn resolve(
 ) -> Result<Vec<Resolved>, String> {
     let mut out = Vec::new();
     for e in entries {
-        let names: Vec<String> =
-            if e.interfaces.is_empty() { zone_ifaces.iter().cloned().collect() } else { e.interfaces.clone() };
+        let names: Vec<String> = if e.interfaces.is_empty() {
+            zone_ifaces.iter().cloned().collect()
+        } else {
+            e.interfaces.clone()
+        };
         let mut interfaces = Vec::new();
         for n in names {
-            let idx = ifindex(&n)
-                .ok_or_else(|| format!("failsafe {:?}: interface {n:?} does not exist on this host", e.name))?;
+            let idx = ifindex(&n).ok_or_else(|| {
+                format!(
+                    "failsafe {:?}: interface {n:?} does not exist on this host",
+                    e.name
+                )
+            })?;
             interfaces.push((n, idx));
         }
         let destinations: Vec<IpAddr> = if e.destinations.is_empty() {
@@ -95,7 +102,9 @@ pub fn local_addresses() -> BTreeSet<IpAddr> {
             let addr = match fam {
                 libc::AF_INET => {
                     let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
-                    Some(IpAddr::from(u32::from_be(sin.sin_addr.s_addr).to_be_bytes()))
+                    Some(IpAddr::from(
+                        u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
+                    ))
                 }
                 libc::AF_INET6 => {
                     let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
@@ -165,13 +174,18 @@ pub fn tables(entries: &[Resolved]) -> Tables {
                 for (_, idx) in &e.interfaces {
                     for d in &e.destinations {
                         let (family, addr) = family_and_bytes(*d);
-                        *t.dst.entry((*idx, port, e.proto, family, addr)).or_default() |= bit;
+                        *t.dst
+                            .entry((*idx, port, e.proto, family, addr))
+                            .or_default() |= bit;
                     }
                 }
             }
         }
     }
-    let all: Vec<IpNet> = entries.iter().flat_map(|e| e.sources.iter().copied()).collect();
+    let all: Vec<IpNet> = entries
+        .iter()
+        .flat_map(|e| e.sources.iter().copied())
+        .collect();
     for p in &all {
         let mut mask = 0;
         for (i, e) in entries.iter().enumerate().take(MAX_FAILSAFE) {
@@ -209,13 +223,32 @@ mod tests {
             "b" => Some(2),
             _ => None,
         };
-        let r = resolve(&[entry("ssh", (22, 22), &["192.0.2.0/24"], &[])], &zones, idx, &local).unwrap();
+        let r = resolve(
+            &[entry("ssh", (22, 22), &["192.0.2.0/24"], &[])],
+            &zones,
+            idx,
+            &local,
+        )
+        .unwrap();
         assert_eq!(r[0].interfaces, vec![("a".into(), 1), ("b".into(), 2)]);
-        assert_eq!(r[0].destinations, vec!["10.0.0.1".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            r[0].destinations,
+            vec!["10.0.0.1".parse::<IpAddr>().unwrap()]
+        );
         let mut far = entry("ssh", (22, 22), &["192.0.2.0/24"], &[]);
         far.destinations = vec!["10.9.9.9".parse().unwrap()];
-        assert!(resolve(&[far], &zones, idx, &local).unwrap_err().contains("not an address of this gateway"));
-        let e = resolve(&[entry("x", (22, 22), &["192.0.2.0/24"], &["zz"])], &zones, idx, &local).unwrap_err();
+        assert!(
+            resolve(&[far], &zones, idx, &local)
+                .unwrap_err()
+                .contains("not an address of this gateway")
+        );
+        let e = resolve(
+            &[entry("x", (22, 22), &["192.0.2.0/24"], &["zz"])],
+            &zones,
+            idx,
+            &local,
+        )
+        .unwrap_err();
         assert!(e.contains("\"zz\" does not exist"), "{e}");
     }
 
@@ -223,18 +256,51 @@ mod tests {
     fn nested_sources_carry_every_entry() {
         let local: BTreeSet<IpAddr> = ["10.0.0.1".parse().unwrap()].into();
         let zones: BTreeSet<String> = ["a".to_string()].into();
-        let es = [entry("wide", (22, 22), &["192.0.2.0/24"], &[]), entry("narrow", (443, 443), &["192.0.2.8/29"], &[])];
+        let es = [
+            entry("wide", (22, 22), &["192.0.2.0/24"], &[]),
+            entry("narrow", (443, 443), &["192.0.2.8/29"], &[]),
+        ];
         let r = resolve(&es, &zones, |_| Some(7), &local).unwrap();
         let t = tables(&r);
-        let narrow = t.src.get(&(FAMILY_V4, [192, 0, 2, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 29)).unwrap();
+        let narrow = t
+            .src
+            .get(&(
+                FAMILY_V4,
+                [192, 0, 2, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                29,
+            ))
+            .unwrap();
         assert_eq!(*narrow, 0b11, "a host in the /29 is also in the /24");
-        let wide = t.src.get(&(FAMILY_V4, [192, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 24)).unwrap();
+        let wide = t
+            .src
+            .get(&(
+                FAMILY_V4,
+                [192, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                24,
+            ))
+            .unwrap();
         assert_eq!(*wide, 0b01);
-        let dst22 = t.dst.get(&(7, 22, PROTO_TCP, FAMILY_V4, [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]));
+        let dst22 = t.dst.get(&(
+            7,
+            22,
+            PROTO_TCP,
+            FAMILY_V4,
+            [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        ));
         assert_eq!(dst22, Some(&0b01));
         // A /29 host may use port 443, a /24 host outside it may not.
         let m = |src: &str, port| {
-            matches(&r, &Packet::new("a", src.parse().unwrap(), "10.0.0.1".parse().unwrap(), PROTO_TCP, 40000, port))
+            matches(
+                &r,
+                &Packet::new(
+                    "a",
+                    src.parse().unwrap(),
+                    "10.0.0.1".parse().unwrap(),
+                    PROTO_TCP,
+                    40000,
+                    port,
+                ),
+            )
         };
         assert_eq!(m("192.0.2.9", 443), Some(1));
         assert_eq!(m("192.0.2.100", 443), None);

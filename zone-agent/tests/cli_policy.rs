@@ -334,23 +334,45 @@ fn diff_checks_both_files_first_and_exits_2() {
 
 #[test]
 fn export_nft_writes_one_chain_per_zone_and_a_line_per_rule_family() {
-    let run = zone_agent(["policy", "export", fixture("example.toml").to_str().unwrap(), "--format", "nft"]);
+    let run = zone_agent([
+        "policy",
+        "export",
+        fixture("example.toml").to_str().unwrap(),
+        "--format",
+        "nft",
+    ]);
     assert_eq!(run.code, Some(0), "{run}");
     let out = &run.stdout;
     // Replaces the table in one transaction.
-    assert!(out.contains("table inet zone_agent\ndelete table inet zone_agent\n"), "{run}");
+    assert!(
+        out.contains("table inet zone_agent\ndelete table inet zone_agent\n"),
+        "{run}"
+    );
     for zone in 1..=3 {
         assert!(out.contains(&format!("chain from_zone{zone} {{")), "{run}");
     }
     // jyuki-print names a v4 and a v6 destination: one line per family; eltax-relay only v4.
-    assert_eq!(out.matches("comment \"rule 1 jyuki-print\"").count(), 2, "{run}");
-    assert_eq!(out.matches("comment \"rule 0 eltax-relay\"").count(), 1, "{run}");
+    assert_eq!(
+        out.matches("comment \"rule 1 jyuki-print\"").count(),
+        2,
+        "{run}"
+    );
+    assert_eq!(
+        out.matches("comment \"rule 0 eltax-relay\"").count(),
+        1,
+        "{run}"
+    );
     assert!(
-        out.contains("ether saddr { 52:54:00:12:34:56 } meta l4proto tcp th dport { 443, 8000-8010 }"),
+        out.contains(
+            "ether saddr { 52:54:00:12:34:56 } meta l4proto tcp th dport { 443, 8000-8010 }"
+        ),
         "{run}"
     );
     // A VLAN of a zone interface that no zone claims is dropped like the data path does.
-    assert!(out.contains("iifname \"eth3.*\" counter drop comment \"unknown_interface\""), "{run}");
+    assert!(
+        out.contains("iifname \"eth3.*\" counter drop comment \"unknown_interface\""),
+        "{run}"
+    );
 }
 
 fn export_to(policy: &Path, out: &Path) -> Run {
@@ -415,7 +437,10 @@ impl std::fmt::Display for Bounded {
 
 /// Runs the binary and waits at most `limit` for it: a child still running then is killed and
 /// the test fails (a FIFO must not hang the test suite as it hung the agent).
-#[allow(clippy::zombie_processes, reason = "reaped by wait4, which also reports its peak memory")]
+#[allow(
+    clippy::zombie_processes,
+    reason = "reaped by wait4, which also reports its peak memory"
+)]
 fn run_bounded(args: &[&std::ffi::OsStr], limit: Duration) -> Bounded {
     let start = Instant::now();
     let mut child = Command::new(BIN)

@@ -26,15 +26,23 @@ pub fn median(v: &[f64]) -> Option<f64> {
 /// An object file xdp-tools installs (`xdpfilt_dny_all.o`…), where Debian or a source build
 /// puts them.
 pub fn xdp_tools_object(file: &str) -> Option<PathBuf> {
-    ["/usr/lib/x86_64-linux-gnu/bpf", "/usr/lib/aarch64-linux-gnu/bpf", "/usr/lib/bpf", "/usr/local/lib/bpf"]
-        .iter()
-        .map(|d| Path::new(d).join(file))
-        .find(|p| p.is_file())
+    [
+        "/usr/lib/x86_64-linux-gnu/bpf",
+        "/usr/lib/aarch64-linux-gnu/bpf",
+        "/usr/lib/bpf",
+        "/usr/local/lib/bpf",
+    ]
+    .iter()
+    .map(|d| Path::new(d).join(file))
+    .find(|p| p.is_file())
 }
 
 /// The value after `name` in a benchmark binary's arguments.
 pub fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
 }
 
 /// `tests/benches/per_packet.rs`: BPF_PROG_TEST_RUN over a frame corpus.
@@ -217,7 +225,11 @@ impl Flood {
     }
     /// softirq ns per packet sent, less the idle background.
     pub fn net_softirq_ns_per_packet(&self) -> f64 {
-        let background = if self.idle_seconds > 0.0 { self.idle_softirq_ns as f64 * self.seconds / self.idle_seconds } else { 0.0 };
+        let background = if self.idle_seconds > 0.0 {
+            self.idle_softirq_ns as f64 * self.seconds / self.idle_seconds
+        } else {
+            0.0
+        };
         (self.softirq_ns as f64 - background).max(0.0) / self.sent.max(1) as f64
     }
 }
@@ -241,7 +253,10 @@ impl ReloadUnderLoad {
     /// Lines, connections and datagrams of allowed flows that did not make it.
     pub fn lost(&self) -> u64 {
         let t = &self.traffic;
-        t.stream_sent.saturating_sub(t.stream_ok) + t.stream_errors + t.conn_failed + t.udp_sent.saturating_sub(t.udp_echoed)
+        t.stream_sent.saturating_sub(t.stream_ok)
+            + t.stream_errors
+            + t.conn_failed
+            + t.udp_sent.saturating_sub(t.udp_echoed)
     }
 }
 
@@ -269,8 +284,18 @@ mod tests {
 
     #[test]
     fn reload_losses_add_up() {
-        let traffic = ContinuousSummary { stream_sent: 10, stream_ok: 9, conn_failed: 2, udp_sent: 100, udp_echoed: 97, ..Default::default() };
-        let r = ReloadUnderLoad { traffic, ..Default::default() };
+        let traffic = ContinuousSummary {
+            stream_sent: 10,
+            stream_ok: 9,
+            conn_failed: 2,
+            udp_sent: 100,
+            udp_echoed: 97,
+            ..Default::default()
+        };
+        let r = ReloadUnderLoad {
+            traffic,
+            ..Default::default()
+        };
         assert_eq!(r.lost(), 1 + 2 + 3);
     }
 }

@@ -55,7 +55,12 @@ pub fn generate(base: &Base<'_>, variant: Variant, n: usize) -> String {
         Variant::Cidr => cidr_rules(n),
     };
     let middle = generated.len() / 2;
-    let mut text = String::with_capacity(base.header.len() + base.rules.len() + generated.iter().map(String::len).sum::<usize>() + 64);
+    let mut text = String::with_capacity(
+        base.header.len()
+            + base.rules.len()
+            + generated.iter().map(String::len).sum::<usize>()
+            + 64,
+    );
     text.push_str(base.header);
     text.push('\n');
     for r in &generated[..middle] {
@@ -105,7 +110,12 @@ fn port(i: u32) -> u32 {
 }
 
 fn mac(i: u32) -> String {
-    format!("02:be:00:{:02x}:{:02x}:{:02x}", (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff)
+    format!(
+        "02:be:00:{:02x}:{:02x}:{:02x}",
+        (i >> 16) & 0xff,
+        (i >> 8) & 0xff,
+        i & 0xff
+    )
 }
 
 fn rules(n: usize) -> Vec<String> {
@@ -193,13 +203,26 @@ fn cidr_rules(n: usize) -> Vec<String> {
 mod tests {
     use super::*;
 
-    const BASE: Base<'static> = Base { header: "version = 1\n", rules: "[[rules]]\nname = \"base\"\n", rule_count: 1 };
+    const BASE: Base<'static> = Base {
+        header: "version = 1\n",
+        rules: "[[rules]]\nname = \"base\"\n",
+        rule_count: 1,
+    };
 
     #[test]
     fn rule_counts_match_the_text() {
-        for (variant, n) in [(Variant::Rules, 10), (Variant::Rules, 1000), (Variant::Cidr, 10), (Variant::Cidr, 2500)] {
+        for (variant, n) in [
+            (Variant::Rules, 10),
+            (Variant::Rules, 1000),
+            (Variant::Cidr, 10),
+            (Variant::Cidr, 2500),
+        ] {
             let text = generate(&BASE, variant, n);
-            assert_eq!(text.matches("[[rules]]").count(), rule_count(&BASE, variant, n), "{variant:?} {n}");
+            assert_eq!(
+                text.matches("[[rules]]").count(),
+                rule_count(&BASE, variant, n),
+                "{variant:?} {n}"
+            );
         }
     }
 
@@ -211,14 +234,31 @@ mod tests {
             [[zones]]\nname = \"mynumber\"\ninterfaces = [\"zmyn\"]\nnetworks = [\"10.10.0.0/16\", \"fd10::/48\"]\ncriticality = \"critical\"\n\
             [[zones]]\nname = \"lgwan\"\ninterfaces = [\"zlg\"]\nnetworks = [\"10.20.0.0/16\", \"fd20::/48\"]\n\
             [[zones]]\nname = \"internet\"\ninterfaces = [\"zinet\"]\nnetworks = [\"0.0.0.0/0\", \"::/0\"]\n";
-        let base = Base { header: HEADER, rules: "[[rules]]\nname = \"base\"\nfrom = \"mynumber\"\nto = \"lgwan\"\nprotocol = \"tcp\"\nports = [\"22\"]\nsources = [\"10.10.0.5/32\"]\n", rule_count: 1 };
+        let base = Base {
+            header: HEADER,
+            rules: "[[rules]]\nname = \"base\"\nfrom = \"mynumber\"\nto = \"lgwan\"\nprotocol = \"tcp\"\nports = [\"22\"]\nsources = [\"10.10.0.5/32\"]\n",
+            rule_count: 1,
+        };
         for (variant, n) in [(Variant::Rules, 3000), (Variant::Cidr, 2500)] {
             let text = generate(&base, variant, n);
-            let (policy, warnings) = zone_agent::policy::validate::check_str("gen.toml".as_ref(), &text, &zone_agent::policy::validate::OfflineEnvironment)
-                .unwrap_or_else(|d| panic!("{variant:?} {n}: {d}"));
+            let (policy, warnings) = zone_agent::policy::validate::check_str(
+                "gen.toml".as_ref(),
+                &text,
+                &zone_agent::policy::validate::OfflineEnvironment,
+            )
+            .unwrap_or_else(|d| panic!("{variant:?} {n}: {d}"));
             assert_eq!(policy.rules.len(), rule_count(&base, variant, n));
-            assert!(warnings.is_empty(), "{variant:?} {n}: {}", warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>().join("\n"));
-            zone_agent::policy::compile::compile(&policy).unwrap_or_else(|d| panic!("{variant:?} {n}: {d}"));
+            assert!(
+                warnings.is_empty(),
+                "{variant:?} {n}: {}",
+                warnings
+                    .iter()
+                    .map(|w| w.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            zone_agent::policy::compile::compile(&policy)
+                .unwrap_or_else(|d| panic!("{variant:?} {n}: {d}"));
         }
     }
 
@@ -239,8 +279,12 @@ mod tests {
             let (addr, len) = s.split_once('/').unwrap();
             let len: u32 = len.parse().unwrap();
             match addr.parse::<std::net::IpAddr>().unwrap() {
-                std::net::IpAddr::V4(a) => assert_eq!(u32::from(a) & ((1u64 << (32 - len)) - 1) as u32, 0, "{s}"),
-                std::net::IpAddr::V6(a) => assert_eq!(u128::from(a) & ((1u128 << (128 - len)) - 1), 0, "{s}"),
+                std::net::IpAddr::V4(a) => {
+                    assert_eq!(u32::from(a) & ((1u64 << (32 - len)) - 1) as u32, 0, "{s}")
+                }
+                std::net::IpAddr::V6(a) => {
+                    assert_eq!(u128::from(a) & ((1u128 << (128 - len)) - 1), 0, "{s}")
+                }
             }
         }
     }

@@ -80,7 +80,11 @@ impl Frame {
     pub fn icmp_error(mut self, ty: u8, code: u8, quoted: &Frame) -> Self {
         self = self.icmp(ty, code, 0);
         let q = quoted.ip_packet();
-        let hl = if quoted.src.is_ipv4() { 20 + quoted.v4_options.len() } else { 40 };
+        let hl = if quoted.src.is_ipv4() {
+            20 + quoted.v4_options.len()
+        } else {
+            40
+        };
         self.l4.extend_from_slice(&q[..(hl + 8).min(q.len())]);
         self
     }

@@ -15,13 +15,28 @@ pub fn in_private_netns<T: Send + 'static>(
     std::thread::spawn(move || {
         // SAFETY: affects only this thread, which is ours alone.
         let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "unshare(CLONE_NEWNET): {} (run as root)", std::io::Error::last_os_error());
+        assert_eq!(
+            rc,
+            0,
+            "unshare(CLONE_NEWNET): {} (run as root)",
+            std::io::Error::last_os_error()
+        );
         for name in ifaces {
             // veth rather than dummy: not every kernel has the dummy driver.
             let peer = format!("{name}p");
-            let out = Command::new("ip").args(["link", "add", name, "type", "veth", "peer", "name", &peer]).output().unwrap();
-            assert!(out.status.success(), "ip link add {name}: {}", String::from_utf8_lossy(&out.stderr));
-            Command::new("ip").args(["link", "set", name, "up"]).status().unwrap();
+            let out = Command::new("ip")
+                .args(["link", "add", name, "type", "veth", "peer", "name", &peer])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "ip link add {name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Command::new("ip")
+                .args(["link", "set", name, "up"])
+                .status()
+                .unwrap();
         }
         f()
     })
@@ -39,7 +54,12 @@ pub fn test_run(prog: &Xdp, iface: &str, frame: &[u8]) -> u32 {
     let mut ctx = [0u8; 24];
     ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
     ctx[12..16].copy_from_slice(&ifindex(iface).to_ne_bytes());
-    prog.test_run(TestRunOptions { data_in: Some(frame), ctx_in: Some(&ctx), repeat: 1, ..Default::default() })
-        .expect("BPF_PROG_TEST_RUN")
-        .return_value
+    prog.test_run(TestRunOptions {
+        data_in: Some(frame),
+        ctx_in: Some(&ctx),
+        repeat: 1,
+        ..Default::default()
+    })
+    .expect("BPF_PROG_TEST_RUN")
+    .return_value
 }

@@ -89,7 +89,13 @@ impl Plan {
         Plan {
             repeat: a.repeat.unwrap_or(if q { 20_000 } else { 200_000 }),
             samples: a.samples.unwrap_or(if q { 3 } else { 7 }),
-            sizes: a.sizes.clone().unwrap_or_else(|| if q { vec![10, 1000] } else { vec![10, 1000, 10_000, 100_000] }),
+            sizes: a.sizes.clone().unwrap_or_else(|| {
+                if q {
+                    vec![10, 1000]
+                } else {
+                    vec![10, 1000, 10_000, 100_000]
+                }
+            }),
             reloads: if q { 1 } else { 3 },
             rounds: a.rounds.unwrap_or(if q { 1 } else { 3 }),
             seconds: a.seconds.unwrap_or(if q { 2 } else { 5 }),
@@ -125,15 +131,23 @@ pub fn run(ws: &Workspace, args: &Args) -> Result<()> {
     // zone-agent at the same path while the benchmark runs.
     let built = match std::env::var_os(zone_agent_lab::AGENT_BIN_ENV) {
         Some(bin) => {
-            println!("    using {}={}", zone_agent_lab::AGENT_BIN_ENV, bin.to_string_lossy());
+            println!(
+                "    using {}={}",
+                zone_agent_lab::AGENT_BIN_ENV,
+                bin.to_string_lossy()
+            );
             PathBuf::from(bin)
         }
         None => build::agent(ws, true)?,
     };
     let agent = dir.join("zone-agent");
-    std::fs::copy(&built, &agent).with_context(|| format!("copy {} to {}", built.display(), agent.display()))?;
+    std::fs::copy(&built, &agent)
+        .with_context(|| format!("copy {} to {}", built.display(), agent.display()))?;
     step("bench: building the benchmarks");
-    exec(ws.command("cargo").args(["bench", "-p", "zone-agent-lab", "--benches", "--no-run"]))?;
+    exec(
+        ws.command("cargo")
+            .args(["bench", "-p", "zone-agent-lab", "--benches", "--no-run"]),
+    )?;
 
     let pp_json = dir.join("per_packet.json");
     let e2e_json = dir.join("end_to_end.json");
@@ -152,13 +166,16 @@ pub fn run(ws: &Workspace, args: &Args) -> Result<()> {
             "--reloads".into(),
             plan.reloads.to_string(),
         ];
-        part(ws, "per_packet", &bench_args, &pp_json, &agent)
-            .and_then(|t| serde_json::from_str(&t).map_err(|e| format!("parse {}: {e}", pp_json.display())))
+        part(ws, "per_packet", &bench_args, &pp_json, &agent).and_then(|t| {
+            serde_json::from_str(&t).map_err(|e| format!("parse {}: {e}", pp_json.display()))
+        })
     };
     let end_to_end: Result<EndToEnd, String> = if args.only == Some(Part::PerPacket) {
         Err("not run (--only per-packet)".into())
     } else {
-        step("bench: end to end through a lab gateway (iperf3, connections, flood, reloads, agent)");
+        step(
+            "bench: end to end through a lab gateway (iperf3, connections, flood, reloads, agent)",
+        );
         let n = |v: u32| v.to_string();
         let bench_args = [
             "--rounds".into(),
@@ -178,8 +195,9 @@ pub fn run(ws: &Workspace, args: &Args) -> Result<()> {
             "--reload-seconds".into(),
             n(plan.reload_seconds),
         ];
-        part(ws, "end_to_end", &bench_args, &e2e_json, &agent)
-            .and_then(|t| serde_json::from_str(&t).map_err(|e| format!("parse {}: {e}", e2e_json.display())))
+        part(ws, "end_to_end", &bench_args, &e2e_json, &agent).and_then(|t| {
+            serde_json::from_str(&t).map_err(|e| format!("parse {}: {e}", e2e_json.display()))
+        })
     };
 
     step("bench: report");
@@ -188,11 +206,22 @@ pub fn run(ws: &Workspace, args: &Args) -> Result<()> {
         (None, true) => dir.join("quick"),
         (None, false) => ws.root.clone(),
     };
-    let plot_dir = if args.out.is_none() && !args.quick { out.join("docs/bench") } else { out.clone() };
+    let plot_dir = if args.out.is_none() && !args.quick {
+        out.join("docs/bench")
+    } else {
+        out.clone()
+    };
     std::fs::create_dir_all(&plot_dir).with_context(|| format!("create {}", plot_dir.display()))?;
-    let plots = plot::draw(per_packet.as_ref().ok(), end_to_end.as_ref().ok(), &plot_dir);
+    let plots = plot::draw(
+        per_packet.as_ref().ok(),
+        end_to_end.as_ref().ok(),
+        &plot_dir,
+    );
     let plots: Vec<(String, String)> = match plots {
-        Ok(files) => files.into_iter().map(|(title, path)| (title, relative(&path, &out))).collect(),
+        Ok(files) => files
+            .into_iter()
+            .map(|(title, path)| (title, relative(&path, &out)))
+            .collect(),
         Err(e) => {
             println!("    plots: not drawn: {e:#}");
             vec![("plots not drawn".into(), format!("{e:#}"))]
@@ -200,15 +229,30 @@ pub fn run(ws: &Workspace, args: &Args) -> Result<()> {
     };
     let mut meta = meta;
     meta.elapsed_s = started.elapsed().as_secs_f64();
-    let doc = report::render(&report::Inputs { meta, per_packet: &per_packet, end_to_end: &end_to_end, plots });
+    let doc = report::render(&report::Inputs {
+        meta,
+        per_packet: &per_packet,
+        end_to_end: &end_to_end,
+        plots,
+    });
     let md = out.join("BENCHMARKS.md");
     std::fs::write(&md, &doc).with_context(|| format!("write {}", md.display()))?;
     println!("\n{doc}");
-    println!("    wrote {} ({:.0} s)", md.display(), started.elapsed().as_secs_f64());
-    let failed: Vec<String> = [("per-packet", per_packet.err()), ("end-to-end", end_to_end.err())]
-        .into_iter()
-        .filter_map(|(what, e)| e.filter(|e| !e.starts_with("not run")).map(|e| format!("{what}: {e}")))
-        .collect();
+    println!(
+        "    wrote {} ({:.0} s)",
+        md.display(),
+        started.elapsed().as_secs_f64()
+    );
+    let failed: Vec<String> = [
+        ("per-packet", per_packet.err()),
+        ("end-to-end", end_to_end.err()),
+    ]
+    .into_iter()
+    .filter_map(|(what, e)| {
+        e.filter(|e| !e.starts_with("not run"))
+            .map(|e| format!("{what}: {e}"))
+    })
+    .collect();
     if !failed.is_empty() {
         bail!("benchmark part(s) failed: {}", failed.join("; "));
     }
@@ -216,22 +260,50 @@ pub fn run(ws: &Workspace, args: &Args) -> Result<()> {
 }
 
 /// Runs one benchmark binary in the sandbox; its JSON, or what went wrong.
-fn part(ws: &Workspace, bench: &str, args: &[String], json: &Path, agent: &Path) -> Result<String, String> {
+fn part(
+    ws: &Workspace,
+    bench: &str,
+    args: &[String],
+    json: &Path,
+    agent: &Path,
+) -> Result<String, String> {
     let _ = std::fs::remove_file(json);
     let mut cmd = ws.command("unshare");
-    cmd.args(["--mount", "--net", "--propagation", "private", "--", "sh", "-c", crate::test::SANDBOX_SH, "xtask-sandbox"])
-        .args(["cargo", "bench", "--offline", "-p", "zone-agent-lab", "--bench", bench, "--"])
-        .args(args)
-        .arg("--json")
-        .arg(json)
-        .env(zone_agent_lab::AGENT_BIN_ENV, agent);
+    cmd.args([
+        "--mount",
+        "--net",
+        "--propagation",
+        "private",
+        "--",
+        "sh",
+        "-c",
+        crate::test::SANDBOX_SH,
+        "xtask-sandbox",
+    ])
+    .args([
+        "cargo",
+        "bench",
+        "--offline",
+        "-p",
+        "zone-agent-lab",
+        "--bench",
+        bench,
+        "--",
+    ])
+    .args(args)
+    .arg("--json")
+    .arg(json)
+    .env(zone_agent_lab::AGENT_BIN_ENV, agent);
     exec(&mut cmd).map_err(|e| format!("{e:#}"))?;
     std::fs::read_to_string(json).map_err(|e| format!("read {}: {e}", json.display()))
 }
 
 /// `path` relative to `base` when it lies below it (links in the Markdown), else absolute.
 fn relative(path: &Path, base: &Path) -> String {
-    path.strip_prefix(base).unwrap_or(path).display().to_string()
+    path.strip_prefix(base)
+        .unwrap_or(path)
+        .display()
+        .to_string()
 }
 
 fn uname_r() -> String {
@@ -246,6 +318,10 @@ fn uname_r() -> String {
 fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into())
 }

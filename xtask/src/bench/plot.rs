@@ -42,7 +42,11 @@ fn register() -> Result<()> {
 }
 
 /// Draws what the results allow; returns (title, file) of each plot.
-pub fn draw(pp: Option<&PerPacket>, e2e: Option<&EndToEnd>, dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+pub fn draw(
+    pp: Option<&PerPacket>,
+    e2e: Option<&EndToEnd>,
+    dir: &Path,
+) -> Result<Vec<(String, PathBuf)>> {
     register()?;
     let mut out = Vec::new();
     if let Some(pp) = pp {
@@ -55,7 +59,10 @@ pub fn draw(pp: Option<&PerPacket>, e2e: Option<&EndToEnd>, dir: &Path) -> Resul
     {
         let path = dir.join("goodput.png");
         goodput(e, &path).context("goodput plot")?;
-        out.push(("Goodput and connection rate through the gateway".into(), path));
+        out.push((
+            "Goodput and connection rate through the gateway".into(),
+            path,
+        ));
     }
     Ok(out)
 }
@@ -76,7 +83,10 @@ fn per_packet(pp: &PerPacket, path: &Path) -> Result<()> {
     let root = BitMapBackend::new(path, (1200, 520)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let floor = median(&pp.floor_ns);
-    let variants: Vec<Variant> = [Variant::Rules, Variant::Cidr].into_iter().filter(|v| pp.configs.iter().any(|c| c.variant == *v)).collect();
+    let variants: Vec<Variant> = [Variant::Rules, Variant::Cidr]
+        .into_iter()
+        .filter(|v| pp.configs.iter().any(|c| c.variant == *v))
+        .collect();
     if variants.is_empty() {
         bail!("no policy sizes in the results");
     }
@@ -87,12 +97,26 @@ fn per_packet(pp: &PerPacket, path: &Path) -> Result<()> {
             .iter()
             .map(|c| {
                 let (mean, slowest, xdp_filter) = super::report::summary(pp, c);
-                Point { size: c.size as f64, mean, slowest, xdp_filter }
+                Point {
+                    size: c.size as f64,
+                    mean,
+                    slowest,
+                    xdp_filter,
+                }
             })
             .collect();
         // Headroom above the lines for the legend.
-        let ymax = pts.iter().flat_map(|p| [p.mean, p.slowest, p.xdp_filter]).flatten().chain(floor).fold(1.0, f64::max) * 1.5;
-        let (xmin, xmax) = (pts.first().map_or(1.0, |p| p.size), pts.last().map_or(10.0, |p| p.size));
+        let ymax = pts
+            .iter()
+            .flat_map(|p| [p.mean, p.slowest, p.xdp_filter])
+            .flatten()
+            .chain(floor)
+            .fold(1.0, f64::max)
+            * 1.5;
+        let (xmin, xmax) = (
+            pts.first().map_or(1.0, |p| p.size),
+            pts.last().map_or(10.0, |p| p.size),
+        );
         let (xmin, xmax) = (xmin / 2.0, xmax * 2.0);
         let caption = match variant {
             Variant::Rules => "by rule count",
@@ -124,20 +148,35 @@ fn per_packet(pp: &PerPacket, path: &Path) -> Result<()> {
             ("xdp-filter, corpus mean", XF, |p| p.xdp_filter),
         ];
         for (label, color, get) in series {
-            let line: Vec<(f64, f64)> = pts.iter().filter_map(|p| get(p).map(|v| (p.size, v))).collect();
+            let line: Vec<(f64, f64)> = pts
+                .iter()
+                .filter_map(|p| get(p).map(|v| (p.size, v)))
+                .collect();
             chart
                 .draw_series(LineSeries::new(line.clone(), color.stroke_width(2)))
                 .map_err(err)?
                 .label(label)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
-            chart.draw_series(line.iter().map(|&(x, y)| Circle::new((x, y), 4, color.filled()))).map_err(err)?;
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
+            chart
+                .draw_series(
+                    line.iter()
+                        .map(|&(x, y)| Circle::new((x, y), 4, color.filled())),
+                )
+                .map_err(err)?;
         }
         if let Some(f) = floor {
             chart
-                .draw_series(LineSeries::new(vec![(xmin, f), (xmax, f)], FLOOR.stroke_width(1)))
+                .draw_series(LineSeries::new(
+                    vec![(xmin, f), (xmax, f)],
+                    FLOOR.stroke_width(1),
+                ))
                 .map_err(err)?
                 .label("floor: XDP_DROP")
-                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], FLOOR.stroke_width(1)));
+                .legend(|(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], FLOOR.stroke_width(1))
+                });
         }
         chart
             .configure_series_labels()
@@ -168,8 +207,12 @@ fn goodput(e: &EndToEnd, path: &Path) -> Result<()> {
     type Get = fn(&zone_agent_lab::bench::Throughput) -> Vec<f64>;
     // (title, unit, decimals, values)
     let metrics: [(&str, &str, usize, Get); 2] = [
-        ("TCP goodput (iperf3)", "Gbit/s", 2, |t| t.goodput_bps.iter().map(|b| b / 1e9).collect()),
-        ("New TCP connections", "connections/s", 0, |t| t.conn_per_s.clone()),
+        ("TCP goodput (iperf3)", "Gbit/s", 2, |t| {
+            t.goodput_bps.iter().map(|b| b / 1e9).collect()
+        }),
+        ("New TCP connections", "connections/s", 0, |t| {
+            t.conn_per_s.clone()
+        }),
     ];
     let gates: Vec<&zone_agent_lab::bench::Throughput> = e.goodput.iter().collect();
     let n = gates.len() as f64;
@@ -190,7 +233,13 @@ fn goodput(e: &EndToEnd, path: &Path) -> Result<()> {
             .x_label_formatter(&|v| {
                 // Label the middle of each bar only.
                 let i = v.floor() as usize;
-                if (v - v.floor() - 0.5).abs() < 0.01 { gates.get(i).map_or(String::new(), |t| t.gate.name().to_owned()) } else { String::new() }
+                if (v - v.floor() - 0.5).abs() < 0.01 {
+                    gates
+                        .get(i)
+                        .map_or(String::new(), |t| t.gate.name().to_owned())
+                } else {
+                    String::new()
+                }
             })
             .y_desc(unit)
             .y_label_formatter(&|v| format!("{v:.decimals$}"))
@@ -201,13 +250,29 @@ fn goodput(e: &EndToEnd, path: &Path) -> Result<()> {
             let Some(m) = median(v) else { continue };
             let x0 = i as f64 + 0.2;
             let x1 = i as f64 + 0.8;
-            chart.draw_series(std::iter::once(Rectangle::new([(x0, 0.0), (x1, m)], gate_color(t.gate).filled()))).map_err(err)?;
-            // The rounds' spread.
-            let (lo, hi) = v.iter().fold((f64::MAX, f64::MIN), |(l, h), &s| (l.min(s), h.max(s)));
-            let xm = i as f64 + 0.5;
-            chart.draw_series(std::iter::once(PathElement::new(vec![(xm, lo), (xm, hi)], BLACK.stroke_width(2)))).map_err(err)?;
             chart
-                .draw_series(std::iter::once(Text::new(format!("{m:.decimals$}"), (x0, m.max(hi) + ymax * 0.06), (FAMILY, 14).into_font())))
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(x0, 0.0), (x1, m)],
+                    gate_color(t.gate).filled(),
+                )))
+                .map_err(err)?;
+            // The rounds' spread.
+            let (lo, hi) = v
+                .iter()
+                .fold((f64::MAX, f64::MIN), |(l, h), &s| (l.min(s), h.max(s)));
+            let xm = i as f64 + 0.5;
+            chart
+                .draw_series(std::iter::once(PathElement::new(
+                    vec![(xm, lo), (xm, hi)],
+                    BLACK.stroke_width(2),
+                )))
+                .map_err(err)?;
+            chart
+                .draw_series(std::iter::once(Text::new(
+                    format!("{m:.decimals$}"),
+                    (x0, m.max(hi) + ymax * 0.06),
+                    (FAMILY, 14).into_font(),
+                )))
                 .map_err(err)?;
         }
     }

@@ -79,7 +79,11 @@ fn at_most(value: f64, limit: f64) -> String {
     if value <= limit {
         format!("MET ({:.0}% of the limit)", 100.0 * value / limit)
     } else {
-        format!("MISSED by {:.2}× ({:+.0}%)", value / limit, 100.0 * (value / limit - 1.0))
+        format!(
+            "MISSED by {:.2}× ({:+.0}%)",
+            value / limit,
+            100.0 * (value / limit - 1.0)
+        )
     }
 }
 
@@ -91,7 +95,11 @@ fn at_least(value: f64, limit: f64) -> String {
     if value >= limit {
         format!("MET ({:.0}% of the target)", 100.0 * value / limit)
     } else {
-        format!("MISSED: {:.0}% of the target ({:.0}% short)", 100.0 * value / limit, 100.0 * (1.0 - value / limit))
+        format!(
+            "MISSED: {:.0}% of the target ({:.0}% short)",
+            100.0 * value / limit,
+            100.0 * (1.0 - value / limit)
+        )
     }
 }
 
@@ -100,12 +108,17 @@ fn ns(v: Option<f64>) -> String {
 }
 
 fn x(v: Option<f64>) -> String {
-    v.filter(|v| v.is_finite()).map_or("–".into(), |v| format!("{v:.2}×"))
+    v.filter(|v| v.is_finite())
+        .map_or("–".into(), |v| format!("{v:.2}×"))
 }
 
 fn spread(v: &[f64]) -> String {
-    let Some(m) = median(v) else { return "–".into() };
-    let (lo, hi) = v.iter().fold((f64::MAX, f64::MIN), |(l, h), &s| (l.min(s), h.max(s)));
+    let Some(m) = median(v) else {
+        return "–".into();
+    };
+    let (lo, hi) = v
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(l, h), &s| (l.min(s), h.max(s)));
     format!("{m:.0} ({lo:.0}–{hi:.0})")
 }
 
@@ -138,7 +151,10 @@ fn configs(pp: &PerPacket, v: Variant) -> Vec<&Config> {
 
 /// The configuration of the headline per-packet table: the smallest flat policy.
 fn headline(pp: &PerPacket) -> Option<&Config> {
-    configs(pp, Variant::Rules).into_iter().min_by_key(|c| c.size).or_else(|| pp.configs.first())
+    configs(pp, Variant::Rules)
+        .into_iter()
+        .min_by_key(|c| c.size)
+        .or_else(|| pp.configs.first())
 }
 
 fn za(c: &Config, frame: usize) -> Option<f64> {
@@ -146,7 +162,10 @@ fn za(c: &Config, frame: usize) -> Option<f64> {
 }
 
 fn xf(c: &Config, frame: usize) -> Option<f64> {
-    c.xdp_filter.as_ref().and_then(|x| x.ns.get(frame)).and_then(|v| median(v))
+    c.xdp_filter
+        .as_ref()
+        .and_then(|x| x.ns.get(frame))
+        .and_then(|v| median(v))
 }
 
 fn mean(v: impl Iterator<Item = Option<f64>>) -> Option<f64> {
@@ -157,8 +176,15 @@ fn mean(v: impl Iterator<Item = Option<f64>>) -> Option<f64> {
 /// The corpus's mean and slowest frame of zone-agent, and xdp-filter's mean, for plots.
 pub fn summary(pp: &PerPacket, c: &Config) -> (Option<f64>, Option<f64>, Option<f64>) {
     let n = pp.frames.len();
-    let zmax = (0..n).map(|i| za(c, i)).collect::<Option<Vec<f64>>>().and_then(|v| v.into_iter().reduce(f64::max));
-    (mean((0..n).map(|i| za(c, i))), zmax, mean((0..n).map(|i| xf(c, i))))
+    let zmax = (0..n)
+        .map(|i| za(c, i))
+        .collect::<Option<Vec<f64>>>()
+        .and_then(|v| v.into_iter().reduce(f64::max));
+    (
+        mean((0..n).map(|i| za(c, i))),
+        zmax,
+        mean((0..n).map(|i| xf(c, i))),
+    )
 }
 
 fn mib(bytes: u64) -> String {
@@ -171,40 +197,88 @@ fn gbps(v: &[f64]) -> Option<f64> {
 
 fn targets(i: &Inputs<'_>) -> Vec<Verdict> {
     let mut out = Vec::new();
-    let mut push = |target: &str, measured: String, verdict: String| out.push(Verdict { target: target.into(), measured, verdict });
+    let mut push = |target: &str, measured: String, verdict: String| {
+        out.push(Verdict {
+            target: target.into(),
+            measured,
+            verdict,
+        })
+    };
     match i.per_packet {
         Ok(pp) => {
             let floor = median(&pp.floor_ns);
             if let Some(c) = headline(pp) {
                 let n = pp.frames.len();
                 let worst = |f: &dyn Fn(usize) -> Option<f64>| -> Option<(f64, usize)> {
-                    (0..n).filter_map(|i| f(i).map(|v| (v, i))).max_by(|a, b| a.0.total_cmp(&b.0))
+                    (0..n)
+                        .filter_map(|i| f(i).map(|v| (v, i)))
+                        .max_by(|a, b| a.0.total_cmp(&b.0))
                 };
                 let vs_xf = worst(&|i| Some(za(c, i)? / xf(c, i)?));
                 let vs_floor = worst(&|i| Some(za(c, i)? / floor?));
                 let what = |w: Option<(f64, usize)>, unit: &str| {
-                    w.map_or("–".into(), |(v, i)| format!("worst {v:.2}× {unit} ({}), {} rules", pp.frames[i].what, c.rules))
+                    w.map_or("–".into(), |(v, i)| {
+                        format!(
+                            "worst {v:.2}× {unit} ({}), {} rules",
+                            pp.frames[i].what, c.rules
+                        )
+                    })
                 };
-                push("per packet ≤ 0.5× xdp-filter, every frame of the corpus", what(vs_xf, "xdp-filter"), at_most(vs_xf.map_or(f64::NAN, |w| w.0), MAX_VS_XDP_FILTER));
-                push("per packet ≤ 2.5× the XDP_DROP floor, every frame", what(vs_floor, "floor"), at_most(vs_floor.map_or(f64::NAN, |w| w.0), MAX_VS_FLOOR));
+                push(
+                    "per packet ≤ 0.5× xdp-filter, every frame of the corpus",
+                    what(vs_xf, "xdp-filter"),
+                    at_most(vs_xf.map_or(f64::NAN, |w| w.0), MAX_VS_XDP_FILTER),
+                );
+                push(
+                    "per packet ≤ 2.5× the XDP_DROP floor, every frame",
+                    what(vs_floor, "floor"),
+                    at_most(vs_floor.map_or(f64::NAN, |w| w.0), MAX_VS_FLOOR),
+                );
             }
-            for (variant, unit, noun) in [(Variant::Rules, "rules", "rule"), (Variant::Cidr, "destination prefixes", "destination-prefix")] {
+            for (variant, unit, noun) in [
+                (Variant::Rules, "rules", "rule"),
+                (Variant::Cidr, "destination prefixes", "destination-prefix"),
+            ] {
                 let cs = configs(pp, variant);
                 let small = cs.iter().find(|c| c.size == SMALL);
                 let big = cs.iter().find(|c| c.size == BIG);
-                let target = format!("< 20% growth from {SMALL} to {} {unit}, every frame", with_commas(BIG));
+                let target = format!(
+                    "< 20% growth from {SMALL} to {} {unit}, every frame",
+                    with_commas(BIG)
+                );
                 match (small, big) {
                     (Some(s), Some(b)) if b.error.is_none() && s.error.is_none() => {
                         let g = (0..pp.frames.len())
                             .filter_map(|i| Some((za(b, i)? / za(s, i)? - 1.0, i)))
                             .max_by(|a, b| a.0.total_cmp(&b.0));
-                        let measured = g.map_or("–".into(), |(g, i)| format!("worst {:+.0}% ({})", 100.0 * g, pp.frames[i].what));
-                        push(&target, measured, at_most(g.map_or(f64::NAN, |g| g.0), MAX_GROWTH));
+                        let measured = g.map_or("–".into(), |(g, i)| {
+                            format!("worst {:+.0}% ({})", 100.0 * g, pp.frames[i].what)
+                        });
+                        push(
+                            &target,
+                            measured,
+                            at_most(g.map_or(f64::NAN, |g| g.0), MAX_GROWTH),
+                        );
                     }
                     (_, Some(b)) if b.error.is_some() => {
-                        push(&target, format!("the {} policy failed: {}", with_commas(BIG), b.error.as_deref().unwrap_or("")), "MISSED (does not load)".into());
+                        push(
+                            &target,
+                            format!(
+                                "the {} policy failed: {}",
+                                with_commas(BIG),
+                                b.error.as_deref().unwrap_or("")
+                            ),
+                            "MISSED (does not load)".into(),
+                        );
                     }
-                    _ => push(&target, format!("sizes {SMALL} and {} not both in this run", with_commas(BIG)), "NOT MEASURED".into()),
+                    _ => push(
+                        &target,
+                        format!(
+                            "sizes {SMALL} and {} not both in this run",
+                            with_commas(BIG)
+                        ),
+                        "NOT MEASURED".into(),
+                    ),
                 }
                 let target = format!("a {}-{noun} policy loads in < 10 s", with_commas(BIG));
                 match big {
@@ -222,17 +296,34 @@ fn targets(i: &Inputs<'_>) -> Vec<Verdict> {
                             ),
                             at_most(l.total_ms() / 1e3, MAX_LOAD_S),
                         ),
-                        (None, e) => push(&target, format!("failed: {}", e.as_deref().unwrap_or("?")), "MISSED (does not load)".into()),
+                        (None, e) => push(
+                            &target,
+                            format!("failed: {}", e.as_deref().unwrap_or("?")),
+                            "MISSED (does not load)".into(),
+                        ),
                     },
-                    None => push(&target, "size not in this run".into(), "NOT MEASURED".into()),
+                    None => push(
+                        &target,
+                        "size not in this run".into(),
+                        "NOT MEASURED".into(),
+                    ),
                 }
             }
         }
-        Err(e) => push("per-packet, scaling and load targets", format!("part failed: {e}"), "NOT MEASURED".into()),
+        Err(e) => push(
+            "per-packet, scaling and load targets",
+            format!("part failed: {e}"),
+            "NOT MEASURED".into(),
+        ),
     }
     match i.end_to_end {
         Ok(e) => {
-            let g = |gate: Gate| e.goodput.iter().find(|t| t.gate == gate).and_then(|t| gbps(&t.goodput_bps));
+            let g = |gate: Gate| {
+                e.goodput
+                    .iter()
+                    .find(|t| t.gate == gate)
+                    .and_then(|t| gbps(&t.goodput_bps))
+            };
             let (none, za, nft) = (g(Gate::NoFilter), g(Gate::ZoneAgent), g(Gate::Nftables));
             let fmt = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.2}"));
             push(
@@ -254,7 +345,13 @@ fn targets(i: &Inputs<'_>) -> Vec<Verdict> {
             match &e.reload {
                 Some(r) => push(
                     "0 packets of allowed flows lost across reloads",
-                    format!("{} lost over {} reloads of {} rules ({} failed)", r.lost(), r.latency_ms.len(), with_commas(r.rules), r.failed),
+                    format!(
+                        "{} lost over {} reloads of {} rules ({} failed)",
+                        r.lost(),
+                        r.latency_ms.len(),
+                        with_commas(r.rules),
+                        r.failed
+                    ),
                     if r.latency_ms.is_empty() || r.traffic.stream_sent + r.traffic.udp_sent == 0 {
                         "NOT MEASURED (no reload or no traffic)".into()
                     } else if r.lost() == 0 && r.failed == 0 {
@@ -263,10 +360,18 @@ fn targets(i: &Inputs<'_>) -> Vec<Verdict> {
                         format!("MISSED ({} lost, {} failed reloads)", r.lost(), r.failed)
                     },
                 ),
-                None => push("0 packets of allowed flows lost across reloads", "not run".into(), "NOT MEASURED".into()),
+                None => push(
+                    "0 packets of allowed flows lost across reloads",
+                    "not run".into(),
+                    "NOT MEASURED".into(),
+                ),
             }
         }
-        Err(err) => push("end-to-end targets", format!("part failed: {err}"), "NOT MEASURED".into()),
+        Err(err) => push(
+            "end-to-end targets",
+            format!("part failed: {err}"),
+            "NOT MEASURED".into(),
+        ),
     }
     out
 }
@@ -282,15 +387,28 @@ pub fn render(i: &Inputs<'_>) -> String {
          nanoseconds: absolute figures change with the machine, ratios measured side by side hold.\n",
         m.command, m.date, m.elapsed_s
     );
-    let _ = writeln!(d, "Machine: {}; {} CPUs; kernel {}; load average {:.2} when the run started.", m.cpu, m.cpus, m.kernel, m.loadavg);
+    let _ = writeln!(
+        d,
+        "Machine: {}; {} CPUs; kernel {}; load average {:.2} when the run started.",
+        m.cpu, m.cpus, m.kernel, m.loadavg
+    );
     if m.quick {
-        let _ = writeln!(d, "\n**A `--quick` smoke run**: small policies, short runs, few samples. Not for conclusions.");
+        let _ = writeln!(
+            d,
+            "\n**A `--quick` smoke run**: small policies, short runs, few samples. Not for conclusions."
+        );
     }
     if m.loadavg > 0.5 * m.cpus as f64 {
-        let _ = writeln!(d, "\n**Noisy**: other work was running on the machine (load average above half the CPUs).");
+        let _ = writeln!(
+            d,
+            "\n**Noisy**: other work was running on the machine (load average above half the CPUs)."
+        );
     }
 
-    let _ = writeln!(d, "\n## Targets\n\n| target | measured | verdict |\n|---|---|---|");
+    let _ = writeln!(
+        d,
+        "\n## Targets\n\n| target | measured | verdict |\n|---|---|---|"
+    );
     for v in targets(i) {
         let _ = writeln!(d, "| {} | {} | {} |", v.target, v.measured, v.verdict);
     }
@@ -298,7 +416,10 @@ pub fn render(i: &Inputs<'_>) -> String {
     match i.per_packet {
         Ok(pp) => per_packet(&mut d, pp),
         Err(e) => {
-            let _ = writeln!(d, "\n## Per-packet cost, scaling, load time\n\nNot measured: {e}");
+            let _ = writeln!(
+                d,
+                "\n## Per-packet cost, scaling, load time\n\nNot measured: {e}"
+            );
         }
     }
     match i.end_to_end {
@@ -367,18 +488,32 @@ fn per_packet(d: &mut String, pp: &PerPacket) {
             "xdp-filter (`{}`) holds the same policy's addresses ({} IPv4, {} IPv6), ports ({}) and source MACs ({}).",
             pp.xdp_filter_object, x.v4, x.v6, x.ports, x.macs
         ),
-        Some(x) => format!("xdp-filter failed to load: {}.", x.error.as_deref().unwrap_or("")),
+        Some(x) => format!(
+            "xdp-filter failed to load: {}.",
+            x.error.as_deref().unwrap_or("")
+        ),
         None => "xdp-filter was not found (install xdp-tools).".into(),
     };
-    let _ = writeln!(d, "\nPolicy: {} rules ({} map entries). {xf_note}\n", c.rules, c.entries);
+    let _ = writeln!(
+        d,
+        "\nPolicy: {} rules ({} map entries). {xf_note}\n",
+        c.rules, c.entries
+    );
     if let Some(e) = &c.error {
         let _ = writeln!(d, "**Error**: {e}\n");
     }
-    let _ = writeln!(d, "| frame | zone-agent ns | × floor | xdp-filter ns | xdp-filter verdict | zone-agent × xdp-filter |\n|---|---:|---:|---:|---|---:|");
+    let _ = writeln!(
+        d,
+        "| frame | zone-agent ns | × floor | xdp-filter ns | xdp-filter verdict | zone-agent × xdp-filter |\n|---|---:|---:|---:|---|---:|"
+    );
     for (i, f) in pp.frames.iter().enumerate() {
         let z = za(c, i);
         let xv = xf(c, i);
-        let verdict = c.xdp_filter.as_ref().and_then(|x| x.actions.get(i)).map_or("–", |a| verdict_name(*a));
+        let verdict = c
+            .xdp_filter
+            .as_ref()
+            .and_then(|x| x.actions.get(i))
+            .map_or("–", |a| verdict_name(*a));
         let _ = writeln!(
             d,
             "| {} ({}) | {} | {} | {} | {verdict} | {} |",
@@ -386,15 +521,24 @@ fn per_packet(d: &mut String, pp: &PerPacket) {
             verdict_name(f.action),
             c.za_ns.get(i).map_or("–".into(), |v| spread(v)),
             x(z.zip(floor).map(|(a, b)| a / b)),
-            c.xdp_filter.as_ref().and_then(|x| x.ns.get(i)).map_or("–".into(), |v| spread(v)),
+            c.xdp_filter
+                .as_ref()
+                .and_then(|x| x.ns.get(i))
+                .map_or("–".into(), |v| spread(v)),
             x(z.zip(xv).map(|(a, b)| a / b)),
         );
     }
 
     let _ = writeln!(d, "\n## 2. Scaling\n");
     for (variant, title) in [
-        (Variant::Rules, "By rule count: generated rules, each with its own source host and port (lgwan → mynumber TCP, mynumber → lgwan UDP to a host, lgwan → internet TCP to a host; one in ten MAC-bound, one in four with an IPv6 source), the hosts spread over the zones' /16s around the frames' own hosts"),
-        (Variant::Cidr, "By destination-list length: SaaS rules lgwan → internet with up to 1 000 prefixes each (IPv4 /16…/28 and one in five IPv6 /40…/64, the shape of the published Microsoft 365 lists); the size is the number of prefixes"),
+        (
+            Variant::Rules,
+            "By rule count: generated rules, each with its own source host and port (lgwan → mynumber TCP, mynumber → lgwan UDP to a host, lgwan → internet TCP to a host; one in ten MAC-bound, one in four with an IPv6 source), the hosts spread over the zones' /16s around the frames' own hosts",
+        ),
+        (
+            Variant::Cidr,
+            "By destination-list length: SaaS rules lgwan → internet with up to 1 000 prefixes each (IPv4 /16…/28 and one in five IPv6 /40…/64, the shape of the published Microsoft 365 lists); the size is the number of prefixes",
+        ),
     ] {
         let cs = configs(pp, variant);
         if cs.is_empty() {
@@ -407,13 +551,33 @@ fn per_packet(d: &mut String, pp: &PerPacket) {
             let _ = write!(head, " {} |", with_commas(c.size));
             rule.push_str("---:|");
         }
-        let (first, last) = (cs.first().expect("non-empty"), cs.last().expect("non-empty"));
-        let _ = writeln!(d, "{head} growth {} → {} |\n{rule}---:|", with_commas(first.size), with_commas(last.size));
-        let growth = |a: Option<f64>, b: Option<f64>| a.zip(b).map_or("–".into(), |(a, b)| format!("{:+.0}%", 100.0 * (b / a - 1.0)));
+        let (first, last) = (
+            cs.first().expect("non-empty"),
+            cs.last().expect("non-empty"),
+        );
+        let _ = writeln!(
+            d,
+            "{head} growth {} → {} |\n{rule}---:|",
+            with_commas(first.size),
+            with_commas(last.size)
+        );
+        let growth = |a: Option<f64>, b: Option<f64>| {
+            a.zip(b).map_or("–".into(), |(a, b)| {
+                format!("{:+.0}%", 100.0 * (b / a - 1.0))
+            })
+        };
         for (i, f) in pp.frames.iter().enumerate() {
             let mut row = format!("| {} |", f.what);
             for c in &cs {
-                let _ = write!(row, " {} |", if c.error.is_some() { "error".into() } else { ns(za(c, i)) });
+                let _ = write!(
+                    row,
+                    " {} |",
+                    if c.error.is_some() {
+                        "error".into()
+                    } else {
+                        ns(za(c, i))
+                    }
+                );
             }
             let _ = writeln!(d, "{row} {} |", growth(za(first, i), za(last, i)));
         }
@@ -428,7 +592,12 @@ fn per_packet(d: &mut String, pp: &PerPacket) {
         let (m1, _, x1) = summary(pp, last);
         let _ = writeln!(d, "{row} {} |\n{xrow} {} |", growth(m0, m1), growth(x0, x1));
         for c in cs.iter().filter(|c| c.error.is_some()) {
-            let _ = writeln!(d, "\nError at {}: {}", with_commas(c.size), c.error.as_deref().unwrap_or(""));
+            let _ = writeln!(
+                d,
+                "\nError at {}: {}",
+                with_commas(c.size),
+                c.error.as_deref().unwrap_or("")
+            );
         }
         let _ = writeln!(d);
     }
@@ -449,7 +618,11 @@ fn per_packet(d: &mut String, pp: &PerPacket) {
             Variant::Rules => format!("{} rules", with_commas(c.size)),
             Variant::Cidr => format!("{} prefixes", with_commas(c.size)),
         };
-        let xmem = c.xdp_filter.as_ref().filter(|x| x.error.is_none()).map_or("–".into(), |x| mib(x.maps.iter().map(|m| m.bytes).sum()));
+        let xmem = c
+            .xdp_filter
+            .as_ref()
+            .filter(|x| x.error.is_none())
+            .map_or("–".into(), |x| mib(x.maps.iter().map(|m| m.bytes).sum()));
         match &c.load {
             Some(l) => {
                 let max = l.reload_ms.iter().copied().fold(f64::NAN, f64::max);
@@ -468,21 +641,46 @@ fn per_packet(d: &mut String, pp: &PerPacket) {
                 );
             }
             None => {
-                let _ = writeln!(d, "| {name} | {} | – | failed: {} |||||||| {xmem} |", with_commas(c.rules), c.error.as_deref().unwrap_or("?"));
+                let _ = writeln!(
+                    d,
+                    "| {name} | {} | – | failed: {} |||||||| {xmem} |",
+                    with_commas(c.rules),
+                    c.error.as_deref().unwrap_or("?")
+                );
             }
         }
     }
-    if let Some(c) = pp.configs.iter().filter(|c| !c.maps.is_empty()).max_by_key(|c| c.size) {
+    if let Some(c) = pp
+        .configs
+        .iter()
+        .filter(|c| !c.maps.is_empty())
+        .max_by_key(|c| c.size)
+    {
         let mut maps: Vec<_> = c.maps.iter().collect();
         maps.sort_by_key(|m| std::cmp::Reverse(m.bytes));
-        let top: Vec<String> = maps.iter().take(5).map(|m| format!("{} {} MiB", m.name, mib(m.bytes))).collect();
-        let _ = writeln!(d, "\nLargest maps at {} {}: {}.", with_commas(c.size), c.variant.name(), top.join(", "));
+        let top: Vec<String> = maps
+            .iter()
+            .take(5)
+            .map(|m| format!("{} {} MiB", m.name, mib(m.bytes)))
+            .collect();
+        let _ = writeln!(
+            d,
+            "\nLargest maps at {} {}: {}.",
+            with_commas(c.size),
+            c.variant.name(),
+            top.join(", ")
+        );
     }
 }
 
 fn end_to_end(d: &mut String, e: &EndToEnd) {
     let none = e.goodput.iter().find(|t| t.gate == Gate::NoFilter);
-    let rounds = e.goodput.iter().map(|t| t.goodput_bps.len()).max().unwrap_or(0);
+    let rounds = e
+        .goodput
+        .iter()
+        .map(|t| t.goodput_bps.len())
+        .max()
+        .unwrap_or(0);
     let _ = writeln!(
         d,
         "\n## 3. End to end\n\n\
@@ -496,22 +694,34 @@ fn end_to_end(d: &mut String, e: &EndToEnd) {
          | gate | iperf3 goodput Gbit/s | × no filter | connections/s | × no filter | failed connections | TCP retransmits |\n\
          |---|---:|---:|---:|---:|---:|---:|",
         with_commas(e.policy_rules),
-        if e.xdp_mode.is_empty() { "?" } else { &e.xdp_mode }
+        if e.xdp_mode.is_empty() {
+            "?"
+        } else {
+            &e.xdp_mode
+        }
     );
     let rel = |v: Option<f64>, base: Option<f64>| x(v.zip(base).map(|(a, b)| a / b));
     for t in &e.goodput {
         let g: Vec<f64> = t.goodput_bps.iter().map(|b| b / 1e9).collect();
         let gs = median(&g).map_or("–".into(), |m| {
-            let (lo, hi) = g.iter().fold((f64::MAX, f64::MIN), |(l, h), &s| (l.min(s), h.max(s)));
+            let (lo, hi) = g
+                .iter()
+                .fold((f64::MAX, f64::MIN), |(l, h), &s| (l.min(s), h.max(s)));
             format!("{m:.2} ({lo:.2}–{hi:.2})")
         });
         let _ = writeln!(
             d,
             "| {} | {gs} | {} | {} | {} | {} | {} |",
             t.gate.name(),
-            rel(median(&t.goodput_bps), none.and_then(|n| median(&n.goodput_bps))),
+            rel(
+                median(&t.goodput_bps),
+                none.and_then(|n| median(&n.goodput_bps))
+            ),
             spread(&t.conn_per_s),
-            rel(median(&t.conn_per_s), none.and_then(|n| median(&n.conn_per_s))),
+            rel(
+                median(&t.conn_per_s),
+                none.and_then(|n| median(&n.conn_per_s))
+            ),
             t.conn_errors,
             t.retransmits
         );
@@ -534,8 +744,12 @@ fn end_to_end(d: &mut String, e: &EndToEnd) {
              nothing listed (two hash lookups, then pass), attached natively to the same interfaces. \
              It shows what any XDP program costs on these veths (frames are copied into the driver's \
              XDP buffers and rebuilt). zone-agent reaches {} of its goodput and {} of its connection rate.",
-            x(median(&z.goodput_bps).zip(median(&p.goodput_bps)).map(|(a, b)| a / b)),
-            x(median(&z.conn_per_s).zip(median(&p.conn_per_s)).map(|(a, b)| a / b)),
+            x(median(&z.goodput_bps)
+                .zip(median(&p.goodput_bps))
+                .map(|(a, b)| a / b)),
+            x(median(&z.conn_per_s)
+                .zip(median(&p.conn_per_s))
+                .map(|(a, b)| a / b)),
         );
     }
 
@@ -579,7 +793,8 @@ fn end_to_end(d: &mut String, e: &EndToEnd) {
                  | {} | {} | {:.0} / {max:.0} | {} | {} | {} | {} |",
                 r.seconds,
                 with_commas(r.rules),
-                e.agent_start_ms.map_or("–".into(), |ms| format!("{:.1} s", ms / 1e3)),
+                e.agent_start_ms
+                    .map_or("–".into(), |ms| format!("{:.1} s", ms / 1e3)),
                 r.latency_ms.len(),
                 r.failed,
                 median(&r.latency_ms).unwrap_or(f64::NAN),
@@ -589,7 +804,13 @@ fn end_to_end(d: &mut String, e: &EndToEnd) {
                 r.watcher_reloads
             );
             let t = &r.traffic;
-            let _ = writeln!(d, "\nTraffic: {} stream lines, {} connections, {} datagrams.", t.stream_sent, t.conn_ok + t.conn_failed, t.udp_sent);
+            let _ = writeln!(
+                d,
+                "\nTraffic: {} stream lines, {} connections, {} datagrams.",
+                t.stream_sent,
+                t.conn_ok + t.conn_failed,
+                t.udp_sent
+            );
             for err in r.errors.iter().chain(&t.errors).take(5) {
                 let _ = writeln!(d, "- {err}");
             }
@@ -601,7 +822,13 @@ fn end_to_end(d: &mut String, e: &EndToEnd) {
 
     let _ = writeln!(d, "\n## 5. Agent cost\n");
     let row = |what: &str, p: &Option<zone_agent_lab::bench::ProcCost>| match p {
-        Some(p) => format!("| {what} | {:.1} | {:.1} | {:.2} | {:.2} |", p.seconds, p.cpu_pct, p.rss_kib as f64 / 1024.0, p.hwm_kib as f64 / 1024.0),
+        Some(p) => format!(
+            "| {what} | {:.1} | {:.1} | {:.2} | {:.2} |",
+            p.seconds,
+            p.cpu_pct,
+            p.rss_kib as f64 / 1024.0,
+            p.hwm_kib as f64 / 1024.0
+        ),
         None => format!("| {what} | – | – | – | – |"),
     };
     let _ = writeln!(
@@ -654,11 +881,21 @@ pub(super) mod tests {
             rules: size,
             policy_bytes: 0,
             error: None,
-            load: Some(LoadTimes { check_ms: 100.0, compile_ms: 10.0, load_ms: 500.0, apply_ms: 200.0 * size as f64 / 1000.0, reload_ms: vec![300.0, 320.0] }),
+            load: Some(LoadTimes {
+                check_ms: 100.0,
+                compile_ms: 10.0,
+                load_ms: 500.0,
+                apply_ms: 200.0 * size as f64 / 1000.0,
+                reload_ms: vec![300.0, 320.0],
+            }),
             entries: size * 3,
             maps: vec![],
             za_ns: ns.iter().map(|&v| vec![v, v + 1.0, v - 1.0]).collect(),
-            xdp_filter: Some(XdpFilter { actions: vec![2, 2], ns: xf_ns.iter().map(|&v| vec![v]).collect(), ..Default::default() }),
+            xdp_filter: Some(XdpFilter {
+                actions: vec![2, 2],
+                ns: xf_ns.iter().map(|&v| vec![v]).collect(),
+                ..Default::default()
+            }),
         }
     }
 
@@ -667,26 +904,59 @@ pub(super) mod tests {
         let pp = PerPacket {
             repeat: 1000,
             samples: 3,
-            frames: vec![FrameCase { what: "a".into(), action: 2 }, FrameCase { what: "b".into(), action: 1 }],
+            frames: vec![
+                FrameCase {
+                    what: "a".into(),
+                    action: 2,
+                },
+                FrameCase {
+                    what: "b".into(),
+                    action: 1,
+                },
+            ],
             floor_ns: vec![20.0, 20.0, 21.0],
             configs: [10, 1000, 100_000]
                 .into_iter()
                 .flat_map(|n| {
                     let grow = if n == 100_000 { 1.1 } else { 1.0 };
-                    [config(Variant::Rules, n, [60.0 * grow, 50.0], [120.0, 130.0]), config(Variant::Cidr, n, [60.0, 50.0 * 1.3_f64.powi(i32::from(n == 100_000))], [120.0, 130.0])]
+                    [
+                        config(Variant::Rules, n, [60.0 * grow, 50.0], [120.0, 130.0]),
+                        config(
+                            Variant::Cidr,
+                            n,
+                            [60.0, 50.0 * 1.3_f64.powi(i32::from(n == 100_000))],
+                            [120.0, 130.0],
+                        ),
+                    ]
                 })
                 .collect(),
             xdp_filter_object: "xdpfilt_dny_all.o".into(),
         };
-        let t = |gate, g: f64| Throughput { gate, goodput_bps: vec![g * 1e9, g * 1e9 * 1.02], conn_per_s: vec![1000.0 * g], conn_errors: 0, retransmits: 0 };
+        let t = |gate, g: f64| Throughput {
+            gate,
+            goodput_bps: vec![g * 1e9, g * 1e9 * 1.02],
+            conn_per_s: vec![1000.0 * g],
+            conn_errors: 0,
+            retransmits: 0,
+        };
         let e2e = EndToEnd {
             policy_rules: 1000,
             xdp_mode: "native".into(),
-            goodput: vec![t(Gate::NoFilter, 10.0), t(Gate::ZoneAgent, 9.0), t(Gate::Nftables, 8.0)],
+            goodput: vec![
+                t(Gate::NoFilter, 10.0),
+                t(Gate::ZoneAgent, 9.0),
+                t(Gate::Nftables, 8.0),
+            ],
             reload: Some(ReloadUnderLoad {
                 rules: 10_000,
                 latency_ms: vec![700.0, 800.0],
-                traffic: zone_agent_lab::ContinuousSummary { stream_sent: 10, stream_ok: 10, udp_sent: 5, udp_echoed: 5, ..Default::default() },
+                traffic: zone_agent_lab::ContinuousSummary {
+                    stream_sent: 10,
+                    stream_ok: 10,
+                    udp_sent: 5,
+                    udp_echoed: 5,
+                    ..Default::default()
+                },
                 ..Default::default()
             }),
             ..Default::default()
@@ -695,7 +965,16 @@ pub(super) mod tests {
     }
 
     fn meta() -> Meta {
-        Meta { command: "cargo xtask bench".into(), date: "today".into(), cpu: "cpu".into(), cpus: 2, kernel: "k".into(), loadavg: 0.1, quick: false, elapsed_s: 1.0 }
+        Meta {
+            command: "cargo xtask bench".into(),
+            date: "today".into(),
+            cpu: "cpu".into(),
+            cpus: 2,
+            kernel: "k".into(),
+            loadavg: 0.1,
+            quick: false,
+            elapsed_s: 1.0,
+        }
     }
 
     #[test]
@@ -710,26 +989,68 @@ pub(super) mod tests {
     #[test]
     fn targets_are_computed_from_the_results() {
         let (pp, e2e) = sample();
-        let doc = render(&Inputs { meta: meta(), per_packet: &Ok(pp), end_to_end: &Ok(e2e), plots: vec![] });
-        let row = |start: &str| doc.lines().find(|l| l.starts_with(start)).unwrap_or_else(|| panic!("no row {start:?} in\n{doc}")).to_owned();
+        let doc = render(&Inputs {
+            meta: meta(),
+            per_packet: &Ok(pp),
+            end_to_end: &Ok(e2e),
+            plots: vec![],
+        });
+        let row = |start: &str| {
+            doc.lines()
+                .find(|l| l.starts_with(start))
+                .unwrap_or_else(|| panic!("no row {start:?} in\n{doc}"))
+                .to_owned()
+        };
         // 60 / 120 = 0.5: at the limit.
-        assert!(row("| per packet ≤ 0.5× xdp-filter").ends_with("| MET (100% of the limit) |"), "{doc}");
+        assert!(
+            row("| per packet ≤ 0.5× xdp-filter").ends_with("| MET (100% of the limit) |"),
+            "{doc}"
+        );
         // 60 / 20 = 3.0 > 2.5 (floor median 20).
-        assert!(row("| per packet ≤ 2.5× the XDP_DROP floor").contains("MISSED by 1.20×"), "{doc}");
-        assert!(row("| < 20% growth from 10 to 100 000 rules").contains("worst +10% (a)"), "{doc}");
-        assert!(row("| < 20% growth from 10 to 100 000 rules").contains("MET"), "{doc}");
-        assert!(row("| < 20% growth from 10 to 100 000 destination prefixes").contains("MISSED"), "{doc}");
+        assert!(
+            row("| per packet ≤ 2.5× the XDP_DROP floor").contains("MISSED by 1.20×"),
+            "{doc}"
+        );
+        assert!(
+            row("| < 20% growth from 10 to 100 000 rules").contains("worst +10% (a)"),
+            "{doc}"
+        );
+        assert!(
+            row("| < 20% growth from 10 to 100 000 rules").contains("MET"),
+            "{doc}"
+        );
+        assert!(
+            row("| < 20% growth from 10 to 100 000 destination prefixes").contains("MISSED"),
+            "{doc}"
+        );
         // 0.1 + 0.01 + 0.5 + 20 s of apply.
-        assert!(row("| a 100 000-rule policy loads in < 10 s").contains("MISSED by 2.06×"), "{doc}");
-        assert!(row("| TCP goodput ≥ 95% of no filter").contains("MISSED"), "{doc}");
+        assert!(
+            row("| a 100 000-rule policy loads in < 10 s").contains("MISSED by 2.06×"),
+            "{doc}"
+        );
+        assert!(
+            row("| TCP goodput ≥ 95% of no filter").contains("MISSED"),
+            "{doc}"
+        );
         assert!(row("| TCP goodput ≥ nftables").contains("MET"), "{doc}");
-        assert!(row("| 0 packets of allowed flows lost").ends_with("| MET |"), "{doc}");
+        assert!(
+            row("| 0 packets of allowed flows lost").ends_with("| MET |"),
+            "{doc}"
+        );
     }
 
     #[test]
     fn a_failed_part_is_reported_not_measured() {
         let (pp, _) = sample();
-        let doc = render(&Inputs { meta: meta(), per_packet: &Ok(pp), end_to_end: &Err("lab broke".into()), plots: vec![] });
-        assert!(doc.contains("| end-to-end targets | part failed: lab broke | NOT MEASURED |"), "{doc}");
+        let doc = render(&Inputs {
+            meta: meta(),
+            per_packet: &Ok(pp),
+            end_to_end: &Err("lab broke".into()),
+            plots: vec![],
+        });
+        assert!(
+            doc.contains("| end-to-end targets | part failed: lab broke | NOT MEASURED |"),
+            "{doc}"
+        );
     }
 }

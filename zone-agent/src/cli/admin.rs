@@ -27,9 +27,15 @@ fn ask(args: &AdminArgs, cmd: &str) -> anyhow::Result<Value> {
     s.set_read_timeout(Some(Duration::from_secs(120)))?;
     s.write_all(format!("{cmd}\n").as_bytes())?;
     let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).context("reading the agent's answer")?;
+    BufReader::new(s)
+        .read_line(&mut line)
+        .context("reading the agent's answer")?;
     let v: Value = serde_json::from_str(&line).context("the agent's answer is not JSON")?;
-    if let Some(e) = v.get("error").and_then(Value::as_str).filter(|_| v.get("result").is_none()) {
+    if let Some(e) = v
+        .get("error")
+        .and_then(Value::as_str)
+        .filter(|_| v.get("result").is_none())
+    {
         anyhow::bail!("the agent answered: {e}");
     }
     Ok(v)
@@ -41,33 +47,115 @@ pub fn status(args: AdminArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let s = |k: &str| v.get(k).map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string())).unwrap_or_default();
-    println!("zone-agent {} (pid {}), enforcing generation {} of {} ({})", s("version"), s("pid"), s("generation"), s("policy"), s("mode"));
-    println!("  zones: {}; rules: {}; flows: {}", v["zones"].as_array().map(|z| z.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", ")).unwrap_or_default(), s("rules"), s("flows_active"));
-    println!("  program id {}; pins under {} (ABI {})", s("program_id"), s("pin_dir"), s("abi"));
+    let s = |k: &str| {
+        v.get(k)
+            .map(|x| {
+                x.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| x.to_string())
+            })
+            .unwrap_or_default()
+    };
+    println!(
+        "zone-agent {} (pid {}), enforcing generation {} of {} ({})",
+        s("version"),
+        s("pid"),
+        s("generation"),
+        s("policy"),
+        s("mode")
+    );
+    println!(
+        "  zones: {}; rules: {}; flows: {}",
+        v["zones"]
+            .as_array()
+            .map(|z| z
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(", "))
+            .unwrap_or_default(),
+        s("rules"),
+        s("flows_active")
+    );
+    println!(
+        "  program id {}; pins under {} (ABI {})",
+        s("program_id"),
+        s("pin_dir"),
+        s("abi")
+    );
     for i in v["interfaces"].as_array().into_iter().flatten() {
-        println!("  interface {:<12} attached: {:<8} program id {}", i["name"].as_str().unwrap_or("?"), i["attach"].as_str().unwrap_or("?"), i["program_id"]);
+        println!(
+            "  interface {:<12} attached: {:<8} program id {}",
+            i["name"].as_str().unwrap_or("?"),
+            i["attach"].as_str().unwrap_or("?"),
+            i["program_id"]
+        );
     }
     let fs = v["failsafe"].as_array().cloned().unwrap_or_default();
     if fs.is_empty() {
         println!("  failsafe flows: none configured");
     }
     for f in fs {
-        let ports: Vec<String> = f["ports"].as_array().into_iter().flatten().map(|p| {
-            let (a, b) = (p[0].as_u64().unwrap_or(0), p[1].as_u64().unwrap_or(0));
-            if a == b { a.to_string() } else { format!("{a}-{b}") }
-        }).collect();
-        let proto = if f["proto"].as_u64() == Some(17) { "udp" } else { "tcp" };
-        let list = |k: &str| f[k].as_array().into_iter().flatten().map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x[0].as_str().unwrap_or("?").to_string())).collect::<Vec<_>>().join(", ");
-        println!("  failsafe {}: {proto} {} from {} on {} to {}", f["name"].as_str().unwrap_or("?"), ports.join(","), list("sources"), list("interfaces"), list("destinations"));
+        let ports: Vec<String> = f["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                let (a, b) = (p[0].as_u64().unwrap_or(0), p[1].as_u64().unwrap_or(0));
+                if a == b {
+                    a.to_string()
+                } else {
+                    format!("{a}-{b}")
+                }
+            })
+            .collect();
+        let proto = if f["proto"].as_u64() == Some(17) {
+            "udp"
+        } else {
+            "tcp"
+        };
+        let list = |k: &str| {
+            f[k].as_array()
+                .into_iter()
+                .flatten()
+                .map(|x| {
+                    x.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| x[0].as_str().unwrap_or("?").to_string())
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!(
+            "  failsafe {}: {proto} {} from {} on {} to {}",
+            f["name"].as_str().unwrap_or("?"),
+            ports.join(","),
+            list("sources"),
+            list("interfaces"),
+            list("destinations")
+        );
     }
-    println!("  reloads: {} ok, {} rejected; fail_open_on_exit: {}", s("reloads_ok"), s("reloads_error"), s("fail_open_on_exit"));
-    let replaced = v["adopted"]["replaced"].as_array().cloned().unwrap_or_default();
+    println!(
+        "  reloads: {} ok, {} rejected; fail_open_on_exit: {}",
+        s("reloads_ok"),
+        s("reloads_error"),
+        s("fail_open_on_exit")
+    );
+    let replaced = v["adopted"]["replaced"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     if v["adopted"]["generation"].as_u64().unwrap_or(0) > 0 {
-        println!("  adopted pinned generation {} at start", v["adopted"]["generation"]);
+        println!(
+            "  adopted pinned generation {} at start",
+            v["adopted"]["generation"]
+        );
     }
     for r in replaced {
-        println!("  replaced incompatible pinned state: {}", r.as_str().unwrap_or("?"));
+        println!(
+            "  replaced incompatible pinned state: {}",
+            r.as_str().unwrap_or("?")
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -79,7 +167,10 @@ pub fn flows(args: AdminArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let list = v.as_array().cloned().unwrap_or_default();
-    println!("{:<6} {:<44} {:<44} {:<18} {:<20} {:>8}", "proto", "source", "destination", "zones", "rule", "idle_s");
+    println!(
+        "{:<6} {:<44} {:<44} {:<18} {:<20} {:>8}",
+        "proto", "source", "destination", "zones", "rule", "idle_s"
+    );
     for f in &list {
         let proto = match f["proto"].as_u64() {
             Some(6) => "tcp".to_string(),
@@ -93,7 +184,11 @@ pub fn flows(args: AdminArgs) -> anyhow::Result<ExitCode> {
             proto,
             f["src"].as_str().unwrap_or("?"),
             f["dst"].as_str().unwrap_or("?"),
-            format!("{}->{}", f["from_zone"].as_str().unwrap_or("?"), f["to_zone"].as_str().unwrap_or("?")),
+            format!(
+                "{}->{}",
+                f["from_zone"].as_str().unwrap_or("?"),
+                f["to_zone"].as_str().unwrap_or("?")
+            ),
             f["rule"].as_str().unwrap_or("-"),
             f["idle_ms"].as_u64().unwrap_or(0) / 1000
         );
@@ -133,7 +228,10 @@ pub fn detach(args: DetachArgs) -> anyhow::Result<ExitCode> {
         );
     }
     if !args.pin_dir.exists() {
-        println!("nothing pinned under {}: no zone-agent enforcement to remove", args.pin_dir.display());
+        println!(
+            "nothing pinned under {}: no zone-agent enforcement to remove",
+            args.pin_dir.display()
+        );
         return Ok(ExitCode::SUCCESS);
     }
     // An agent on this pin dir with another state dir than the one given: it holds the lock.
@@ -147,13 +245,22 @@ pub fn detach(args: DetachArgs) -> anyhow::Result<ExitCode> {
         Err(_) => None,
     };
     let pins = Pins::new(&args.pin_dir);
-    let gone = pins.remove_all().with_context(|| format!("removing the pins under {}", args.pin_dir.display()))?;
+    let gone = pins
+        .remove_all()
+        .with_context(|| format!("removing the pins under {}", args.pin_dir.display()))?;
     // The directory itself, unless it is a mount point (then it stays, empty).
     let _ = std::fs::remove_dir(&args.pin_dir);
     if gone.is_empty() {
-        println!("no interface was attached; pins under {} removed", args.pin_dir.display());
+        println!(
+            "no interface was attached; pins under {} removed",
+            args.pin_dir.display()
+        );
     } else {
-        println!("detached from {}; pins under {} removed. These interfaces now route unfiltered.", gone.join(", "), args.pin_dir.display());
+        println!(
+            "detached from {}; pins under {} removed. These interfaces now route unfiltered.",
+            gone.join(", "),
+            args.pin_dir.display()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -15,7 +15,11 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/zone-agent";
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9750";
 
 #[derive(Parser, Debug)]
-#[command(name = "zone-agent", version, about = "XDP enforcement of 特定通信 between network zones")]
+#[command(
+    name = "zone-agent",
+    version,
+    about = "XDP enforcement of 特定通信 between network zones"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

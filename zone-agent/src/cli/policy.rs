@@ -11,11 +11,12 @@ use anyhow::{Context as _, bail};
 
 use super::PolicyCommand;
 use crate::policy::{
-    self, compile, diff,
+    self, compile,
     diagnostic::SHOWN_PER_KIND,
-    text::{Escaped, escape, escape_lines},
+    diff,
     model::{Frag, Model, Packet},
     template,
+    text::{Escaped, escape, escape_lines},
     validate::{Environment, HostEnvironment, OfflineEnvironment},
 };
 
@@ -45,9 +46,17 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         PolicyCommand::Check { file, offline } => check(&file, offline),
         PolicyCommand::Explain(args) => explain(args),
-        PolicyCommand::Init { model, output, force } => init(model, output.as_deref(), force),
+        PolicyCommand::Init {
+            model,
+            output,
+            force,
+        } => init(model, output.as_deref(), force),
         PolicyCommand::Diff { old, new } => diff(&old, &new),
-        PolicyCommand::Export { file, format, output } => export(&file, format, output.as_deref()),
+        PolicyCommand::Export {
+            file,
+            format,
+            output,
+        } => export(&file, format, output.as_deref()),
     }
 }
 
@@ -66,7 +75,11 @@ fn export(file: &Path, format: ExportFormat, output: Option<&Path>) -> anyhow::R
         Ok(x) => x,
         Err(diags) => {
             eprintln!("{diags}");
-            eprintln!("{}: {} error(s); nothing exported", shown(file), diags.error_count());
+            eprintln!(
+                "{}: {} error(s); nothing exported",
+                shown(file),
+                diags.error_count()
+            );
             return Ok(ExitCode::from(1));
         }
     };
@@ -77,7 +90,9 @@ fn export(file: &Path, format: ExportFormat, output: Option<&Path>) -> anyhow::R
         ExportFormat::Nft => policy::nft::export(&p),
     };
     match output {
-        None => std::io::stdout().write_all(text.as_bytes()).context("cannot write to standard output")?,
+        None => std::io::stdout()
+            .write_all(text.as_bytes())
+            .context("cannot write to standard output")?,
         Some(path) => {
             // Whole or nothing: a half-written ruleset must never be what `nft -f` reads.
             let tmp = path.with_extension("tmp");
@@ -90,7 +105,11 @@ fn export(file: &Path, format: ExportFormat, output: Option<&Path>) -> anyhow::R
 }
 
 fn check(file: &std::path::Path, offline: bool) -> anyhow::Result<ExitCode> {
-    let env: &dyn Environment = if offline { &OfflineEnvironment } else { &HostEnvironment };
+    let env: &dyn Environment = if offline {
+        &OfflineEnvironment
+    } else {
+        &HostEnvironment
+    };
     let loaded = policy::validate::load(file, env)
         .and_then(|(p, w)| compile::compile(&p).map(|c| (p, w, c)));
     match loaded {
@@ -126,13 +145,21 @@ fn check(file: &std::path::Path, offline: bool) -> anyhow::Result<ExitCode> {
                 p.zones.len(),
                 p.rules.len(),
                 c.entries(),
-                if warnings.is_empty() { String::new() } else { format!(", {} warnings", warnings.len()) }
+                if warnings.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {} warnings", warnings.len())
+                }
             );
             Ok(ExitCode::SUCCESS)
         }
         Err(diags) => {
             eprintln!("{diags}");
-            eprintln!("{}: {} error(s); the policy was not applied", shown(file), diags.error_count());
+            eprintln!(
+                "{}: {} error(s); the policy was not applied",
+                shown(file),
+                diags.error_count()
+            );
             Ok(ExitCode::from(1))
         }
     }
@@ -205,7 +232,11 @@ fn diff(old: &Path, new: &Path) -> anyhow::Result<ExitCode> {
     println!("--- {}\n+++ {}", shown(old), shown(new));
     // The values in it are escaped one by one; this is the last guard.
     print!("{}", escape_lines(&d.render()));
-    Ok(if d.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if d.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// A path as operators see it in messages: control characters escaped.
@@ -219,7 +250,9 @@ fn parse_proto(s: &str) -> anyhow::Result<u8> {
         "udp" => 17,
         "icmp" => 1,
         "icmpv6" => 58,
-        n => n.parse::<u8>().with_context(|| format!("unknown protocol {s:?}: use tcp, udp, icmp, icmpv6 or a number"))?,
+        n => n.parse::<u8>().with_context(|| {
+            format!("unknown protocol {s:?}: use tcp, udp, icmp, icmpv6 or a number")
+        })?,
     })
 }
 
@@ -236,9 +269,14 @@ pub fn parse_mac(s: &str) -> anyhow::Result<[u8; 6]> {
 }
 
 fn explain(a: ExplainArgs) -> anyhow::Result<ExitCode> {
-    let (policy, _) = policy::validate::load(&a.file, &OfflineEnvironment).map_err(|d| anyhow::anyhow!("{d}"))?;
+    let (policy, _) =
+        policy::validate::load(&a.file, &OfflineEnvironment).map_err(|d| anyhow::anyhow!("{d}"))?;
     let (ifname, vlan) = match a.iface.split_once('.') {
-        Some((n, v)) => (n.to_string(), v.parse::<u16>().with_context(|| format!("bad VLAN in {:?}", a.iface))?),
+        Some((n, v)) => (
+            n.to_string(),
+            v.parse::<u16>()
+                .with_context(|| format!("bad VLAN in {:?}", a.iface))?,
+        ),
         None => (a.iface.clone(), 0),
     };
     let proto = parse_proto(&a.proto)?;
@@ -253,7 +291,12 @@ fn explain(a: ExplainArgs) -> anyhow::Result<ExitCode> {
     let p = Packet {
         ifname,
         vlan,
-        src_mac: a.src_mac.as_deref().map(parse_mac).transpose()?.unwrap_or([0x02, 0, 0, 0, 0, 1]),
+        src_mac: a
+            .src_mac
+            .as_deref()
+            .map(parse_mac)
+            .transpose()?
+            .unwrap_or([0x02, 0, 0, 0, 0, 1]),
         src: a.src,
         dst: a.dst,
         proto,

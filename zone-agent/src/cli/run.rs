@@ -56,7 +56,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // descriptors: use all the descriptors the hard limit allows (the listeners also bound
     // their connections).
     match service::raise_nofile_limit() {
-        Ok((old, new)) if old != new => info!(from = old, to = new, "raised the soft limit of open files"),
+        Ok((old, new)) if old != new => {
+            info!(from = old, to = new, "raised the soft limit of open files")
+        }
         Ok(_) => {}
         Err(e) => warn!("cannot raise the limit of open files: {e}"),
     }
@@ -72,11 +74,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             settings.pin_dir.display()
         ),
         Err(e) => {
-            return Err(e).with_context(|| format!("locking the pin dir {}", settings.pin_dir.display()));
+            return Err(e)
+                .with_context(|| format!("locking the pin dir {}", settings.pin_dir.display()));
         }
     };
     if settings.fail_open_on_exit {
-        tracing::warn!("fail_open_on_exit is set: when this agent stops, XDP is detached and the zone gates OPEN");
+        tracing::warn!(
+            "fail_open_on_exit is set: when this agent stops, XDP is detached and the zone gates OPEN"
+        );
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -106,7 +111,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         })
         .context("starting the flow expiry task")?;
     let (control, handle) = service::spawn_control(agent).context("starting the control task")?;
-    let result = rt.block_on(serve(metrics_addr, &state_dir, shared, control.clone(), &handle));
+    let result = rt.block_on(serve(
+        metrics_addr,
+        &state_dir,
+        shared,
+        control.clone(),
+        &handle,
+    ));
     control.stop();
     let deadline = std::time::Instant::now() + STOP_GRACE;
     while !handle.is_finished() && std::time::Instant::now() < deadline {

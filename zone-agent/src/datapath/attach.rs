@@ -32,7 +32,13 @@ impl Datapath {
         }
         if let Some(link) = self.adopt_link(iface)? {
             info!(iface, "XDP link adopted: new program swapped in atomically");
-            self.links.insert(iface.to_string(), Attached { link, mode: "adopted" });
+            self.links.insert(
+                iface.to_string(),
+                Attached {
+                    link,
+                    mode: "adopted",
+                },
+            );
             return Ok("adopted");
         }
         let (link, label) = self.attach_new(iface, mode)?;
@@ -46,15 +52,23 @@ impl Datapath {
             }
             None => link,
         };
-        info!(iface, mode = label, pinned = self.pins.is_some(), "XDP attached");
-        self.links.insert(iface.to_string(), Attached { link, mode: label });
+        info!(
+            iface,
+            mode = label,
+            pinned = self.pins.is_some(),
+            "XDP attached"
+        );
+        self.links
+            .insert(iface.to_string(), Attached { link, mode: label });
         Ok(label)
     }
 
     /// Swaps our program into the interface's pinned link, if there is a live one. A link
     /// whose interface is gone (or was recreated under another ifindex) is removed instead.
     fn adopt_link(&mut self, iface: &str) -> Result<Option<FdLink>, DatapathError> {
-        let Some(pins) = &self.pins else { return Ok(None) };
+        let Some(pins) = &self.pins else {
+            return Ok(None);
+        };
         let path = pins.link(iface);
         if !path.exists() {
             return Ok(None);
@@ -64,7 +78,10 @@ impl Datapath {
             .map(|(_, idx)| idx != 0 && Some(idx) == crate::agent::ifindex(iface))
             .unwrap_or(false);
         if !live {
-            warn!(iface, "pinned XDP link is stale (interface gone or recreated); attaching anew");
+            warn!(
+                iface,
+                "pinned XDP link is stale (interface gone or recreated); attaching anew"
+            );
             std::fs::remove_file(&path).map_err(pin_err(&path))?;
             return Ok(None);
         }
@@ -75,16 +92,26 @@ impl Datapath {
         let prog = self.program_mut();
         let id = prog
             .attach_to_link(xdp)
-            .map_err(|source| DatapathError::Attach { iface: iface.to_string(), mode: "adopted", source })?;
-        let link = prog
-            .take_link(id)
-            .map_err(|source| DatapathError::Attach { iface: iface.to_string(), mode: "adopted", source })?;
+            .map_err(|source| DatapathError::Attach {
+                iface: iface.to_string(),
+                mode: "adopted",
+                source,
+            })?;
+        let link = prog.take_link(id).map_err(|source| DatapathError::Attach {
+            iface: iface.to_string(),
+            mode: "adopted",
+            source,
+        })?;
         let fd = FdLink::try_from(link)
             .map_err(|e| pin_err(&path)(std::io::Error::other(e.to_string())))?;
         Ok(Some(fd))
     }
 
-    fn attach_new(&mut self, iface: &str, mode: XdpMode) -> Result<(FdLink, &'static str), DatapathError> {
+    fn attach_new(
+        &mut self,
+        iface: &str,
+        mode: XdpMode,
+    ) -> Result<(FdLink, &'static str), DatapathError> {
         let prog = self.program_mut();
         let tries: &[(AyaMode, &'static str)] = match mode {
             XdpMode::Auto => &[(AyaMode::Driver, "native"), (AyaMode::Skb, "generic")],
@@ -96,9 +123,16 @@ impl Datapath {
             match prog.attach(iface, *m) {
                 Ok(id) => {
                     if i > 0 {
-                        warn!(iface, "native XDP unavailable, attached in generic mode (slower)");
+                        warn!(
+                            iface,
+                            "native XDP unavailable, attached in generic mode (slower)"
+                        );
                     }
-                    let err = |source| DatapathError::Attach { iface: iface.to_string(), mode: label, source };
+                    let err = |source| DatapathError::Attach {
+                        iface: iface.to_string(),
+                        mode: label,
+                        source,
+                    };
                     let link = prog.take_link(id).map_err(err)?;
                     // bpf_link based attachment (every kernel this agent supports) gives an
                     // fd link, the only kind that can be pinned.
@@ -116,7 +150,11 @@ impl Datapath {
                     if tries.len() > i + 1 {
                         warn!(iface, error = %source, "native XDP attach failed, trying generic");
                     }
-                    last = Some(DatapathError::Attach { iface: iface.to_string(), mode: label, source });
+                    last = Some(DatapathError::Attach {
+                        iface: iface.to_string(),
+                        mode: label,
+                        source,
+                    });
                 }
             }
         }
@@ -136,7 +174,11 @@ impl Datapath {
     }
 
     /// Attach to every interface in `wanted` not attached yet.
-    pub fn attach_all(&mut self, wanted: &BTreeSet<String>, mode: XdpMode) -> Result<(), DatapathError> {
+    pub fn attach_all(
+        &mut self,
+        wanted: &BTreeSet<String>,
+        mode: XdpMode,
+    ) -> Result<(), DatapathError> {
         for iface in wanted {
             self.attach(iface, mode)?;
         }
@@ -146,7 +188,12 @@ impl Datapath {
     /// Detach from interfaces no longer in `wanted`, including pinned links a previous run
     /// left on interfaces the policy no longer names.
     pub fn detach_others(&mut self, wanted: &BTreeSet<String>) -> Result<(), DatapathError> {
-        let gone: Vec<String> = self.links.keys().filter(|k| !wanted.contains(*k)).cloned().collect();
+        let gone: Vec<String> = self
+            .links
+            .keys()
+            .filter(|k| !wanted.contains(*k))
+            .cloned()
+            .collect();
         for iface in gone {
             self.detach(&iface)?;
         }
@@ -154,7 +201,10 @@ impl Datapath {
             for iface in p.pinned_links() {
                 if !wanted.contains(&iface) && !self.links.contains_key(&iface) {
                     p.detach_link(&iface).map_err(pin_err(&p.link(&iface)))?;
-                    info!(iface, "XDP detached (pinned by a previous run, no longer in the policy)");
+                    info!(
+                        iface,
+                        "XDP detached (pinned by a previous run, no longer in the policy)"
+                    );
                 }
             }
         }

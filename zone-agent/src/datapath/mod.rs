@@ -25,7 +25,9 @@ pub const FLOOR_PROGRAM: &str = "zone_agent_floor";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
-    #[error("this binary was built without its XDP program (ZONE_AGENT_SKIP_EBPF=1); rebuild with `cargo xtask build`")]
+    #[error(
+        "this binary was built without its XDP program (ZONE_AGENT_SKIP_EBPF=1); rebuild with `cargo xtask build`"
+    )]
     NoObject,
     #[error("loading the XDP object failed")]
     Load(#[source] aya::EbpfError),
@@ -34,17 +36,33 @@ pub enum DatapathError {
     #[error("map {0} is missing from the XDP object")]
     MissingMap(&'static str),
     #[error("map {name}: {source}")]
-    Map { name: &'static str, #[source] source: aya::maps::MapError },
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
     #[error("interface {0} not found")]
     NoInterface(String),
     #[error("attaching XDP to {iface} in {mode} mode failed: {source}")]
-    Attach { iface: String, mode: &'static str, #[source] source: aya::programs::ProgramError },
+    Attach {
+        iface: String,
+        mode: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
     #[error("pinning under {path}: {source}")]
-    Pin { path: String, #[source] source: std::io::Error },
+    Pin {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 pub(crate) fn pin_err(path: &std::path::Path) -> impl Fn(std::io::Error) -> DatapathError + '_ {
-    move |source| DatapathError::Pin { path: path.display().to_string(), source }
+    move |source| DatapathError::Pin {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 pub(crate) fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
@@ -133,7 +151,11 @@ impl Datapath {
         }
         let mut dp = Self::load_with(loader, Some(pins))?;
         let active = dp.maps.active.get(&0, 0).map_err(map_err(MAP_ACTIVE))? & 1;
-        let cfg = dp.maps.setconf.get(&active, 0).map_err(map_err(MAP_SETCONF))?;
+        let cfg = dp
+            .maps
+            .setconf
+            .get(&active, 0)
+            .map_err(map_err(MAP_SETCONF))?;
         if cfg.flags & SET_VALID != 0 {
             dp.active_set = active;
             dp.generation = cfg.generation;
@@ -156,16 +178,25 @@ impl Datapath {
         let Some(pins) = &self.pins else { return };
         for dir in pins.stale_map_dirs() {
             let path = dir.join(MAP_FLOWS);
-            let Ok(data) = MapData::from_pin(&path) else { continue };
-            let Ok(info) = data.info() else { continue };
-            if info.key_size() as usize != size_of::<FlowKey>() || info.value_size() as usize != size_of::<FlowState>() {
-                continue;
-            }
-            let Ok(old) = Map::from_map_data(data).and_then(HashMap::<MapData, FlowKey, FlowState>::try_from) else {
+            let Ok(data) = MapData::from_pin(&path) else {
                 continue;
             };
-            let entries: Vec<(FlowKey, FlowState)> =
-                old.iter().take(info.max_entries() as usize).filter_map(Result::ok).collect();
+            let Ok(info) = data.info() else { continue };
+            if info.key_size() as usize != size_of::<FlowKey>()
+                || info.value_size() as usize != size_of::<FlowState>()
+            {
+                continue;
+            }
+            let Ok(old) =
+                Map::from_map_data(data).and_then(HashMap::<MapData, FlowKey, FlowState>::try_from)
+            else {
+                continue;
+            };
+            let entries: Vec<(FlowKey, FlowState)> = old
+                .iter()
+                .take(info.max_entries() as usize)
+                .filter_map(Result::ok)
+                .collect();
             let mut adopted = 0usize;
             for (k, mut st) in entries {
                 let m = &mut self.maps;
@@ -174,7 +205,11 @@ impl Datapath {
                 }
                 st.generation = 0;
                 st.flags &= KNOWN;
-                let table = if st.flags & FLOW_REPLIED != 0 { &mut m.flows } else { &mut m.embryos };
+                let table = if st.flags & FLOW_REPLIED != 0 {
+                    &mut m.flows
+                } else {
+                    &mut m.embryos
+                };
                 if table.insert(k, st, 0).is_ok() {
                     adopted += 1;
                 }
@@ -183,7 +218,10 @@ impl Datapath {
         }
     }
 
-    fn load_with(mut loader: EbpfLoader<'_>, pins: Option<pin::Pins>) -> Result<Self, DatapathError> {
+    fn load_with(
+        mut loader: EbpfLoader<'_>,
+        pins: Option<pin::Pins>,
+    ) -> Result<Self, DatapathError> {
         if OBJECT.is_empty() {
             return Err(DatapathError::NoObject);
         }
@@ -210,7 +248,9 @@ impl Datapath {
         if let Some(p) = &self.pins {
             for d in p.stale_map_dirs() {
                 match pin::Pins::remove_dir(&d) {
-                    Ok(()) => tracing::info!(dir = %d.display(), "removed the pinned maps of an incompatible build"),
+                    Ok(()) => {
+                        tracing::info!(dir = %d.display(), "removed the pinned maps of an incompatible build")
+                    }
                     Err(e) => tracing::warn!(dir = %d.display(), "cannot remove stale pins: {e}"),
                 }
             }

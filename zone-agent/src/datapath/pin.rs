@@ -36,7 +36,9 @@ pub struct Pins {
 
 impl Pins {
     pub fn new(root: &Path) -> Pins {
-        Pins { root: root.to_path_buf() }
+        Pins {
+            root: root.to_path_buf(),
+        }
     }
 
     pub fn maps_dir(&self) -> PathBuf {
@@ -72,7 +74,10 @@ impl Pins {
             .filter_map(Result::ok)
             .map(|e| e.path())
             .filter(|p| {
-                p != &ours && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("maps-"))
+                p != &ours
+                    && p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("maps-"))
             })
             .collect()
     }
@@ -159,9 +164,16 @@ impl Pins {
             }
         }
         let _ = std::fs::remove_dir(self.links_dir());
-        for dir in std::fs::read_dir(&self.root).into_iter().flatten().flatten() {
+        for dir in std::fs::read_dir(&self.root)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let p = dir.path();
-            if p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("maps-")) {
+            if p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("maps-"))
+            {
                 Self::remove_dir(&p)?;
             }
         }
@@ -171,14 +183,23 @@ impl Pins {
 
 fn mkdir_private(d: &Path) -> io::Result<()> {
     use std::os::unix::fs::DirBuilderExt as _;
-    match std::fs::DirBuilder::new().recursive(true).mode(0o700).create(d) {
+    match std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(d)
+    {
         Ok(()) => Ok(()),
-        Err(e) => Err(io::Error::new(e.kind(), format!("creating {}: {e}", d.display()))),
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("creating {}: {e}", d.display()),
+        )),
     }
 }
 
 fn is_bpffs(p: &Path) -> bool {
-    let Ok(c) = CString::new(p.as_os_str().as_bytes()) else { return false };
+    let Ok(c) = CString::new(p.as_os_str().as_bytes()) else {
+        return false;
+    };
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: valid C string and out pointer.
     unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
@@ -197,19 +218,33 @@ pub fn ensure_bpffs(dir: &Path) -> io::Result<()> {
         return Ok(());
     }
     let sys = Path::new("/sys/fs/bpf");
-    let target = if dir.starts_with(sys) && sys.is_dir() { sys.to_path_buf() } else { dir.to_path_buf() };
+    let target = if dir.starts_with(sys) && sys.is_dir() {
+        sys.to_path_buf()
+    } else {
+        dir.to_path_buf()
+    };
     mkdir_private(&target)?;
     let t = CString::new(target.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pin dir contains a NUL byte"))?;
     // SAFETY: valid C strings; a plain bpffs mount.
     let r = unsafe {
-        libc::mount(c"bpf".as_ptr(), t.as_ptr(), c"bpf".as_ptr(), 0, c"mode=0700".as_ptr().cast())
+        libc::mount(
+            c"bpf".as_ptr(),
+            t.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            c"mode=0700".as_ptr().cast(),
+        )
     };
     if r != 0 {
         let e = io::Error::last_os_error();
         return Err(io::Error::new(
             e.kind(),
-            format!("{} is not on a bpffs and mounting one at {} failed: {e}", dir.display(), target.display()),
+            format!(
+                "{} is not on a bpffs and mounting one at {} failed: {e}",
+                dir.display(),
+                target.display()
+            ),
         ));
     }
     info!(at = %target.display(), "mounted a bpffs for the pins");
@@ -219,7 +254,11 @@ pub fn ensure_bpffs(dir: &Path) -> io::Result<()> {
 pub(crate) fn sys_bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> io::Result<i64> {
     // SAFETY: `attr` is a zeroed, large enough `union bpf_attr` for these commands.
     let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), size_of_val(attr)) };
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
 }
 
 /// BPF_OBJ_GET: a new fd for a pinned object.

@@ -16,7 +16,11 @@ pub(crate) fn zeros() -> Result<PerCpuValues<Counter>, DatapathError> {
         .map_err(|e| map_err(MAP_ZONE_STATS)(MapError::IoError(e)))
 }
 
-fn sum(map: &PerCpuArray<MapData, Counter>, name: &'static str, index: u32) -> Result<Counter, DatapathError> {
+fn sum(
+    map: &PerCpuArray<MapData, Counter>,
+    name: &'static str,
+    index: u32,
+) -> Result<Counter, DatapathError> {
     let v = map.get(&index, 0).map_err(map_err(name))?;
     Ok(v.iter().fold(Counter::default(), |a, c| Counter {
         packets: a.packets + c.packets,
@@ -44,7 +48,12 @@ pub struct GlobalCounters {
 
 impl Datapath {
     /// See [`Maps::set_counters`].
-    pub fn set_counters(&self, set: u32, zone_ids: usize, rules: usize) -> Result<SetCounters, DatapathError> {
+    pub fn set_counters(
+        &self,
+        set: u32,
+        zone_ids: usize,
+        rules: usize,
+    ) -> Result<SetCounters, DatapathError> {
         self.maps.set_counters(set, zone_ids, rules)
     }
 
@@ -84,14 +93,23 @@ impl std::ops::Deref for View<'_> {
 impl Maps {
     /// Counters of one policy set with `zone_ids` zone ids (0 = none, then the policy's
     /// zones) and `rules` rules: only those slots are read, one syscall each.
-    pub fn set_counters(&self, set: u32, zone_ids: usize, rules: usize) -> Result<SetCounters, DatapathError> {
+    pub fn set_counters(
+        &self,
+        set: u32,
+        zone_ids: usize,
+        rules: usize,
+    ) -> Result<SetCounters, DatapathError> {
         let m = self;
         let mut out = SetCounters::default();
         let zone_ids = zone_ids.min(MAX_ZONES as usize) as u8;
         for from in 0..zone_ids {
             for to in 0..zone_ids {
                 for v in Verdict::ALL {
-                    let c = sum(&m.zone_stats, MAP_ZONE_STATS, zone_stat_index(set, from, to, v as u8))?;
+                    let c = sum(
+                        &m.zone_stats,
+                        MAP_ZONE_STATS,
+                        zone_stat_index(set, from, to, v as u8),
+                    )?;
                     if c.packets > 0 {
                         out.zones.push((from, to, v, c));
                     }
@@ -99,7 +117,11 @@ impl Maps {
             }
         }
         for r in 0..rules.min(MAX_RULES as usize) {
-            out.rules.push(sum(&m.rule_stats, MAP_RULE_STATS, set * MAX_RULES + r as u32)?);
+            out.rules.push(sum(
+                &m.rule_stats,
+                MAP_RULE_STATS,
+                set * MAX_RULES + r as u32,
+            )?);
         }
         Ok(out)
     }
@@ -108,14 +130,20 @@ impl Maps {
         let m = self;
         let mut out = GlobalCounters::default();
         for r in DropReason::ALL {
-            out.drops.push((r, sum(&m.drop_stats, MAP_DROP_STATS, r as u32)?));
+            out.drops
+                .push((r, sum(&m.drop_stats, MAP_DROP_STATS, r as u32)?));
             out.audit_drops.push((
                 r,
-                sum(&m.drop_stats, MAP_DROP_STATS, DropReason::AUDIT_OFFSET + r as u32)?,
+                sum(
+                    &m.drop_stats,
+                    MAP_DROP_STATS,
+                    DropReason::AUDIT_OFFSET + r as u32,
+                )?,
             ));
         }
         for r in PassReason::ALL {
-            out.passes.push((r, sum(&m.pass_stats, MAP_PASS_STATS, r as u32)?));
+            out.passes
+                .push((r, sum(&m.pass_stats, MAP_PASS_STATS, r as u32)?));
         }
         out.flow_events = self.flow_events()?;
         Ok(out)
@@ -126,7 +154,10 @@ impl Maps {
         FlowEvent::ALL
             .iter()
             .map(|e| {
-                let v = self.flow_stats.get(&(*e as u32), 0).map_err(map_err(MAP_FLOW_STATS))?;
+                let v = self
+                    .flow_stats
+                    .get(&(*e as u32), 0)
+                    .map_err(map_err(MAP_FLOW_STATS))?;
                 Ok((*e, v.iter().sum()))
             })
             .collect()
@@ -135,7 +166,10 @@ impl Maps {
     /// Replied and embryonic flows held (exact while the tables are quiet, see
     /// `entries`).
     pub fn flow_entries(&self) -> (u64, u64) {
-        (entries(&self.flows, CAP_FLOWS), entries(&self.embryos, CAP_EMBRYOS))
+        (
+            entries(&self.flows, CAP_FLOWS),
+            entries(&self.embryos, CAP_EMBRYOS),
+        )
     }
 
     /// Embryonic flows the LRU evicted to make room for new ones: every embryonic flow
@@ -145,10 +179,14 @@ impl Maps {
     /// while the table churns can be a little off either way).
     pub fn embryo_evictions(&self, events: &[(FlowEvent, u64)], embryos: u64) -> u64 {
         let ev = |e: FlowEvent| events.iter().find(|x| x.0 == e).map_or(0, |x| x.1);
-        let gone =
-            ev(FlowEvent::Promoted) + ev(FlowEvent::EmbryoRemoved) + ev(FlowEvent::EmbryoExpired) + embryos;
+        let gone = ev(FlowEvent::Promoted)
+            + ev(FlowEvent::EmbryoRemoved)
+            + ev(FlowEvent::EmbryoExpired)
+            + embryos;
         let derived = ev(FlowEvent::Opened).saturating_sub(gone);
-        self.embryo_evictions.fetch_max(derived, Ordering::Relaxed).max(derived)
+        self.embryo_evictions
+            .fetch_max(derived, Ordering::Relaxed)
+            .max(derived)
     }
 
     /// (map name, entries, capacity) for the tables whose fill matters.
@@ -160,10 +198,26 @@ impl Maps {
             (LABEL_EMBRYOS, embryos, CAP_EMBRYOS as u64),
             ("fragments", entries(&m.frags, CAP_FRAGS), CAP_FRAGS as u64),
             ("rules", m.rules.keys().count() as u64, CAP_RULES as u64),
-            ("addresses_v4", m.addr4.keys().count() as u64, CAP_ADDR4 as u64),
-            ("addresses_v6", m.addr6.keys().count() as u64, CAP_ADDR6 as u64),
-            ("rule_macs", m.rule_macs.keys().count() as u64, CAP_RULEMACS as u64),
-            ("interfaces", m.ifaces.keys().count() as u64, CAP_IFACES as u64),
+            (
+                "addresses_v4",
+                m.addr4.keys().count() as u64,
+                CAP_ADDR4 as u64,
+            ),
+            (
+                "addresses_v6",
+                m.addr6.keys().count() as u64,
+                CAP_ADDR6 as u64,
+            ),
+            (
+                "rule_macs",
+                m.rule_macs.keys().count() as u64,
+                CAP_RULEMACS as u64,
+            ),
+            (
+                "interfaces",
+                m.ifaces.keys().count() as u64,
+                CAP_IFACES as u64,
+            ),
         ]
     }
 
@@ -171,14 +225,28 @@ impl Maps {
     /// (The kernel ignores expired entries anyway; this frees their slots.)
     pub fn expire(&mut self) -> usize {
         let now = monotonic_coarse_ns();
-        let idle = |(k, st): &(FlowKey, FlowState)| now.saturating_sub(st.last_seen_ns) > flow_lifetime(k.proto, st.flags);
+        let idle = |(k, st): &(FlowKey, FlowState)| {
+            now.saturating_sub(st.last_seen_ns) > flow_lifetime(k.proto, st.flags)
+        };
         let m = self;
         // Bounded walks: a table that churns under `get_next_key` (an LRU evicting) makes the
         // walk start over whenever the key it stands on goes, and it could go on for ever.
-        let stale: Vec<FlowKey> =
-            m.flows.iter().take(CAP_FLOWS as usize).filter_map(Result::ok).filter(idle).map(|(k, _)| k).collect();
-        let stale_embryos: Vec<FlowKey> =
-            m.embryos.iter().take(CAP_EMBRYOS as usize).filter_map(Result::ok).filter(idle).map(|(k, _)| k).collect();
+        let stale: Vec<FlowKey> = m
+            .flows
+            .iter()
+            .take(CAP_FLOWS as usize)
+            .filter_map(Result::ok)
+            .filter(idle)
+            .map(|(k, _)| k)
+            .collect();
+        let stale_embryos: Vec<FlowKey> = m
+            .embryos
+            .iter()
+            .take(CAP_EMBRYOS as usize)
+            .filter_map(Result::ok)
+            .filter(idle)
+            .map(|(k, _)| k)
+            .collect();
         let stale_frags: Vec<FragKey> = m
             .frags
             .iter()
@@ -191,7 +259,10 @@ impl Maps {
         for k in stale {
             let _ = m.flows.remove(&k);
         }
-        let swept = stale_embryos.into_iter().filter(|k| m.embryos.remove(k).is_ok()).count() as u64;
+        let swept = stale_embryos
+            .into_iter()
+            .filter(|k| m.embryos.remove(k).is_ok())
+            .count() as u64;
         if swept > 0 {
             // The first CPU's slot: the data path never counts this event.
             let i = FlowEvent::EmbryoExpired as u32;
@@ -212,7 +283,10 @@ impl Maps {
 
 /// The clock `bpf_ktime_get_coarse_ns` reads.
 pub fn monotonic_coarse_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid pointer to a timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -224,7 +298,10 @@ pub fn monotonic_coarse_ns() -> u64 {
 /// then counts far past the capacity). Exact while the table is quiet; under churn an entry
 /// moved between buckets may be missed or seen twice, and the count is capped at the
 /// capacity. Falls back to counting keys if the kernel refuses batches.
-fn entries<K: aya::Pod + Default, V: aya::Pod + Default>(map: &HashMap<MapData, K, V>, capacity: u32) -> u64 {
+fn entries<K: aya::Pod + Default, V: aya::Pod + Default>(
+    map: &HashMap<MapData, K, V>,
+    capacity: u32,
+) -> u64 {
     const BATCH: usize = 4096;
     const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
     let fd = map.map().fd().as_fd().as_raw_fd();
@@ -235,7 +312,11 @@ fn entries<K: aya::Pod + Default, V: aya::Pod + Default>(map: &HashMap<MapData, 
     // One bucket per step at least: bounded by the number of buckets (<= capacity).
     for step in 0..=capacity as usize {
         let mut attr = [0u64; 16];
-        attr[0] = if step == 0 { 0 } else { &raw const cursor as u64 }; // in_batch
+        attr[0] = if step == 0 {
+            0
+        } else {
+            &raw const cursor as u64
+        }; // in_batch
         attr[1] = &raw mut next as u64; // out_batch
         attr[2] = keys.as_mut_ptr() as u64;
         attr[3] = values.as_mut_ptr() as u64;

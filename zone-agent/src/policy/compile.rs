@@ -46,27 +46,47 @@ const RULE_KEYS_MAX: usize = (CAP_RULES / 2) as usize;
 
 pub fn compile(policy: &Policy) -> Result<Compiled, Diagnostics> {
     let err = |loc: Loc, message: String, help: &str| {
-        Diagnostics(vec![Diagnostic::error(&policy.path, loc, message, Some(help.to_string()))])
+        Diagnostics(vec![Diagnostic::error(
+            &policy.path,
+            loc,
+            message,
+            Some(help.to_string()),
+        )])
     };
     if policy.zones.len() >= MAX_ZONES as usize {
         return Err(err(
             Loc { line: 1, col: 1 },
-            format!("map capacity exceeded: {} zones, the data path holds {}", policy.zones.len(), MAX_ZONES - 1),
+            format!(
+                "map capacity exceeded: {} zones, the data path holds {}",
+                policy.zones.len(),
+                MAX_ZONES - 1
+            ),
             "merge zones",
         ));
     }
     if policy.rules.len() > MAX_RULES as usize {
         return Err(err(
             Loc { line: 1, col: 1 },
-            format!("map capacity exceeded: {} rules, the data path holds {}", policy.rules.len(), MAX_RULES),
+            format!(
+                "map capacity exceeded: {} rules, the data path holds {}",
+                policy.rules.len(),
+                MAX_RULES
+            ),
             "merge rules with the same zones and protocol",
         ));
     }
-    let mut c = Compiled { flags: set_flags(policy), ..Default::default() };
+    let mut c = Compiled {
+        flags: set_flags(policy),
+        ..Default::default()
+    };
 
     for (zi, zone) in policy.zones.iter().enumerate() {
         for iface in &zone.interfaces {
-            c.ifaces.push((iface.name.clone(), iface.vlan.unwrap_or(0), Policy::zone_id(zi)));
+            c.ifaces.push((
+                iface.name.clone(),
+                iface.vlan.unwrap_or(0),
+                Policy::zone_id(zi),
+            ));
         }
     }
 
@@ -89,12 +109,24 @@ pub fn compile(policy: &Policy) -> Result<Compiled, Diagnostics> {
     let dst = AddrClasses::new(policy, ROLE_DST);
     for classes in [&src, &dst] {
         for (i, net) in classes.prefixes.iter().enumerate() {
-            let class = AddrClass { class: i as u32 + 1, zone: classes.zones[i], _pad: [0; 3] };
+            let class = AddrClass {
+                class: i as u32 + 1,
+                zone: classes.zones[i],
+                _pad: [0; 3],
+            };
             c.addrs.push((classes.role, *net, class));
         }
     }
-    if c.addrs.iter().filter(|(_, n, _)| matches!(n, IpNet::V4(_))).count() > (CAP_ADDR4 / 2) as usize
-        || c.addrs.iter().filter(|(_, n, _)| matches!(n, IpNet::V6(_))).count() > (CAP_ADDR6 / 2) as usize
+    if c.addrs
+        .iter()
+        .filter(|(_, n, _)| matches!(n, IpNet::V4(_)))
+        .count()
+        > (CAP_ADDR4 / 2) as usize
+        || c.addrs
+            .iter()
+            .filter(|(_, n, _)| matches!(n, IpNet::V6(_)))
+            .count()
+            > (CAP_ADDR6 / 2) as usize
     {
         return Err(err(
             Loc { line: 1, col: 1 },
@@ -126,7 +158,13 @@ pub fn compile(policy: &Policy) -> Result<Compiled, Diagnostics> {
                         continue;
                     }
                     for &pc in &pclasses {
-                        let key = RuleKey { src_class: s, dst_class: d, port_class: pc, proto, set: 0 };
+                        let key = RuleKey {
+                            src_class: s,
+                            dst_class: d,
+                            port_class: pc,
+                            proto,
+                            set: 0,
+                        };
                         // Per key, not per rule: one rule's classes multiply (sources ×
                         // destinations × ports), and building every key before looking took
                         // 20 s and 740 MB for a 9 KB policy before it was refused.
@@ -140,7 +178,9 @@ pub fn compile(policy: &Policy) -> Result<Compiled, Diagnostics> {
                                 "use fewer overlapping CIDRs or port ranges",
                             ));
                         }
-                        let cands = c.rules.entry(key).or_insert(RuleCands { rules: [NO_RULE; MAX_CANDS] });
+                        let cands = c.rules.entry(key).or_insert(RuleCands {
+                            rules: [NO_RULE; MAX_CANDS],
+                        });
                         if !push_candidate(cands, id, decides, &c.rule_info) {
                             return Err(err(
                                 rule.loc,
@@ -157,7 +197,11 @@ pub fn compile(policy: &Policy) -> Result<Compiled, Diagnostics> {
         }
     }
     if c.rule_macs.len() > (CAP_RULEMACS / 2) as usize {
-        return Err(err(Loc { line: 1, col: 1 }, "map capacity exceeded: too many source MACs".into(), "use fewer MACs"));
+        return Err(err(
+            Loc { line: 1, col: 1 },
+            "map capacity exceeded: too many source MACs".into(),
+            "use fewer MACs",
+        ));
     }
     Ok(c)
 }
@@ -222,7 +266,9 @@ impl PortClasses {
     fn new(rules: &[Rule]) -> Result<Self, usize> {
         let mut starts = [BTreeSet::from([0u32]), BTreeSet::from([0u32])];
         for (ri, r) in rules.iter().enumerate() {
-            let Some(i) = proto_slot(r.protocol) else { continue };
+            let Some(i) = proto_slot(r.protocol) else {
+                continue;
+            };
             for pr in &r.ports {
                 starts[i].insert(pr.lo as u32);
                 if pr.hi < u16::MAX {
@@ -233,7 +279,9 @@ impl PortClasses {
                 return Err(ri);
             }
         }
-        Ok(PortClasses { starts: starts.map(|s| s.into_iter().collect()) })
+        Ok(PortClasses {
+            starts: starts.map(|s| s.into_iter().collect()),
+        })
     }
 
     fn class_of(&self, slot: usize, port: u32) -> u16 {
@@ -312,9 +360,17 @@ struct AddrClasses {
 
 impl AddrClasses {
     fn new(p: &Policy, role: u8) -> Self {
-        let mut prefixes: Vec<IpNet> = p.zones.iter().flat_map(|z| z.networks.iter().copied()).collect();
+        let mut prefixes: Vec<IpNet> = p
+            .zones
+            .iter()
+            .flat_map(|z| z.networks.iter().copied())
+            .collect();
         for r in &p.rules {
-            let list = if role == ROLE_SRC { &r.sources } else { &r.destinations };
+            let list = if role == ROLE_SRC {
+                &r.sources
+            } else {
+                &r.destinations
+            };
             prefixes.extend(list.iter().map(|n| n.trunc()));
         }
         prefixes.sort_by_key(sort_key);
@@ -324,7 +380,12 @@ impl AddrClasses {
         for (i, z) in zones.iter().enumerate() {
             by_zone.entry(*z).or_default().push(i as u32 + 1);
         }
-        AddrClasses { role, prefixes, zones, by_zone }
+        AddrClasses {
+            role,
+            prefixes,
+            zones,
+            by_zone,
+        }
     }
 
     fn is_v4(&self, class: u32) -> bool {
@@ -339,7 +400,9 @@ impl AddrClasses {
         let mut out = Vec::new();
         for cidr in cidrs {
             let cidr = cidr.trunc();
-            let lo = self.prefixes.partition_point(|n| sort_key(n) < sort_key(&cidr));
+            let lo = self
+                .prefixes
+                .partition_point(|n| sort_key(n) < sort_key(&cidr));
             for (i, n) in self.prefixes[lo..].iter().enumerate() {
                 if !same_family(n, &cidr) || !cidr.contains(&n.network()) {
                     break;
@@ -357,7 +420,10 @@ impl AddrClasses {
 }
 
 fn same_family(a: &IpNet, b: &IpNet) -> bool {
-    matches!((a, b), (IpNet::V4(_), IpNet::V4(_)) | (IpNet::V6(_), IpNet::V6(_)))
+    matches!(
+        (a, b),
+        (IpNet::V4(_), IpNet::V4(_)) | (IpNet::V6(_), IpNet::V6(_))
+    )
 }
 
 fn sort_key(n: &IpNet) -> (u8, u128, u8) {
@@ -421,11 +487,16 @@ mod tests {
         );
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || tx.send(compile(&p).map(|_| ())));
-        let result = rx.recv_timeout(Duration::from_secs(60)).expect("compile returns within a minute");
+        let result = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("compile returns within a minute");
         let diags = result.expect_err("27 million keys do not fit");
         assert_eq!(diags.len(), 1, "{diags}");
         let d = &diags.0[0];
-        assert!(d.message.starts_with("map capacity exceeded at rule \"r\""), "{d}");
+        assert!(
+            d.message.starts_with("map capacity exceeded at rule \"r\""),
+            "{d}"
+        );
         assert_eq!(d.loc(), Loc { line: 10, col: 1 }, "{d}");
     }
 
@@ -436,7 +507,17 @@ mod tests {
         let table = classes.table(Protocol::Tcp);
         assert_eq!(table.len(), PORTS as usize);
         assert!((0..PORTS).all(|port| table[port as usize] == classes.class_of(0, port)));
-        assert_eq!((table[0], table[22], table[23], table[85], table[443], table[65535]), (1, 2, 3, 4, 6, 8));
+        assert_eq!(
+            (
+                table[0],
+                table[22],
+                table[23],
+                table[85],
+                table[443],
+                table[65535]
+            ),
+            (1, 2, 3, 4, 6, 8)
+        );
     }
 
     #[test]
@@ -453,7 +534,12 @@ mod tests {
         let Err(diags) = compile(&p) else {
             panic!("compiled, with more port classes than a u16 holds");
         };
-        assert!(diags.0[0].message.contains("the tcp port ranges cut the ports into more than 65535 classes"), "{diags}");
+        assert!(
+            diags.0[0]
+                .message
+                .contains("the tcp port ranges cut the ports into more than 65535 classes"),
+            "{diags}"
+        );
         assert_eq!(diags.0[0].loc(), Loc { line: 10, col: 1 });
     }
 }

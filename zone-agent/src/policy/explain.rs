@@ -24,7 +24,11 @@ pub fn render(policy: &Policy, p: &Packet, d: &Decision) -> String {
     let _ = write!(s, "verdict: {}", verdict.label());
     match (d.outcome, verdict) {
         (Outcome::Drop(r), Verdict::Audit) => {
-            let _ = write!(s, " (would deny: {}; passed because the policy's mode is \"audit\")", r.label());
+            let _ = write!(
+                s,
+                " (would deny: {}; passed because the policy's mode is \"audit\")",
+                r.label()
+            );
         }
         (Outcome::Drop(r), _) => {
             let _ = write!(s, " ({})", r.label());
@@ -52,13 +56,22 @@ pub fn render(policy: &Policy, p: &Packet, d: &Decision) -> String {
             let _ = writeln!(
                 s,
                 "zones:   entered through {}; source address in {}; destination in {} (counted as none -> none)",
-                if ingress == 0 { "no zone".into() } else { zone_desc(policy, ingress) },
+                if ingress == 0 {
+                    "no zone".into()
+                } else {
+                    zone_desc(policy, ingress)
+                },
                 zone_desc(policy, model::addr_zone(policy, p.src)),
                 zone_desc(policy, model::addr_zone(policy, p.dst)),
             );
         }
         _ => {
-            let _ = writeln!(s, "zones:   {} -> {}", zone_desc(policy, d.from), zone_desc(policy, d.to));
+            let _ = writeln!(
+                s,
+                "zones:   {} -> {}",
+                zone_desc(policy, d.from),
+                zone_desc(policy, d.to)
+            );
         }
     }
 
@@ -83,7 +96,11 @@ pub fn render(policy: &Policy, p: &Packet, d: &Decision) -> String {
     }
     if let Some(h) = hint(policy, p, d) {
         for (i, line) in h.lines().enumerate() {
-            let _ = writeln!(s, "{}{line}", if i == 0 { "hint:    " } else { "         " });
+            let _ = writeln!(
+                s,
+                "{}{line}",
+                if i == 0 { "hint:    " } else { "         " }
+            );
         }
     }
     // Lines end with '\n' except the last: callers print it with println!.
@@ -103,7 +120,10 @@ fn proto_name(proto: u8) -> String {
 }
 
 fn mac_str(m: &Mac) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 fn endpoint(a: IpAddr, port: Option<u16>) -> String {
@@ -144,20 +164,33 @@ fn zone_desc(policy: &Policy, id: u8) -> String {
         return "(none)".into();
     }
     let name = policy.zone_name(id);
-    match policy.zones.get(id as usize - 1).and_then(|z| z.label.as_deref()) {
+    match policy
+        .zones
+        .get(id as usize - 1)
+        .and_then(|z| z.label.as_deref())
+    {
         Some(label) => format!("{name} ({})", Escaped(label)),
         None => name.to_string(),
     }
 }
 
 fn nets(v: &[IpNet]) -> String {
-    v.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
+    v.iter()
+        .map(|n| n.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn ports_str(r: &Rule) -> String {
     r.ports
         .iter()
-        .map(|p| if p.lo == p.hi { p.lo.to_string() } else { format!("{}-{}", p.lo, p.hi) })
+        .map(|p| {
+            if p.lo == p.hi {
+                p.lo.to_string()
+            } else {
+                format!("{}-{}", p.lo, p.hi)
+            }
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -176,7 +209,12 @@ fn rule_summary(policy: &Policy, r: &Rule) -> String {
         let _ = write!(s, " {}", nets(&r.sources));
     }
     if !r.source_macs.is_empty() {
-        let macs = r.source_macs.iter().map(mac_str).collect::<Vec<_>>().join(", ");
+        let macs = r
+            .source_macs
+            .iter()
+            .map(mac_str)
+            .collect::<Vec<_>>()
+            .join(", ");
         let _ = write!(s, " (MAC {macs})");
     }
     let _ = write!(s, " to {}", policy.zone_name(Policy::zone_id(r.to)));
@@ -200,15 +238,26 @@ fn iface_list(policy: &Policy) -> String {
             v.push(format!("{i} ({})", z.name));
         }
     }
-    if v.is_empty() { "none".into() } else { v.join(", ") }
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
 }
 
 fn why(policy: &Policy, p: &Packet, d: &Decision) -> Vec<String> {
-    let iface = if p.vlan != 0 { format!("{} vlan {}", p.ifname, p.vlan) } else { p.ifname.clone() };
+    let iface = if p.vlan != 0 {
+        format!("{} vlan {}", p.ifname, p.vlan)
+    } else {
+        p.ifname.clone()
+    };
     let src_zone = model::addr_zone(policy, p.src);
     let dst_zone = model::addr_zone(policy, p.dst);
     let rule_name = |d: &Decision| {
-        d.rule.and_then(|i| policy.rules.get(i)).map(|r| r.name.clone()).unwrap_or_else(|| "?".into())
+        d.rule
+            .and_then(|i| policy.rules.get(i))
+            .map(|r| r.name.clone())
+            .unwrap_or_else(|| "?".into())
     };
     let mut v = Vec::new();
     match d.outcome {
@@ -288,7 +337,10 @@ fn why(policy: &Policy, p: &Packet, d: &Decision) -> Vec<String> {
 
 fn unknown_ends(p: &Packet, src_zone: u8, dst_zone: u8) -> String {
     match (src_zone == 0, dst_zone == 0) {
-        (true, true) => format!("neither source {} nor destination {} is in any zone", p.src, p.dst),
+        (true, true) => format!(
+            "neither source {} nor destination {} is in any zone",
+            p.src, p.dst
+        ),
         (true, false) => format!("source {} is in no zone", p.src),
         _ => format!("destination {} is in no zone", p.dst),
     }
@@ -354,7 +406,12 @@ fn closest(policy: &Policy, p: &Packet, d: &Decision) -> String {
     };
     let r = &policy.rules[i];
     let c = model::check_rule(r, &x);
-    format!("closest rule: {} allows {}\nbut {}", r.name, rule_summary(policy, r), mismatches(r, p, &c).join("; "))
+    format!(
+        "closest rule: {} allows {}\nbut {}",
+        r.name,
+        rule_summary(policy, r),
+        mismatches(r, p, &c).join("; ")
+    )
 }
 
 fn mismatches(r: &Rule, p: &Packet, c: &RuleCheck) -> Vec<String> {
@@ -363,19 +420,32 @@ fn mismatches(r: &Rule, p: &Packet, c: &RuleCheck) -> Vec<String> {
         let fam = if p.src.is_ipv4() { "IPv4" } else { "IPv6" };
         v.push(match r.protocol {
             Protocol::Icmp if p.proto == PROTO_ICMPV6 || !p.src.is_ipv4() => {
-                format!("this packet is {} over {fam}; the rule's icmp covers IPv4 only", proto_name(p.proto))
+                format!(
+                    "this packet is {} over {fam}; the rule's icmp covers IPv4 only",
+                    proto_name(p.proto)
+                )
             }
             Protocol::Icmpv6 if p.src.is_ipv4() => {
-                format!("this packet is {} over {fam}; the rule's icmpv6 covers IPv6 only", proto_name(p.proto))
+                format!(
+                    "this packet is {} over {fam}; the rule's icmpv6 covers IPv6 only",
+                    proto_name(p.proto)
+                )
             }
-            _ => format!("this packet's protocol {} is not {}", proto_name(p.proto), r.protocol.label()),
+            _ => format!(
+                "this packet's protocol {} is not {}",
+                proto_name(p.proto),
+                r.protocol.label()
+            ),
         });
     }
     if !c.port {
         if !p.has_l4() && p.frag == Frag::Later {
             v.push("this packet is a non-first fragment, so its port is unknown and only rules without ports apply".into());
         } else if !ports_known(p) {
-            v.push(format!("this packet ({}) has no port, and the rule lists ports", proto_name(p.proto)));
+            v.push(format!(
+                "this packet ({}) has no port, and the rule lists ports",
+                proto_name(p.proto)
+            ));
         } else {
             v.push(format!("this packet's port {} is not in it", p.dport));
         }
@@ -384,10 +454,17 @@ fn mismatches(r: &Rule, p: &Packet, c: &RuleCheck) -> Vec<String> {
         v.push(format!("source {} is not in {}", p.src, nets(&r.sources)));
     }
     if !c.destination {
-        v.push(format!("destination {} is not in {}", p.dst, nets(&r.destinations)));
+        v.push(format!(
+            "destination {} is not in {}",
+            p.dst,
+            nets(&r.destinations)
+        ));
     }
     if !c.mac {
-        v.push(format!("source MAC {} is not in its MAC list", mac_str(&p.src_mac)));
+        v.push(format!(
+            "source MAC {} is not in its MAC list",
+            mac_str(&p.src_mac)
+        ));
     }
     if v.is_empty() {
         v.push("it matches".into());
@@ -403,26 +480,41 @@ mod tests {
     use std::path::PathBuf;
 
     fn policy() -> Policy {
-        let zone = |name: &str, label: Option<&str>, ifs: &[(&str, Option<u16>)], nets: &[&str]| Zone {
-            name: name.into(),
-            label: label.map(Into::into),
-            interfaces: ifs
-                .iter()
-                .map(|(n, v)| ZoneIface { name: (*n).into(), vlan: *v, loc: Loc::default() })
-                .collect(),
-            networks: nets.iter().map(|n| n.parse().unwrap()).collect(),
-            criticality: Criticality::High,
-            segment: None,
-            loc: Loc::default(),
-        };
+        let zone =
+            |name: &str, label: Option<&str>, ifs: &[(&str, Option<u16>)], nets: &[&str]| Zone {
+                name: name.into(),
+                label: label.map(Into::into),
+                interfaces: ifs
+                    .iter()
+                    .map(|(n, v)| ZoneIface {
+                        name: (*n).into(),
+                        vlan: *v,
+                        loc: Loc::default(),
+                    })
+                    .collect(),
+                networks: nets.iter().map(|n| n.parse().unwrap()).collect(),
+                criticality: Criticality::High,
+                segment: None,
+                loc: Loc::default(),
+            };
         Policy {
             path: PathBuf::from("policy.toml"),
             version: 1,
             mode: Mode::Enforce,
             defaults: Defaults::default(),
             zones: vec![
-                zone("mynumber", Some("マイナンバー利用事務系"), &[("eth1", None)], &["10.10.0.0/16"]),
-                zone("lgwan", Some("LGWAN接続系"), &[("eth2", None)], &["10.20.0.0/16"]),
+                zone(
+                    "mynumber",
+                    Some("マイナンバー利用事務系"),
+                    &[("eth1", None)],
+                    &["10.10.0.0/16"],
+                ),
+                zone(
+                    "lgwan",
+                    Some("LGWAN接続系"),
+                    &[("eth2", None)],
+                    &["10.20.0.0/16"],
+                ),
             ],
             rules: vec![
                 Rule {
@@ -431,7 +523,10 @@ mod tests {
                     from: 1,
                     to: 0,
                     protocol: Protocol::Tcp,
-                    ports: vec![PortRange { lo: 443, hi: 443 }, PortRange { lo: 8000, hi: 8010 }],
+                    ports: vec![
+                        PortRange { lo: 443, hi: 443 },
+                        PortRange { lo: 8000, hi: 8010 },
+                    ],
                     sources: vec!["10.20.5.10/32".parse().unwrap()],
                     source_macs: vec![[0x52, 0x54, 0, 0x12, 0x34, 0x56]],
                     destinations: vec!["10.10.9.20/32".parse().unwrap()],
@@ -458,7 +553,14 @@ mod tests {
     }
 
     fn tcp(src: &str, dst: &str, dport: u16) -> Packet {
-        let mut p = Packet::new("eth2", src.parse().unwrap(), dst.parse().unwrap(), 6, 40000, dport);
+        let mut p = Packet::new(
+            "eth2",
+            src.parse().unwrap(),
+            dst.parse().unwrap(),
+            6,
+            40000,
+            dport,
+        );
         p.src_mac = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
         p
     }
@@ -473,8 +575,14 @@ mod tests {
         let pol = policy();
         let s = explain(&pol, &tcp("10.20.5.10", "10.10.9.20", 443));
         assert!(s.starts_with("verdict: allow (rule)"), "{s}");
-        assert!(s.contains("lgwan (LGWAN接続系) -> mynumber (マイナンバー利用事務系)"), "{s}");
-        assert!(s.contains("rule:    eltax-relay — LGWAN relay -> 中間サーバー import"), "{s}");
+        assert!(
+            s.contains("lgwan (LGWAN接続系) -> mynumber (マイナンバー利用事務系)"),
+            "{s}"
+        );
+        assert!(
+            s.contains("rule:    eltax-relay — LGWAN relay -> 中間サーバー import"),
+            "{s}"
+        );
         assert!(!s.contains("hint:"), "{s}");
     }
 
@@ -483,7 +591,10 @@ mod tests {
         let pol = policy();
         let s = explain(&pol, &tcp("10.20.5.10", "10.10.9.20", 22));
         assert!(s.starts_with("verdict: deny (no_rule)"), "{s}");
-        assert!(s.contains("closest rule: eltax-relay allows tcp port 443, 8000-8010"), "{s}");
+        assert!(
+            s.contains("closest rule: eltax-relay allows tcp port 443, 8000-8010"),
+            "{s}"
+        );
         assert!(s.contains("this packet's port 22 is not in it"), "{s}");
     }
 
@@ -493,8 +604,14 @@ mod tests {
         let mut p = tcp("10.20.5.11", "10.10.9.20", 443);
         p.src_mac = [2, 0, 0, 0, 0, 9];
         let s = explain(&pol, &p);
-        assert!(s.contains("source 10.20.5.11 is not in 10.20.5.10/32"), "{s}");
-        assert!(s.contains("source MAC 02:00:00:00:00:09 is not in its MAC list"), "{s}");
+        assert!(
+            s.contains("source 10.20.5.11 is not in 10.20.5.10/32"),
+            "{s}"
+        );
+        assert!(
+            s.contains("source MAC 02:00:00:00:00:09 is not in its MAC list"),
+            "{s}"
+        );
         let mut p = tcp("10.20.5.10", "10.10.9.20", 443);
         p.src_mac = [2, 0, 0, 0, 0, 9];
         let s = explain(&pol, &p);
@@ -504,9 +621,19 @@ mod tests {
     #[test]
     fn audit_rule_and_audit_mode() {
         let mut pol = policy();
-        let p = Packet::new("eth2", "10.20.1.1".parse().unwrap(), "10.10.1.1".parse().unwrap(), 1, 7, 0);
+        let p = Packet::new(
+            "eth2",
+            "10.20.1.1".parse().unwrap(),
+            "10.10.1.1".parse().unwrap(),
+            1,
+            7,
+            0,
+        );
         let s = explain(&pol, &p);
-        assert!(s.starts_with("verdict: audit (rule; only audit-mode rules allow it)"), "{s}");
+        assert!(
+            s.starts_with("verdict: audit (rule; only audit-mode rules allow it)"),
+            "{s}"
+        );
         assert!(s.contains("[audit mode]"), "{s}");
         pol.mode = Mode::Audit;
         let s = explain(&pol, &tcp("10.20.5.10", "10.10.9.20", 22));
@@ -518,15 +645,24 @@ mod tests {
         let pol = policy();
         let s = explain(&pol, &tcp("10.10.1.1", "10.10.9.20", 443));
         assert!(s.contains("spoofed_source"), "{s}");
-        assert!(s.contains("source 10.10.1.1 belongs to zone mynumber (longest prefix 10.10.0.0/16)"), "{s}");
-        assert!(s.contains("entered through lgwan (LGWAN接続系); source address in mynumber"), "{s}");
+        assert!(
+            s.contains("source 10.10.1.1 belongs to zone mynumber (longest prefix 10.10.0.0/16)"),
+            "{s}"
+        );
+        assert!(
+            s.contains("entered through lgwan (LGWAN接続系); source address in mynumber"),
+            "{s}"
+        );
         let s = explain(&pol, &tcp("10.20.1.1", "192.0.2.1", 443));
         assert!(s.contains("destination 192.0.2.1 is in no zone"), "{s}");
         let mut p = tcp("10.20.1.1", "10.10.9.20", 443);
         p.ifname = "eth9".into();
         p.vlan = 5;
         let s = explain(&pol, &p);
-        assert!(s.contains("interface eth9 vlan 5 belongs to no zone"), "{s}");
+        assert!(
+            s.contains("interface eth9 vlan 5 belongs to no zone"),
+            "{s}"
+        );
         assert!(s.contains("add \"eth9.5\""), "{s}");
     }
 
@@ -545,7 +681,14 @@ mod tests {
         pol.zones[0].networks.push("fd10::/48".parse().unwrap());
         pol.zones[1].networks.push("fd20::/48".parse().unwrap());
         pol.rules.remove(0);
-        let p = Packet::new("eth2", "fd20::1".parse().unwrap(), "fd10::1".parse().unwrap(), 58, 7, 0);
+        let p = Packet::new(
+            "eth2",
+            "fd20::1".parse().unwrap(),
+            "fd10::1".parse().unwrap(),
+            58,
+            7,
+            0,
+        );
         let s = explain(&pol, &p);
         assert!(s.contains("the rule's icmp covers IPv4 only"), "{s}");
     }

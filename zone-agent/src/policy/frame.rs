@@ -151,7 +151,9 @@ pub fn parse(frame: &[u8], ifname: &str) -> Result<Parsed, DropReason> {
     match ethertype {
         ETH_P_ARP => Ok(Parsed::Neighbor),
         ETH_P_IP => ipv4(&f, off, p).map(Parsed::Ip),
-        ETH_P_IPV6 => ipv6(&f, off, &mut p).map(|nd| if nd { Parsed::Neighbor } else { Parsed::Ip(p) }),
+        ETH_P_IPV6 => {
+            ipv6(&f, off, &mut p).map(|nd| if nd { Parsed::Neighbor } else { Parsed::Ip(p) })
+        }
         _ => Err(DropReason::NonIp),
     }
 }
@@ -292,7 +294,11 @@ fn icmp_ports(v4: bool, ty: u8, id: u16) -> (u16, u16) {
 }
 
 fn icmp_error(v4: bool, ty: u8) -> bool {
-    if v4 { matches!(ty, 3 | 11 | 12) } else { (1..=4).contains(&ty) }
+    if v4 {
+        matches!(ty, 3 | 11 | 12)
+    } else {
+        (1..=4).contains(&ty)
+    }
 }
 
 /// Upper-layer header at `off`, inside the datagram ending at `end`.
@@ -388,7 +394,13 @@ fn quoted(f: &Frame, is_v4: bool, off: usize, end: usize) -> Option<Tuple> {
         PROTO_ICMP | PROTO_ICMPV6 => icmp_ports(is_v4, q[0], be16(q, 4)),
         _ => return None,
     };
-    Some(Tuple { proto, src, dst, sport, dport })
+    Some(Tuple {
+        proto,
+        src,
+        dst,
+        sport,
+        dport,
+    })
 }
 
 /// Parse a frame and decide it with the model, recording parse drops and neighbour passes
@@ -396,7 +408,9 @@ fn quoted(f: &Frame, is_v4: bool, off: usize, end: usize) -> Option<Tuple> {
 pub fn decide(model: &mut Model, frame: &[u8], ifname: &str, now_ns: u64) -> Decision {
     match parse(frame, ifname) {
         Ok(Parsed::Ip(p)) => model.decide(&p, now_ns),
-        Ok(Parsed::Neighbor) => model.decide_early(Outcome::Pass(PassReason::Neighbor), frame.len() as u64),
+        Ok(Parsed::Neighbor) => {
+            model.decide_early(Outcome::Pass(PassReason::Neighbor), frame.len() as u64)
+        }
         Err(r) => model.decide_early(Outcome::Drop(r), frame.len() as u64),
     }
 }
@@ -430,7 +444,15 @@ mod tests {
     }
 
     /// IPv4 header (+ `opts`, a multiple of 4 bytes) and payload; `frag` = flags|offset field.
-    fn ipv4_opts(src: &str, dst: &str, proto: u8, id: u16, frag: u16, opts: &[u8], payload: &[u8]) -> Vec<u8> {
+    fn ipv4_opts(
+        src: &str,
+        dst: &str,
+        proto: u8,
+        id: u16,
+        frag: u16,
+        opts: &[u8],
+        payload: &[u8],
+    ) -> Vec<u8> {
         let ihl = 20 + opts.len();
         let tot = (ihl + payload.len()) as u16;
         let mut h = vec![0x40 | (ihl / 4) as u8, 0];
@@ -465,7 +487,11 @@ mod tests {
     fn ext(kind: u8, nh: u8, len: usize) -> Vec<u8> {
         let mut e = vec![0u8; len];
         e[0] = nh;
-        e[1] = if kind == NH_AH { (len / 4 - 2) as u8 } else { (len / 8 - 1) as u8 };
+        e[1] = if kind == NH_AH {
+            (len / 4 - 2) as u8
+        } else {
+            (len / 8 - 1) as u8
+        };
         e
     }
     fn frag6(nh: u8, offset: u16, more: bool, id: u32) -> Vec<u8> {
@@ -504,10 +530,23 @@ mod tests {
     }
 
     fn v4_tcp_frame() -> Vec<u8> {
-        eth(&[], ETH_P_IP, &ipv4("10.20.5.10", "10.10.9.20", PROTO_TCP, &tcp(40000, 443, TCP_SYN)))
+        eth(
+            &[],
+            ETH_P_IP,
+            &ipv4(
+                "10.20.5.10",
+                "10.10.9.20",
+                PROTO_TCP,
+                &tcp(40000, 443, TCP_SYN),
+            ),
+        )
     }
     fn v6_tcp_frame() -> Vec<u8> {
-        eth(&[], ETH_P_IPV6, &ipv6("fd20::5", "fd10::9", PROTO_TCP, &tcp(40000, 22, TCP_SYN)))
+        eth(
+            &[],
+            ETH_P_IPV6,
+            &ipv6("fd20::5", "fd10::9", PROTO_TCP, &tcp(40000, 22, TCP_SYN)),
+        )
     }
 
     fn ip_of(f: &[u8]) -> Packet {
@@ -536,7 +575,10 @@ mod tests {
         assert_eq!(p.vlan, 0);
         assert_eq!(p.src_mac, SRC_MAC);
         assert_eq!((p.src, p.dst), (ip("10.20.5.10"), ip("10.10.9.20")));
-        assert_eq!((p.proto, p.l4, p.sport, p.dport, p.tcp_flags), (PROTO_TCP, true, 40000, 443, TCP_SYN));
+        assert_eq!(
+            (p.proto, p.l4, p.sport, p.dport, p.tcp_flags),
+            (PROTO_TCP, true, 40000, 443, TCP_SYN)
+        );
         assert_eq!((p.frag, p.frag_id, p.inner), (Frag::None, 0x4242, None));
         assert_eq!(p.len, f.len() as u64);
     }
@@ -548,14 +590,22 @@ mod tests {
         let p = ip_of(&eth(&[(ETH_P_8021Q, 0xe000 | 100)], ETH_P_IP, &l3));
         assert_eq!((p.vlan, p.dport), (100, 53));
         // QinQ: the outer tag's VID.
-        let p = ip_of(&eth(&[(ETH_P_8021AD, 200), (ETH_P_8021Q, 5)], ETH_P_IP, &l3));
+        let p = ip_of(&eth(
+            &[(ETH_P_8021AD, 200), (ETH_P_8021Q, 5)],
+            ETH_P_IP,
+            &l3,
+        ));
         assert_eq!(p.vlan, 200);
         let p = ip_of(&eth(&[(ETH_P_8021Q, 7), (ETH_P_8021Q, 8)], ETH_P_IP, &l3));
         assert_eq!(p.vlan, 7);
         // Priority tag (VID 0) = untagged.
         assert_eq!(ip_of(&eth(&[(ETH_P_8021Q, 0x2000)], ETH_P_IP, &l3)).vlan, 0);
         // A third tag is more than the data path walks.
-        let f = eth(&[(ETH_P_8021AD, 1), (ETH_P_8021Q, 2), (ETH_P_8021Q, 3)], ETH_P_IP, &l3);
+        let f = eth(
+            &[(ETH_P_8021AD, 1), (ETH_P_8021Q, 2), (ETH_P_8021Q, 3)],
+            ETH_P_IP,
+            &l3,
+        );
         assert_eq!(err(&f), DropReason::HeaderLimit);
         // Truncated tag.
         let mut f = eth(&[], ETH_P_8021Q, &[]);
@@ -565,14 +615,30 @@ mod tests {
 
     #[test]
     fn arp_and_non_ip() {
-        assert_eq!(parse(&eth(&[], ETH_P_ARP, &[0; 28]), "eth1"), Ok(Parsed::Neighbor));
-        assert_eq!(parse(&eth(&[(ETH_P_8021Q, 10)], ETH_P_ARP, &[0; 28]), "eth1"), Ok(Parsed::Neighbor));
+        assert_eq!(
+            parse(&eth(&[], ETH_P_ARP, &[0; 28]), "eth1"),
+            Ok(Parsed::Neighbor)
+        );
+        assert_eq!(
+            parse(&eth(&[(ETH_P_8021Q, 10)], ETH_P_ARP, &[0; 28]), "eth1"),
+            Ok(Parsed::Neighbor)
+        );
         // ARP is not parsed further: even an empty one passes.
-        assert_eq!(parse(&eth(&[], ETH_P_ARP, &[]), "eth1"), Ok(Parsed::Neighbor));
+        assert_eq!(
+            parse(&eth(&[], ETH_P_ARP, &[]), "eth1"),
+            Ok(Parsed::Neighbor)
+        );
         assert_eq!(err(&eth(&[], 0x88cc, &[0; 46])), DropReason::NonIp); // LLDP
-        assert_eq!(err(&eth(&[(ETH_P_8021Q, 10)], 0x8863, &[0; 46])), DropReason::NonIp); // PPPoE
+        assert_eq!(
+            err(&eth(&[(ETH_P_8021Q, 10)], 0x8863, &[0; 46])),
+            DropReason::NonIp
+        ); // PPPoE
         for n in 0..14 {
-            assert_eq!(err(&v4_tcp_frame()[..n]), DropReason::Malformed, "{n} bytes");
+            assert_eq!(
+                err(&v4_tcp_frame()[..n]),
+                DropReason::Malformed,
+                "{n} bytes"
+            );
         }
     }
 
@@ -598,21 +664,61 @@ mod tests {
         f.extend_from_slice(&[0; 20]);
         assert_eq!(ip_of(&f).dport, 443);
         // IP options move the L4 header.
-        let f = eth(&[], ETH_P_IP, &ipv4_opts("10.0.0.1", "10.0.0.2", PROTO_UDP, 1, 0, &[1, 1, 1, 0], &udp(7, 9, b"x")));
+        let f = eth(
+            &[],
+            ETH_P_IP,
+            &ipv4_opts(
+                "10.0.0.1",
+                "10.0.0.2",
+                PROTO_UDP,
+                1,
+                0,
+                &[1, 1, 1, 0],
+                &udp(7, 9, b"x"),
+            ),
+        );
         let p = ip_of(&f);
         assert_eq!((p.sport, p.dport), (7, 9));
     }
 
     #[test]
     fn source_routes_are_dropped() {
-        let opts = |o: &[u8]| eth(&[], ETH_P_IP, &ipv4_opts("10.20.0.5", "10.20.0.1", PROTO_TCP, 1, 0, o, &tcp(1, 443, TCP_SYN)));
+        let opts = |o: &[u8]| {
+            eth(
+                &[],
+                ETH_P_IP,
+                &ipv4_opts(
+                    "10.20.0.5",
+                    "10.20.0.1",
+                    PROTO_TCP,
+                    1,
+                    0,
+                    o,
+                    &tcp(1, 443, TCP_SYN),
+                ),
+            )
+        };
         // Loose and strict source route (after a no-op), with one address.
-        assert_eq!(err(&opts(&[1, 131, 7, 4, 10, 10, 0, 10])), DropReason::SourceRoute);
-        assert_eq!(err(&opts(&[137, 7, 4, 10, 10, 0, 10, 0])), DropReason::SourceRoute);
+        assert_eq!(
+            err(&opts(&[1, 131, 7, 4, 10, 10, 0, 10])),
+            DropReason::SourceRoute
+        );
+        assert_eq!(
+            err(&opts(&[137, 7, 4, 10, 10, 0, 10, 0])),
+            DropReason::SourceRoute
+        );
         // Behind record route (7) it is still found, in a later fragment too (it is copied).
         let rr_lsrr = [7, 7, 4, 0, 0, 0, 0, 131, 7, 4, 10, 10, 0, 10, 0, 0];
         assert_eq!(err(&opts(&rr_lsrr)), DropReason::SourceRoute);
-        let later = ipv4_opts("10.20.0.5", "10.20.0.1", PROTO_TCP, 1, 0x0004, &rr_lsrr, &[0; 8]);
+        let later = ipv4_opts(
+            "10.20.0.5",
+            "10.20.0.1",
+            PROTO_TCP,
+            1,
+            0x0004,
+            &rr_lsrr,
+            &[0; 8],
+        );
         assert_eq!(err(&eth(&[], ETH_P_IP, &later)), DropReason::SourceRoute);
         // Not a source route: record route alone, an end of list before the kind, a broken
         // length (the kernel drops those options itself).
@@ -623,9 +729,24 @@ mod tests {
         let mut rh = ext(NH_ROUTING, PROTO_TCP, 24);
         rh[3] = 1;
         rh.extend_from_slice(&tcp(1, 443, TCP_SYN));
-        assert_eq!(err(&eth(&[], ETH_P_IPV6, &ipv6("fd20::5", "fd20::1", NH_ROUTING, &rh))), DropReason::SourceRoute);
+        assert_eq!(
+            err(&eth(
+                &[],
+                ETH_P_IPV6,
+                &ipv6("fd20::5", "fd20::1", NH_ROUTING, &rh)
+            )),
+            DropReason::SourceRoute
+        );
         rh[3] = 0;
-        assert_eq!(ip_of(&eth(&[], ETH_P_IPV6, &ipv6("fd20::5", "fd20::1", NH_ROUTING, &rh))).dport, 443);
+        assert_eq!(
+            ip_of(&eth(
+                &[],
+                ETH_P_IPV6,
+                &ipv6("fd20::5", "fd20::1", NH_ROUTING, &rh)
+            ))
+            .dport,
+            443
+        );
     }
 
     #[test]
@@ -638,17 +759,42 @@ mod tests {
         // TCP data offset < 5, or options beyond the datagram.
         let mut seg = tcp(1, 2, 0);
         seg[12] = 4 << 4;
-        assert_eq!(err(&eth(&[], ETH_P_IP, &ipv4("10.0.0.1", "10.0.0.2", PROTO_TCP, &seg))), DropReason::Malformed);
+        assert_eq!(
+            err(&eth(
+                &[],
+                ETH_P_IP,
+                &ipv4("10.0.0.1", "10.0.0.2", PROTO_TCP, &seg)
+            )),
+            DropReason::Malformed
+        );
         let mut seg = tcp(1, 2, 0);
         seg[12] = 6 << 4;
-        assert_eq!(err(&eth(&[], ETH_P_IP, &ipv4("10.0.0.1", "10.0.0.2", PROTO_TCP, &seg))), DropReason::Malformed);
-        let p = ip_of(&eth(&[], ETH_P_IP, &ipv4("10.0.0.1", "10.0.0.2", PROTO_TCP, &tcp_opts(1, 2, 0, 12))));
+        assert_eq!(
+            err(&eth(
+                &[],
+                ETH_P_IP,
+                &ipv4("10.0.0.1", "10.0.0.2", PROTO_TCP, &seg)
+            )),
+            DropReason::Malformed
+        );
+        let p = ip_of(&eth(
+            &[],
+            ETH_P_IP,
+            &ipv4("10.0.0.1", "10.0.0.2", PROTO_TCP, &tcp_opts(1, 2, 0, 12)),
+        ));
         assert_eq!(p.dport, 2);
         // UDP and ICMP need 8 bytes.
         let mut l3 = ipv4("10.0.0.1", "10.0.0.2", PROTO_UDP, &[0, 1, 0, 2]);
         l3.extend_from_slice(&[0; 4]);
         assert_eq!(err(&eth(&[], ETH_P_IP, &l3)), DropReason::Malformed);
-        assert_eq!(err(&eth(&[], ETH_P_IP, &ipv4("10.0.0.1", "10.0.0.2", PROTO_ICMP, &[8, 0, 0, 0]))), DropReason::Malformed);
+        assert_eq!(
+            err(&eth(
+                &[],
+                ETH_P_IP,
+                &ipv4("10.0.0.1", "10.0.0.2", PROTO_ICMP, &[8, 0, 0, 0])
+            )),
+            DropReason::Malformed
+        );
         // Unknown protocols need nothing.
         let p = ip_of(&eth(&[], ETH_P_IP, &ipv4("10.0.0.1", "10.0.0.2", 47, &[])));
         assert_eq!((p.proto, p.l4, p.sport, p.dport), (47, false, 0, 0));
@@ -658,30 +804,86 @@ mod tests {
     fn ipv4_fragments() {
         let seg = tcp(40000, 443, TCP_ACK);
         // First fragment: MF, offset 0 — L4 parsed.
-        let p = ip_of(&eth(&[], ETH_P_IP, &ipv4_opts("10.0.0.1", "10.0.0.2", PROTO_TCP, 77, 0x2000, &[], &seg)));
-        assert_eq!((p.frag, p.frag_id, p.l4, p.dport), (Frag::First, 77, true, 443));
+        let p = ip_of(&eth(
+            &[],
+            ETH_P_IP,
+            &ipv4_opts("10.0.0.1", "10.0.0.2", PROTO_TCP, 77, 0x2000, &[], &seg),
+        ));
+        assert_eq!(
+            (p.frag, p.frag_id, p.l4, p.dport),
+            (Frag::First, 77, true, 443)
+        );
         // A first fragment that cuts the TCP header (RFC 1858 tiny fragment).
-        let f = eth(&[], ETH_P_IP, &ipv4_opts("10.0.0.1", "10.0.0.2", PROTO_TCP, 77, 0x2000, &[], &seg[..8]));
+        let f = eth(
+            &[],
+            ETH_P_IP,
+            &ipv4_opts(
+                "10.0.0.1",
+                "10.0.0.2",
+                PROTO_TCP,
+                77,
+                0x2000,
+                &[],
+                &seg[..8],
+            ),
+        );
         assert_eq!(err(&f), DropReason::Malformed);
         // Offset 1 (8 bytes): overlapping the TCP header.
-        let f = eth(&[], ETH_P_IP, &ipv4_opts("10.0.0.1", "10.0.0.2", PROTO_TCP, 77, 0x2001, &[], &[0; 16]));
+        let f = eth(
+            &[],
+            ETH_P_IP,
+            &ipv4_opts("10.0.0.1", "10.0.0.2", PROTO_TCP, 77, 0x2001, &[], &[0; 16]),
+        );
         assert_eq!(err(&f), DropReason::Malformed);
-        let f = eth(&[], ETH_P_IP, &ipv4_opts("10.0.0.1", "10.0.0.2", PROTO_TCP, 77, 0x0001, &[], &[0; 16]));
+        let f = eth(
+            &[],
+            ETH_P_IP,
+            &ipv4_opts("10.0.0.1", "10.0.0.2", PROTO_TCP, 77, 0x0001, &[], &[0; 16]),
+        );
         assert_eq!(err(&f), DropReason::Malformed);
         // Later fragment: no L4, whatever its payload looks like.
-        let f = eth(&[], ETH_P_IP, &ipv4_opts("10.0.0.1", "10.0.0.2", PROTO_TCP, 77, 0x0002, &[], &[]));
+        let f = eth(
+            &[],
+            ETH_P_IP,
+            &ipv4_opts("10.0.0.1", "10.0.0.2", PROTO_TCP, 77, 0x0002, &[], &[]),
+        );
         let p = ip_of(&f);
-        assert_eq!((p.frag, p.frag_id, p.proto, p.l4, p.sport, p.dport), (Frag::Later, 77, PROTO_TCP, false, 0, 0));
-        let p = ip_of(&eth(&[], ETH_P_IP, &ipv4_opts("10.0.0.1", "10.0.0.2", PROTO_UDP, 78, 0x2000 | 185, &[], &[1; 8])));
+        assert_eq!(
+            (p.frag, p.frag_id, p.proto, p.l4, p.sport, p.dport),
+            (Frag::Later, 77, PROTO_TCP, false, 0, 0)
+        );
+        let p = ip_of(&eth(
+            &[],
+            ETH_P_IP,
+            &ipv4_opts(
+                "10.0.0.1",
+                "10.0.0.2",
+                PROTO_UDP,
+                78,
+                0x2000 | 185,
+                &[],
+                &[1; 8],
+            ),
+        ));
         assert_eq!(p.frag, Frag::Later);
         // DF alone is not a fragment.
-        let p = ip_of(&eth(&[], ETH_P_IP, &ipv4_opts("10.0.0.1", "10.0.0.2", PROTO_TCP, 79, 0x4000, &[], &seg)));
+        let p = ip_of(&eth(
+            &[],
+            ETH_P_IP,
+            &ipv4_opts("10.0.0.1", "10.0.0.2", PROTO_TCP, 79, 0x4000, &[], &seg),
+        ));
         assert_eq!(p.frag, Frag::None);
     }
 
     #[test]
     fn icmp_v4_ports_and_family() {
-        let f = |ty, id| eth(&[], ETH_P_IP, &ipv4("10.0.0.1", "10.0.0.2", PROTO_ICMP, &icmp(ty, 0, id, b"")));
+        let f = |ty, id| {
+            eth(
+                &[],
+                ETH_P_IP,
+                &ipv4("10.0.0.1", "10.0.0.2", PROTO_ICMP, &icmp(ty, 0, id, b"")),
+            )
+        };
         let p = ip_of(&f(8, 0x1234));
         assert_eq!((p.l4, p.sport, p.dport), (true, 0x1234, 0));
         let p = ip_of(&f(0, 0x1234));
@@ -689,20 +891,48 @@ mod tests {
         let p = ip_of(&f(13, 0x1234)); // timestamp
         assert_eq!((p.l4, p.sport, p.dport), (true, 0, 0));
         // ICMPv6's number in IPv4 is an unknown protocol: no L4, no length requirement.
-        let p = ip_of(&eth(&[], ETH_P_IP, &ipv4("10.0.0.1", "10.0.0.2", PROTO_ICMPV6, &[128])));
+        let p = ip_of(&eth(
+            &[],
+            ETH_P_IP,
+            &ipv4("10.0.0.1", "10.0.0.2", PROTO_ICMPV6, &[128]),
+        ));
         assert_eq!((p.proto, p.l4), (PROTO_ICMPV6, false));
         // ...and ICMPv4's in IPv6.
-        let p = ip_of(&eth(&[], ETH_P_IPV6, &ipv6("fd00::1", "fd00::2", PROTO_ICMP, &[8])));
+        let p = ip_of(&eth(
+            &[],
+            ETH_P_IPV6,
+            &ipv6("fd00::1", "fd00::2", PROTO_ICMP, &[8]),
+        ));
         assert_eq!((p.proto, p.l4), (PROTO_ICMP, false));
     }
 
     #[test]
     fn icmp_v4_error_quotes() {
-        let quoted_tcp = ipv4("10.20.5.10", "10.10.9.20", PROTO_TCP, &tcp(40000, 443, TCP_SYN));
+        let quoted_tcp = ipv4(
+            "10.20.5.10",
+            "10.10.9.20",
+            PROTO_TCP,
+            &tcp(40000, 443, TCP_SYN),
+        );
         let err_frame = |ty, quote: &[u8]| {
-            eth(&[], ETH_P_IP, &ipv4("10.10.0.1", "10.20.5.10", PROTO_ICMP, &icmp(ty, 0, 0, quote)))
+            eth(
+                &[],
+                ETH_P_IP,
+                &ipv4(
+                    "10.10.0.1",
+                    "10.20.5.10",
+                    PROTO_ICMP,
+                    &icmp(ty, 0, 0, quote),
+                ),
+            )
         };
-        let want = Tuple { proto: PROTO_TCP, src: ip("10.20.5.10"), dst: ip("10.10.9.20"), sport: 40000, dport: 443 };
+        let want = Tuple {
+            proto: PROTO_TCP,
+            src: ip("10.20.5.10"),
+            dst: ip("10.10.9.20"),
+            sport: 40000,
+            dport: 443,
+        };
         for ty in [3, 11, 12] {
             let p = ip_of(&err_frame(ty, &quoted_tcp));
             assert_eq!(p.inner, Some(want), "type {ty}");
@@ -716,9 +946,20 @@ mod tests {
         // Not an error type: no inner.
         assert_eq!(ip_of(&err_frame(5, &quoted_tcp)).inner, None);
         // Quoted header with options (ihl 6).
-        let q = ipv4_opts("10.20.5.10", "10.10.9.20", PROTO_UDP, 1, 0, &[1, 1, 1, 0], &udp(5000, 53, b""));
+        let q = ipv4_opts(
+            "10.20.5.10",
+            "10.10.9.20",
+            PROTO_UDP,
+            1,
+            0,
+            &[1, 1, 1, 0],
+            &udp(5000, 53, b""),
+        );
         let p = ip_of(&err_frame(3, &q));
-        assert_eq!(p.inner.map(|t| (t.proto, t.sport, t.dport)), Some((PROTO_UDP, 5000, 53)));
+        assert_eq!(
+            p.inner.map(|t| (t.proto, t.sport, t.dport)),
+            Some((PROTO_UDP, 5000, 53))
+        );
         // Bad quoted version / ihl, or a protocol without ports.
         let mut q = quoted_tcp.clone();
         q[0] = 0x45 | 0x20; // version 6
@@ -729,11 +970,21 @@ mod tests {
         let q = ipv4("10.20.5.10", "10.10.9.20", 47, &[0; 8]);
         assert_eq!(ip_of(&err_frame(3, &q)).inner, None);
         // Quoted echo request: its id is its source "port".
-        let q = ipv4("10.20.5.10", "10.10.9.20", PROTO_ICMP, &icmp(8, 0, 0xbeef, b""));
+        let q = ipv4(
+            "10.20.5.10",
+            "10.10.9.20",
+            PROTO_ICMP,
+            &icmp(8, 0, 0xbeef, b""),
+        );
         let t = ip_of(&err_frame(11, &q)).inner.unwrap();
         assert_eq!((t.proto, t.sport, t.dport), (PROTO_ICMP, 0xbeef, 0));
         // The quote must be inside the outer datagram, not in padding.
-        let mut l3 = ipv4("10.10.0.1", "10.20.5.10", PROTO_ICMP, &icmp(3, 0, 0, &quoted_tcp[..20]));
+        let mut l3 = ipv4(
+            "10.10.0.1",
+            "10.20.5.10",
+            PROTO_ICMP,
+            &icmp(3, 0, 0, &quoted_tcp[..20]),
+        );
         l3.extend_from_slice(&quoted_tcp[20..28]);
         assert_eq!(ip_of(&eth(&[], ETH_P_IP, &l3)).inner, None);
     }
@@ -745,7 +996,10 @@ mod tests {
         let f = v6_tcp_frame();
         let p = ip_of(&f);
         assert_eq!((p.src, p.dst), (ip("fd20::5"), ip("fd10::9")));
-        assert_eq!((p.proto, p.l4, p.sport, p.dport, p.frag), (PROTO_TCP, true, 40000, 22, Frag::None));
+        assert_eq!(
+            (p.proto, p.l4, p.sport, p.dport, p.frag),
+            (PROTO_TCP, true, 40000, 22, Frag::None)
+        );
         let mut f2 = f.clone();
         f2[14] = 0x40;
         assert_eq!(err(&f2), DropReason::Malformed);
@@ -756,7 +1010,11 @@ mod tests {
         let mut f2 = f.clone();
         f2[18..20].copy_from_slice(&19u16.to_be_bytes());
         assert_eq!(err(&f2), DropReason::Malformed);
-        let p = ip_of(&eth(&[], ETH_P_IPV6, &ipv6("fd20::5", "fd10::9", PROTO_UDP, &udp(1, 53, b"q"))));
+        let p = ip_of(&eth(
+            &[],
+            ETH_P_IPV6,
+            &ipv6("fd20::5", "fd10::9", PROTO_UDP, &udp(1, 53, b"q")),
+        ));
         assert_eq!((p.proto, p.dport), (PROTO_UDP, 53));
         let p = ip_of(&eth(&[], ETH_P_IPV6, &ipv6("fd20::5", "fd10::9", 59, &[])));
         assert_eq!((p.proto, p.l4), (59, false));
@@ -773,25 +1031,53 @@ mod tests {
             }
             payload.extend_from_slice(l4);
             let first = hdrs.first().map(|h| h.0).unwrap_or(last);
-            eth(&[], ETH_P_IPV6, &ipv6("fd20::5", "fd10::9", first, &payload))
+            eth(
+                &[],
+                ETH_P_IPV6,
+                &ipv6("fd20::5", "fd10::9", first, &payload),
+            )
         };
         let seg = tcp(40000, 22, TCP_SYN);
-        let p = ip_of(&chain(&[(NH_HOP, 8), (NH_DSTOPTS, 16), (NH_ROUTING, 24), (NH_AH, 12)], PROTO_TCP, &seg));
+        let p = ip_of(&chain(
+            &[(NH_HOP, 8), (NH_DSTOPTS, 16), (NH_ROUTING, 24), (NH_AH, 12)],
+            PROTO_TCP,
+            &seg,
+        ));
         assert_eq!((p.proto, p.dport), (PROTO_TCP, 22));
         // Six is the limit...
-        let six = [(NH_HOP, 8), (NH_DSTOPTS, 8), (NH_ROUTING, 8), (NH_DSTOPTS, 8), (NH_AH, 16), (NH_DSTOPTS, 8)];
+        let six = [
+            (NH_HOP, 8),
+            (NH_DSTOPTS, 8),
+            (NH_ROUTING, 8),
+            (NH_DSTOPTS, 8),
+            (NH_AH, 16),
+            (NH_DSTOPTS, 8),
+        ];
         assert_eq!(ip_of(&chain(&six, PROTO_TCP, &seg)).dport, 22);
         // ...a seventh is a header limit.
         let mut seven = six.to_vec();
         seven.push((NH_DSTOPTS, 8));
-        assert_eq!(err(&chain(&seven, PROTO_TCP, &seg)), DropReason::HeaderLimit);
+        assert_eq!(
+            err(&chain(&seven, PROTO_TCP, &seg)),
+            DropReason::HeaderLimit
+        );
         // A chain past 512 bytes from the frame start.
-        assert_eq!(err(&chain(&[(NH_DSTOPTS, 464)], PROTO_UDP, &udp(1, 2, b""))).clone(), DropReason::HeaderLimit);
-        assert_eq!(ip_of(&chain(&[(NH_DSTOPTS, 456)], PROTO_UDP, &udp(1, 2, b""))).dport, 2);
+        assert_eq!(
+            err(&chain(&[(NH_DSTOPTS, 464)], PROTO_UDP, &udp(1, 2, b""))).clone(),
+            DropReason::HeaderLimit
+        );
+        assert_eq!(
+            ip_of(&chain(&[(NH_DSTOPTS, 456)], PROTO_UDP, &udp(1, 2, b""))).dport,
+            2
+        );
         // Truncated: the header's first 8 bytes are missing from the frame → malformed.
         let f = eth(&[], ETH_P_IPV6, &ipv6("fd20::5", "fd10::9", NH_HOP, &[]));
         assert_eq!(err(&f), DropReason::Malformed);
-        let f = eth(&[], ETH_P_IPV6, &ipv6("fd20::5", "fd10::9", NH_HOP, &[6, 0, 0, 0]));
+        let f = eth(
+            &[],
+            ETH_P_IPV6,
+            &ipv6("fd20::5", "fd10::9", NH_HOP, &[6, 0, 0, 0]),
+        );
         assert_eq!(err(&f), DropReason::Malformed);
         // Header longer than the datagram (its length byte says 16, datagram has 8) →
         // header limit, as the data path does.
@@ -811,14 +1097,24 @@ mod tests {
         let with_frag = |offset, more, payload: &[u8]| {
             let mut p = frag6(PROTO_TCP, offset, more, 0xdead_beef);
             p.extend_from_slice(payload);
-            eth(&[], ETH_P_IPV6, &ipv6("fd20::5", "fd10::9", NH_FRAGMENT, &p))
+            eth(
+                &[],
+                ETH_P_IPV6,
+                &ipv6("fd20::5", "fd10::9", NH_FRAGMENT, &p),
+            )
         };
         let p = ip_of(&with_frag(0, true, &seg));
-        assert_eq!((p.frag, p.frag_id, p.l4, p.dport, p.proto), (Frag::First, 0xdead_beef, true, 22, PROTO_TCP));
+        assert_eq!(
+            (p.frag, p.frag_id, p.l4, p.dport, p.proto),
+            (Frag::First, 0xdead_beef, true, 22, PROTO_TCP)
+        );
         // A first fragment that cuts the TCP header.
         assert_eq!(err(&with_frag(0, true, &seg[..12])), DropReason::Malformed);
         let p = ip_of(&with_frag(100, true, &[0; 16]));
-        assert_eq!((p.frag, p.frag_id, p.l4, p.proto, p.dport), (Frag::Later, 0xdead_beef, false, PROTO_TCP, 0));
+        assert_eq!(
+            (p.frag, p.frag_id, p.l4, p.proto, p.dport),
+            (Frag::Later, 0xdead_beef, false, PROTO_TCP, 0)
+        );
         let p = ip_of(&with_frag(100, false, &[]));
         assert_eq!(p.frag, Frag::Later);
         assert_eq!(err(&with_frag(1, true, &[0; 16])), DropReason::Malformed);
@@ -829,19 +1125,33 @@ mod tests {
         // header even if that is another extension header.
         let mut pl = frag6(NH_DSTOPTS, 50, false, 9);
         pl.extend(ext(NH_DSTOPTS, PROTO_TCP, 8));
-        let p = ip_of(&eth(&[], ETH_P_IPV6, &ipv6("fd20::5", "fd10::9", NH_FRAGMENT, &pl)));
+        let p = ip_of(&eth(
+            &[],
+            ETH_P_IPV6,
+            &ipv6("fd20::5", "fd10::9", NH_FRAGMENT, &pl),
+        ));
         assert_eq!((p.frag, p.proto), (Frag::Later, NH_DSTOPTS));
         // Fragment header after a hop-by-hop header.
         let mut pl = ext(NH_HOP, NH_FRAGMENT, 8);
         pl.extend(frag6(PROTO_UDP, 0, true, 5));
         pl.extend(udp(1, 53, b""));
-        let p = ip_of(&eth(&[], ETH_P_IPV6, &ipv6("fd20::5", "fd10::9", NH_HOP, &pl)));
+        let p = ip_of(&eth(
+            &[],
+            ETH_P_IPV6,
+            &ipv6("fd20::5", "fd10::9", NH_HOP, &pl),
+        ));
         assert_eq!((p.frag, p.frag_id, p.dport), (Frag::First, 5, 53));
     }
 
     #[test]
     fn icmpv6_ports_errors_and_nd() {
-        let f = |ty, id| eth(&[], ETH_P_IPV6, &ipv6("fd20::5", "fd10::9", PROTO_ICMPV6, &icmp(ty, 0, id, b"")));
+        let f = |ty, id| {
+            eth(
+                &[],
+                ETH_P_IPV6,
+                &ipv6("fd20::5", "fd10::9", PROTO_ICMPV6, &icmp(ty, 0, id, b"")),
+            )
+        };
         let p = ip_of(&f(128, 9));
         assert_eq!((p.l4, p.sport, p.dport), (true, 9, 0));
         let p = ip_of(&f(129, 9));
@@ -850,30 +1160,91 @@ mod tests {
         let p = ip_of(&f(135, 0));
         assert_eq!((p.l4, p.sport, p.dport), (true, 0, 0));
         // Link-scoped ND with hop limit 255 is neighbour traffic.
-        let nd = |ty, dst, hl| eth(&[], ETH_P_IPV6, &ipv6_hl("fe80::1", dst, PROTO_ICMPV6, hl, &icmp(ty, 0, 0, &[0; 16])));
+        let nd = |ty, dst, hl| {
+            eth(
+                &[],
+                ETH_P_IPV6,
+                &ipv6_hl("fe80::1", dst, PROTO_ICMPV6, hl, &icmp(ty, 0, 0, &[0; 16])),
+            )
+        };
         for ty in 133..=136 {
-            assert_eq!(parse(&nd(ty, "ff02::1:ff00:9", 255), "eth1"), Ok(Parsed::Neighbor), "type {ty}");
-            assert_eq!(parse(&nd(ty, "fe80::9", 255), "eth1"), Ok(Parsed::Neighbor), "type {ty}");
+            assert_eq!(
+                parse(&nd(ty, "ff02::1:ff00:9", 255), "eth1"),
+                Ok(Parsed::Neighbor),
+                "type {ty}"
+            );
+            assert_eq!(
+                parse(&nd(ty, "fe80::9", 255), "eth1"),
+                Ok(Parsed::Neighbor),
+                "type {ty}"
+            );
         }
         // Link-scope multicast with flags (ff12::) is link scope too.
-        assert_eq!(parse(&nd(135, "ff12::1", 255), "eth1"), Ok(Parsed::Neighbor));
-        assert!(matches!(parse(&nd(135, "ff05::1", 255), "eth1"), Ok(Parsed::Ip(_))));
-        assert!(matches!(parse(&nd(135, "fe80::9", 64), "eth1"), Ok(Parsed::Ip(_))));
-        assert!(matches!(parse(&nd(137, "fe80::9", 255), "eth1"), Ok(Parsed::Ip(_)))); // redirect
-        assert!(matches!(parse(&nd(135, "fec0::9", 255), "eth1"), Ok(Parsed::Ip(_))));
+        assert_eq!(
+            parse(&nd(135, "ff12::1", 255), "eth1"),
+            Ok(Parsed::Neighbor)
+        );
+        assert!(matches!(
+            parse(&nd(135, "ff05::1", 255), "eth1"),
+            Ok(Parsed::Ip(_))
+        ));
+        assert!(matches!(
+            parse(&nd(135, "fe80::9", 64), "eth1"),
+            Ok(Parsed::Ip(_))
+        ));
+        assert!(matches!(
+            parse(&nd(137, "fe80::9", 255), "eth1"),
+            Ok(Parsed::Ip(_))
+        )); // redirect
+        assert!(matches!(
+            parse(&nd(135, "fec0::9", 255), "eth1"),
+            Ok(Parsed::Ip(_))
+        ));
         // ND must still have a complete ICMPv6 header.
-        let short = eth(&[], ETH_P_IPV6, &ipv6_hl("fe80::1", "ff02::1", PROTO_ICMPV6, 255, &[135, 0, 0, 0]));
+        let short = eth(
+            &[],
+            ETH_P_IPV6,
+            &ipv6_hl("fe80::1", "ff02::1", PROTO_ICMPV6, 255, &[135, 0, 0, 0]),
+        );
         assert_eq!(err(&short), DropReason::Malformed);
         // Errors 1–4 quote a 40-byte header + 8 bytes.
         let quoted = ipv6("fd20::5", "fd10::9", PROTO_UDP, &udp(5000, 53, b"query"));
-        let want = Tuple { proto: PROTO_UDP, src: ip("fd20::5"), dst: ip("fd10::9"), sport: 5000, dport: 53 };
+        let want = Tuple {
+            proto: PROTO_UDP,
+            src: ip("fd20::5"),
+            dst: ip("fd10::9"),
+            sport: 5000,
+            dport: 53,
+        };
         for ty in 1..=4 {
-            let e = eth(&[], ETH_P_IPV6, &ipv6("fd10::1", "fd20::5", PROTO_ICMPV6, &icmp(ty, 0, 0, &quoted)));
+            let e = eth(
+                &[],
+                ETH_P_IPV6,
+                &ipv6("fd10::1", "fd20::5", PROTO_ICMPV6, &icmp(ty, 0, 0, &quoted)),
+            );
             assert_eq!(ip_of(&e).inner, Some(want), "type {ty}");
         }
-        let e = eth(&[], ETH_P_IPV6, &ipv6("fd10::1", "fd20::5", PROTO_ICMPV6, &icmp(1, 0, 0, &quoted[..47])));
+        let e = eth(
+            &[],
+            ETH_P_IPV6,
+            &ipv6(
+                "fd10::1",
+                "fd20::5",
+                PROTO_ICMPV6,
+                &icmp(1, 0, 0, &quoted[..47]),
+            ),
+        );
         assert_eq!(ip_of(&e).inner, None);
-        let e = eth(&[], ETH_P_IPV6, &ipv6("fd10::1", "fd20::5", PROTO_ICMPV6, &icmp(128, 0, 0, &quoted)));
+        let e = eth(
+            &[],
+            ETH_P_IPV6,
+            &ipv6(
+                "fd10::1",
+                "fd20::5",
+                PROTO_ICMPV6,
+                &icmp(128, 0, 0, &quoted),
+            ),
+        );
         assert_eq!(ip_of(&e).inner, None);
         // The quote's extension headers are walked like a packet's (the nftables oracle in
         // the namespace lab found conntrack relating such errors where this did not): up to
@@ -886,11 +1257,25 @@ mod tests {
             }
             body.extend(&l4.1);
             let q = ipv6("fd20::5", "fd10::9", first, &body);
-            ip_of(&eth(&[], ETH_P_IPV6, &ipv6("fd10::1", "fd20::5", PROTO_ICMPV6, &icmp(1, 0, 0, &q)))).inner
+            ip_of(&eth(
+                &[],
+                ETH_P_IPV6,
+                &ipv6("fd10::1", "fd20::5", PROTO_ICMPV6, &icmp(1, 0, 0, &q)),
+            ))
+            .inner
         };
-        let want = Tuple { proto: PROTO_UDP, src: ip("fd20::5"), dst: ip("fd10::9"), sport: 1, dport: 2 };
+        let want = Tuple {
+            proto: PROTO_UDP,
+            src: ip("fd20::5"),
+            dst: ip("fd10::9"),
+            sport: 1,
+            dport: 2,
+        };
         let l4 = (PROTO_UDP, udp(1, 2, b""));
-        assert_eq!(error_quoting(&[(NH_HOP, ext(NH_HOP, PROTO_UDP, 8))], l4.clone()), Some(want));
+        assert_eq!(
+            error_quoting(&[(NH_HOP, ext(NH_HOP, PROTO_UDP, 8))], l4.clone()),
+            Some(want)
+        );
         let chain = [
             (NH_HOP, ext(NH_HOP, NH_DSTOPTS, 8)),
             (NH_DSTOPTS, ext(NH_DSTOPTS, NH_ROUTING, 16)),
@@ -901,15 +1286,38 @@ mod tests {
         assert_eq!(error_quoting(&chain, l4.clone()), Some(want));
         let later = [(NH_FRAGMENT, frag6(PROTO_UDP, 3, true, 7))];
         assert_eq!(error_quoting(&later, l4.clone()), None);
-        let six: Vec<(u8, Vec<u8>)> = (0..6).map(|i| (NH_DSTOPTS, ext(NH_DSTOPTS, if i < 5 { NH_DSTOPTS } else { PROTO_UDP }, 8))).collect();
+        let six: Vec<(u8, Vec<u8>)> = (0..6)
+            .map(|i| {
+                (
+                    NH_DSTOPTS,
+                    ext(NH_DSTOPTS, if i < 5 { NH_DSTOPTS } else { PROTO_UDP }, 8),
+                )
+            })
+            .collect();
         assert_eq!(error_quoting(&six, l4.clone()), Some(want));
-        let seven: Vec<(u8, Vec<u8>)> = (0..7).map(|i| (NH_DSTOPTS, ext(NH_DSTOPTS, if i < 6 { NH_DSTOPTS } else { PROTO_UDP }, 8))).collect();
+        let seven: Vec<(u8, Vec<u8>)> = (0..7)
+            .map(|i| {
+                (
+                    NH_DSTOPTS,
+                    ext(NH_DSTOPTS, if i < 6 { NH_DSTOPTS } else { PROTO_UDP }, 8),
+                )
+            })
+            .collect();
         assert_eq!(error_quoting(&seven, l4.clone()), None);
         // Cut inside the walked chain, or before the 8 bytes of the upper layer.
         let mut q = ipv6("fd20::5", "fd10::9", NH_HOP, &ext(NH_HOP, PROTO_UDP, 16));
         q.extend(udp(1, 2, b""));
         for cut in [44, 55, 63] {
-            let e = eth(&[], ETH_P_IPV6, &ipv6("fd10::1", "fd20::5", PROTO_ICMPV6, &icmp(1, 0, 0, &q[..cut])));
+            let e = eth(
+                &[],
+                ETH_P_IPV6,
+                &ipv6(
+                    "fd10::1",
+                    "fd20::5",
+                    PROTO_ICMPV6,
+                    &icmp(1, 0, 0, &q[..cut]),
+                ),
+            );
             assert_eq!(ip_of(&e).inner, None, "quote cut at {cut}");
         }
     }
@@ -921,8 +1329,21 @@ mod tests {
         let frames = [
             v4_tcp_frame(),
             v6_tcp_frame(),
-            eth(&[(ETH_P_8021AD, 200), (ETH_P_8021Q, 5)], ETH_P_IP, &ipv4("10.0.0.1", "10.0.0.2", PROTO_TCP, &tcp_opts(1, 2, TCP_SYN, 12))),
-            eth(&[(ETH_P_8021Q, 100)], ETH_P_IP, &ipv4("10.0.0.1", "10.0.0.2", PROTO_UDP, &udp(1, 53, b"abc"))),
+            eth(
+                &[(ETH_P_8021AD, 200), (ETH_P_8021Q, 5)],
+                ETH_P_IP,
+                &ipv4(
+                    "10.0.0.1",
+                    "10.0.0.2",
+                    PROTO_TCP,
+                    &tcp_opts(1, 2, TCP_SYN, 12),
+                ),
+            ),
+            eth(
+                &[(ETH_P_8021Q, 100)],
+                ETH_P_IP,
+                &ipv4("10.0.0.1", "10.0.0.2", PROTO_UDP, &udp(1, 53, b"abc")),
+            ),
             eth(&[], ETH_P_IPV6, &{
                 let mut pl = ext(NH_HOP, NH_FRAGMENT, 8);
                 pl.extend(frag6(PROTO_TCP, 0, true, 1));
@@ -933,7 +1354,12 @@ mod tests {
         for full in &frames {
             assert!(matches!(parse(full, "eth2"), Ok(Parsed::Ip(_))));
             for n in 0..full.len() {
-                assert_eq!(parse(&full[..n], "eth2"), Err(DropReason::Malformed), "{n} of {} bytes", full.len());
+                assert_eq!(
+                    parse(&full[..n], "eth2"),
+                    Err(DropReason::Malformed),
+                    "{n} of {} bytes",
+                    full.len()
+                );
             }
         }
     }
@@ -946,7 +1372,11 @@ mod tests {
         let zone = |name: &str, ifname: &str, net: &str| Zone {
             name: name.into(),
             label: None,
-            interfaces: vec![ZoneIface { name: ifname.into(), vlan: None, loc: Loc::default() }],
+            interfaces: vec![ZoneIface {
+                name: ifname.into(),
+                vlan: None,
+                loc: Loc::default(),
+            }],
             networks: vec![net.parse().unwrap()],
             criticality: Criticality::Low,
             segment: None,
@@ -957,7 +1387,10 @@ mod tests {
             version: 1,
             mode: Mode::Audit,
             defaults: Defaults::default(),
-            zones: vec![zone("mynumber", "eth1", "10.10.0.0/16"), zone("lgwan", "eth2", "10.20.0.0/16")],
+            zones: vec![
+                zone("mynumber", "eth1", "10.10.0.0/16"),
+                zone("lgwan", "eth2", "10.20.0.0/16"),
+            ],
             rules: vec![Rule {
                 name: "r".into(),
                 description: None,
@@ -976,11 +1409,29 @@ mod tests {
         let mut m = Model::new(policy);
         let syn = v4_tcp_frame();
         let d = decide(&mut m, &syn, "eth2", 0);
-        assert_eq!((d.outcome, d.rule), (Outcome::Pass(PassReason::Rule), Some(0)));
-        let reply = eth(&[], ETH_P_IP, &ipv4("10.10.9.20", "10.20.5.10", PROTO_TCP, &tcp(443, 40000, TCP_SYN | TCP_ACK)));
-        assert_eq!(decide(&mut m, &reply, "eth1", 1).outcome, Outcome::Pass(PassReason::Reply));
+        assert_eq!(
+            (d.outcome, d.rule),
+            (Outcome::Pass(PassReason::Rule), Some(0))
+        );
+        let reply = eth(
+            &[],
+            ETH_P_IP,
+            &ipv4(
+                "10.10.9.20",
+                "10.20.5.10",
+                PROTO_TCP,
+                &tcp(443, 40000, TCP_SYN | TCP_ACK),
+            ),
+        );
+        assert_eq!(
+            decide(&mut m, &reply, "eth1", 1).outcome,
+            Outcome::Pass(PassReason::Reply)
+        );
         let d = decide(&mut m, &eth(&[], ETH_P_ARP, &[0; 28]), "eth9", 2);
-        assert_eq!((d.outcome, d.from, d.to), (Outcome::Pass(PassReason::Neighbor), 0, 0));
+        assert_eq!(
+            (d.outcome, d.from, d.to),
+            (Outcome::Pass(PassReason::Neighbor), 0, 0)
+        );
         // Audit mode never passes what cannot be parsed.
         let d = decide(&mut m, &syn[..40], "eth2", 3);
         assert_eq!(d.outcome, Outcome::Drop(DropReason::Malformed));

@@ -29,9 +29,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use zone_agent_common::{
-    Counter, DropReason, FlowEvent, FLOW_OTHER_NS, FLOW_TCP_CLOSING_NS, FLOW_TCP_ESTABLISHED_NS, FLOW_TCP_RESET_NS,
-    FLOW_TCP_OPEN_NS, FLOW_UDP_NS, FRAG_NS, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST,
-    ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, PassReason, Verdict,
+    Counter, DropReason, FLOW_OTHER_NS, FLOW_TCP_CLOSING_NS, FLOW_TCP_ESTABLISHED_NS,
+    FLOW_TCP_OPEN_NS, FLOW_TCP_RESET_NS, FLOW_UDP_NS, FRAG_NS, FlowEvent, ICMP_ECHO_REPLY,
+    ICMP_ECHO_REQUEST, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, PassReason, Verdict,
 };
 
 use super::types::{Action, Mac, Mode, Policy, Protocol, Rule};
@@ -103,8 +103,16 @@ impl Packet {
     /// A whole, unfragmented packet with its L4 header known when `proto` has one in this
     /// family (TCP, UDP, ICMP for IPv4, ICMPv6 for IPv6; ICMP is an echo request). Handy for
     /// tests and `explain`.
-    pub fn new(ifname: &str, src: IpAddr, dst: IpAddr, proto: u8, sport: u16, dport: u16) -> Packet {
-        let icmp = (proto == PROTO_ICMP && src.is_ipv4()) || (proto == PROTO_ICMPV6 && src.is_ipv6());
+    pub fn new(
+        ifname: &str,
+        src: IpAddr,
+        dst: IpAddr,
+        proto: u8,
+        sport: u16,
+        dport: u16,
+    ) -> Packet {
+        let icmp =
+            (proto == PROTO_ICMP && src.is_ipv4()) || (proto == PROTO_ICMPV6 && src.is_ipv6());
         let l4 = matches!(proto, PROTO_TCP | PROTO_UDP) || icmp;
         Packet {
             ifname: ifname.to_string(),
@@ -137,7 +145,9 @@ impl Packet {
             return false;
         }
         match self.proto {
-            PROTO_ICMP if self.src.is_ipv4() => matches!(self.icmp_type, ICMP_ECHO_REPLY | ICMP_ECHO_REQUEST),
+            PROTO_ICMP if self.src.is_ipv4() => {
+                matches!(self.icmp_type, ICMP_ECHO_REPLY | ICMP_ECHO_REQUEST)
+            }
             PROTO_ICMPV6 if self.src.is_ipv6() => {
                 matches!(self.icmp_type, ICMPV6_ECHO_REQUEST | ICMPV6_ECHO_REPLY)
             }
@@ -151,11 +161,22 @@ impl Packet {
     /// header's next header, not the upper-layer protocol when more extension headers follow.
     fn frag_key(&self) -> FragKey {
         let proto = if self.src.is_ipv4() { self.proto } else { 0 };
-        FragKey { src: self.src, dst: self.dst, id: self.frag_id, proto }
+        FragKey {
+            src: self.src,
+            dst: self.dst,
+            id: self.frag_id,
+            proto,
+        }
     }
 
     pub fn tuple(&self) -> Tuple {
-        Tuple { proto: self.proto, src: self.src, dst: self.dst, sport: self.sport, dport: self.dport }
+        Tuple {
+            proto: self.proto,
+            src: self.src,
+            dst: self.dst,
+            sport: self.sport,
+            dport: self.dport,
+        }
     }
 
     /// Ports / ICMP ids usable: a non-first fragment never has them, whatever `l4` says.
@@ -198,7 +219,13 @@ pub struct Decision {
 
 impl Decision {
     fn early(outcome: Outcome) -> Decision {
-        Decision { outcome, from: 0, to: 0, rule: None, audit: false }
+        Decision {
+            outcome,
+            from: 0,
+            to: 0,
+            rule: None,
+            audit: false,
+        }
     }
 
     fn apply(&mut self, hit: Result<Hit, DropReason>) {
@@ -267,7 +294,10 @@ fn bump(c: &mut Counter, len: u64) {
 
 impl ModelCounters {
     pub fn zone_pair(&self, from: u8, to: u8, verdict: Verdict) -> Counter {
-        self.zone_pairs.get(&(from, to, verdict)).copied().unwrap_or_default()
+        self.zone_pairs
+            .get(&(from, to, verdict))
+            .copied()
+            .unwrap_or_default()
     }
     pub fn rule(&self, rule: usize) -> Counter {
         self.rules.get(&rule).copied().unwrap_or_default()
@@ -277,7 +307,10 @@ impl ModelCounters {
         self.drops.get(&i).copied().unwrap_or_default()
     }
     pub fn pass(&self, reason: PassReason) -> Counter {
-        self.passes.get(&(reason as u32)).copied().unwrap_or_default()
+        self.passes
+            .get(&(reason as u32))
+            .copied()
+            .unwrap_or_default()
     }
     pub fn flow_event(&self, e: FlowEvent) -> u64 {
         self.flow_events.get(&(e as u32)).map_or(0, |c| c.packets)
@@ -344,17 +377,31 @@ struct Zones {
 }
 
 /// Steps 2 and 3.
-fn resolve(policy: &Policy, ifname: &str, vlan: u16, src: IpAddr, dst: IpAddr) -> Result<Zones, DropReason> {
+fn resolve(
+    policy: &Policy,
+    ifname: &str,
+    vlan: u16,
+    src: IpAddr,
+    dst: IpAddr,
+) -> Result<Zones, DropReason> {
     let from = ingress_zone(policy, ifname, vlan);
     if from == 0 {
         return Err(DropReason::UnknownInterface);
     }
     // Link-scoped addresses belong to the ingress link (zone_agent_common::scope).
-    let src_zone = if link_scoped(src, true) { from } else { addr_zone(policy, src) };
+    let src_zone = if link_scoped(src, true) {
+        from
+    } else {
+        addr_zone(policy, src)
+    };
     if src_zone != 0 && src_zone != from {
         return Err(DropReason::SpoofedSource);
     }
-    let to = if link_scoped(dst, false) { from } else { addr_zone(policy, dst) };
+    let to = if link_scoped(dst, false) {
+        from
+    } else {
+        addr_zone(policy, dst)
+    };
     Ok(Zones { from, src_zone, to })
 }
 
@@ -425,10 +472,18 @@ impl RuleCheck {
     }
     /// Number of failed criteria (for "closest rule" hints).
     pub fn failures(&self) -> usize {
-        [self.from, self.to, self.protocol, self.port, self.source, self.destination, self.mac]
-            .iter()
-            .filter(|ok| !**ok)
-            .count()
+        [
+            self.from,
+            self.to,
+            self.protocol,
+            self.port,
+            self.source,
+            self.destination,
+            self.mac,
+        ]
+        .iter()
+        .filter(|ok| !**ok)
+        .count()
     }
 }
 
@@ -483,7 +538,10 @@ pub fn find_rule(policy: &Policy, x: &RuleInput) -> Result<RuleMatch, DropReason
         }
     }
     match first {
-        Some(rule) => Ok(RuleMatch { rule, audit: !enforced }),
+        Some(rule) => Ok(RuleMatch {
+            rule,
+            audit: !enforced,
+        }),
         None if mac_only => Err(DropReason::MacMismatch),
         None => Err(DropReason::NoRule),
     }
@@ -505,7 +563,19 @@ struct FlowKey {
 
 impl FlowKey {
     fn new(proto: u8, x: End, y: End) -> FlowKey {
-        if x <= y { FlowKey { proto, lo: x, hi: y } } else { FlowKey { proto, lo: y, hi: x } }
+        if x <= y {
+            FlowKey {
+                proto,
+                lo: x,
+                hi: y,
+            }
+        } else {
+            FlowKey {
+                proto,
+                lo: y,
+                hi: x,
+            }
+        }
     }
 }
 
@@ -699,7 +769,11 @@ impl Model {
                     Some(h) => Ok(h),
                     None => self.rule_step(p, &z).map(|m| {
                         self.open(p, &z, &m, now_ns);
-                        Hit { reason: PassReason::Rule, rule: m.rule, audit: m.audit }
+                        Hit {
+                            reason: PassReason::Rule,
+                            rule: m.rule,
+                            audit: m.audit,
+                        }
                     }),
                 };
                 if let Ok(h) = &hit {
@@ -719,9 +793,11 @@ impl Model {
         match self.gates(p) {
             Err(d) => d,
             Ok((mut d, z)) => {
-                let hit = self
-                    .rule_step(p, &z)
-                    .map(|m| Hit { reason: PassReason::Rule, rule: m.rule, audit: m.audit });
+                let hit = self.rule_step(p, &z).map(|m| Hit {
+                    reason: PassReason::Rule,
+                    rule: m.rule,
+                    audit: m.audit,
+                });
                 d.apply(hit);
                 d
             }
@@ -790,7 +866,11 @@ impl Model {
         if inner.src.is_ipv4() != p.src.is_ipv4() || inner.src != p.dst {
             return None;
         }
-        let key = FlowKey::new(inner.proto, (inner.src, inner.sport), (inner.dst, inner.dport));
+        let key = FlowKey::new(
+            inner.proto,
+            (inner.src, inner.sport),
+            (inner.dst, inner.dport),
+        );
         let f = self.flows.get(&key)?;
         if f.generation != self.generation || f.expired(inner.proto, now) {
             return None;
@@ -798,11 +878,19 @@ impl Model {
         // The quoted packet travelled from inner.src; the error comes back from the other
         // end's side, so it enters through the zone of the other end.
         let quoted_in_orig_direction = (inner.src, inner.sport) == f.orig_src;
-        let expected = if quoted_in_orig_direction { f.to } else { f.from };
+        let expected = if quoted_in_orig_direction {
+            f.to
+        } else {
+            f.from
+        };
         if z.from != expected {
             return None;
         }
-        Some(Hit { reason: PassReason::Related, rule: f.rule, audit: f.audit })
+        Some(Hit {
+            reason: PassReason::Related,
+            rule: f.rule,
+            audit: f.audit,
+        })
     }
 
     /// Step 7.
@@ -845,7 +933,11 @@ impl Model {
         }
         f.last_seen = now;
         let hit = Hit {
-            reason: if orig { PassReason::Established } else { PassReason::Reply },
+            reason: if orig {
+                PassReason::Established
+            } else {
+                PassReason::Reply
+            },
             rule: f.rule,
             audit: f.audit,
         };
@@ -881,7 +973,11 @@ impl Model {
         {
             return None;
         }
-        Some(Hit { reason: PassReason::Fragment, rule: e.rule, audit: e.audit })
+        Some(Hit {
+            reason: PassReason::Fragment,
+            rule: e.rule,
+            audit: e.audit,
+        })
     }
 
     /// Step 8 (an untied later fragment) and step 9.
@@ -955,18 +1051,24 @@ fn revalidate(policy: &Policy, proto: u8, f: &Flow) -> Option<(u8, u8, RuleMatch
         return None;
     }
     let _ = sport; // ports of the opening packet: only the destination port is judged
-    let x = RuleInput { from: z.from, to: z.to, proto, src, dst, l4: true, dport, mac: f.orig_mac };
+    let x = RuleInput {
+        from: z.from,
+        to: z.to,
+        proto,
+        src,
+        dst,
+        l4: true,
+        dport,
+        mac: f.orig_mac,
+    };
     let m = find_rule(policy, &x).ok()?;
     Some((z.from, z.to, m))
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::types::{
-        Criticality, Defaults, Loc, PortRange, Rule, Zone, ZoneIface,
-    };
+    use crate::policy::types::{Criticality, Defaults, Loc, PortRange, Rule, Zone, ZoneIface};
     use std::path::PathBuf;
     use zone_agent_common::NS;
 
@@ -987,7 +1089,11 @@ mod tests {
             label: None,
             interfaces: ifs
                 .iter()
-                .map(|(n, v)| ZoneIface { name: (*n).into(), vlan: *v, loc: Loc::default() })
+                .map(|(n, v)| ZoneIface {
+                    name: (*n).into(),
+                    vlan: *v,
+                    loc: Loc::default(),
+                })
                 .collect(),
             networks: nets.iter().map(|n| n.parse().unwrap()).collect(),
             criticality: Criticality::High,
@@ -1021,7 +1127,13 @@ mod tests {
     /// core(4) eth4, nested inside lgwan's 10.20.0.0/16.
     fn policy() -> Policy {
         let mut rules = vec![];
-        let mut r = rule("eltax-relay", 1, 0, Protocol::Tcp, &[(443, 443), (8000, 8010)]);
+        let mut r = rule(
+            "eltax-relay",
+            1,
+            0,
+            Protocol::Tcp,
+            &[(443, 443), (8000, 8010)],
+        );
         r.sources = nets(&["10.20.5.10/32"]);
         r.source_macs = vec![M1];
         r.destinations = nets(&["10.10.9.20/32"]);
@@ -1055,8 +1167,16 @@ mod tests {
             mode: Mode::Enforce,
             defaults: Defaults::default(),
             zones: vec![
-                zone("mynumber", &[("eth1", None)], &["10.10.0.0/16", "fd10::/48"]),
-                zone("lgwan", &[("eth2", None), ("eth2", Some(100))], &["10.20.0.0/16", "fd20::/48"]),
+                zone(
+                    "mynumber",
+                    &[("eth1", None)],
+                    &["10.10.0.0/16", "fd10::/48"],
+                ),
+                zone(
+                    "lgwan",
+                    &[("eth2", None), ("eth2", Some(100))],
+                    &["10.20.0.0/16", "fd20::/48"],
+                ),
                 zone("internet", &[("eth3", Some(300))], &["0.0.0.0/0", "::/0"]),
                 zone("core", &[("eth4", None)], &["10.20.99.0/24"]),
             ],
@@ -1068,7 +1188,15 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn on(ifname: &str, vlan: u16, proto: u8, src: &str, sport: u16, dst: &str, dport: u16) -> Packet {
+    fn on(
+        ifname: &str,
+        vlan: u16,
+        proto: u8,
+        src: &str,
+        sport: u16,
+        dst: &str,
+        dport: u16,
+    ) -> Packet {
         let mut p = Packet::new(ifname, ip(src), ip(dst), proto, sport, dport);
         p.vlan = vlan;
         p
@@ -1091,7 +1219,10 @@ mod tests {
 
     /// The eltax-relay client's SYN (rule 0) and the server's reply.
     fn eltax_syn() -> Packet {
-        mac(tcp("eth2", "10.20.5.10", 40000, "10.10.9.20", 443, TCP_SYN), M1)
+        mac(
+            tcp("eth2", "10.20.5.10", 40000, "10.10.9.20", 443, TCP_SYN),
+            M1,
+        )
     }
     fn eltax_reply(flags: u8) -> Packet {
         tcp("eth1", "10.10.9.20", 443, "10.20.5.10", 40000, flags)
@@ -1113,21 +1244,36 @@ mod tests {
         drop(&d, DropReason::UnknownInterface);
         assert_eq!((d.from, d.to, d.rule), (0, 0, None));
         // A VLAN no zone names on a known interface.
-        drop(&m.decide(&udp("eth2", 200, "10.20.1.1", 1, "8.8.8.8", 53), T0), DropReason::UnknownInterface);
+        drop(
+            &m.decide(&udp("eth2", 200, "10.20.1.1", 1, "8.8.8.8", 53), T0),
+            DropReason::UnknownInterface,
+        );
         // eth3 only carries the internet zone on VLAN 300: untagged frames are unknown.
-        drop(&m.decide(&udp("eth3", 0, "8.8.8.8", 53, "10.20.1.1", 1), T0), DropReason::UnknownInterface);
+        drop(
+            &m.decide(&udp("eth3", 0, "8.8.8.8", 53, "10.20.1.1", 1), T0),
+            DropReason::UnknownInterface,
+        );
         // Tagged VLAN 100 on eth2 is lgwan.
         let d = m.decide(&udp("eth2", 100, "10.20.1.1", 1000, "8.8.8.8", 53), T0);
         pass(&d, PassReason::Rule);
         assert_eq!((d.from, d.to, d.rule), (LGWAN, INTERNET, Some(1)));
         // ...and the reply comes back on eth3.300.
-        pass(&m.decide(&udp("eth3", 300, "8.8.8.8", 53, "10.20.1.1", 1000), T0 + 1), PassReason::Reply);
+        pass(
+            &m.decide(&udp("eth3", 300, "8.8.8.8", 53, "10.20.1.1", 1000), T0 + 1),
+            PassReason::Reply,
+        );
     }
 
     #[test]
     fn unknown_interface_beats_spoofing() {
         let mut m = Model::new(policy());
-        drop(&m.decide(&on("eth9", 0, PROTO_TCP, "10.10.1.1", 1, "10.20.1.1", 2), T0), DropReason::UnknownInterface);
+        drop(
+            &m.decide(
+                &on("eth9", 0, PROTO_TCP, "10.10.1.1", 1, "10.20.1.1", 2),
+                T0,
+            ),
+            DropReason::UnknownInterface,
+        );
     }
 
     // ---- step 3: spoofed source -------------------------------------------------------
@@ -1145,16 +1291,25 @@ mod tests {
     fn spoofing_uses_longest_prefix() {
         let mut m = Model::new(policy());
         // 10.20.99.5 is core (the /24 inside lgwan's /16): entering through lgwan is spoofed.
-        drop(&m.decide(&tcp("eth2", "10.20.99.5", 1, "10.10.9.20", 443, 0), T0), DropReason::SpoofedSource);
+        drop(
+            &m.decide(&tcp("eth2", "10.20.99.5", 1, "10.10.9.20", 443, 0), T0),
+            DropReason::SpoofedSource,
+        );
         // ...and a plain lgwan address entering through core is spoofed too.
-        drop(&m.decide(&tcp("eth4", "10.20.5.5", 1, "10.10.9.20", 22, 0), T0), DropReason::SpoofedSource);
+        drop(
+            &m.decide(&tcp("eth4", "10.20.5.5", 1, "10.10.9.20", 22, 0), T0),
+            DropReason::SpoofedSource,
+        );
         // A core address through core is fine (lgwan→core here: no rule).
         let d = m.decide(&tcp("eth4", "10.20.99.5", 1, "10.20.5.5", 22, 0), T0);
         drop(&d, DropReason::NoRule);
         assert_eq!((d.from, d.to), (CORE, LGWAN));
         // Anything outside the private zones through eth3.300 is internet; a private source
         // arriving from the internet is spoofed.
-        drop(&m.decide(&udp("eth3", 300, "10.10.1.1", 1, "10.20.1.1", 2), T0), DropReason::SpoofedSource);
+        drop(
+            &m.decide(&udp("eth3", 300, "10.10.1.1", 1, "10.20.1.1", 2), T0),
+            DropReason::SpoofedSource,
+        );
     }
 
     #[test]
@@ -1178,7 +1333,10 @@ mod tests {
         p.zones[2].networks = nets(&["192.0.2.0/24"]);
         let mut m = Model::new(p);
         // Source of another zone, destination in no zone: spoofed wins.
-        drop(&m.decide(&tcp("eth2", "10.10.1.1", 1, "198.51.100.1", 2, 0), T0), DropReason::SpoofedSource);
+        drop(
+            &m.decide(&tcp("eth2", "10.10.1.1", 1, "198.51.100.1", 2, 0), T0),
+            DropReason::SpoofedSource,
+        );
     }
 
     // ---- step 4: unknown zone ---------------------------------------------------------
@@ -1198,7 +1356,10 @@ mod tests {
         assert_eq!((d.from, d.to), (LGWAN, 0));
         assert_eq!(m.counters().zone_pair(LGWAN, 0, Verdict::Deny).packets, 1);
         // IPv6 too.
-        drop(&m.decide(&udp("eth2", 0, "fd20::1", 1, "fd99::1", 53), T0), DropReason::UnknownZone);
+        drop(
+            &m.decide(&udp("eth2", 0, "fd20::1", 1, "fd99::1", 53), T0),
+            DropReason::UnknownZone,
+        );
         // Allowed by default: passes, opens nothing.
         p.defaults.unknown = Action::Allow;
         let mut m = Model::new(p);
@@ -1224,16 +1385,26 @@ mod tests {
         assert_eq!(m.flows(), 0);
         p.defaults.intra_zone = Action::Deny;
         let mut m = Model::new(p);
-        drop(&m.decide(&tcp("eth2", "10.20.1.1", 1, "10.20.2.2", 22, 0), T0), DropReason::IntraZone);
+        drop(
+            &m.decide(&tcp("eth2", "10.20.1.1", 1, "10.20.2.2", 22, 0), T0),
+            DropReason::IntraZone,
+        );
         // Nested zones are different zones: lgwan → core is cross-zone.
-        drop(&m.decide(&tcp("eth2", "10.20.1.1", 1, "10.20.99.2", 22, 0), T0), DropReason::NoRule);
+        drop(
+            &m.decide(&tcp("eth2", "10.20.1.1", 1, "10.20.99.2", 22, 0), T0),
+            DropReason::NoRule,
+        );
     }
 
     #[test]
     fn unknown_beats_intra_zone() {
         let mut p = policy();
         p.zones[2].networks = nets(&["192.0.2.0/24"]);
-        p.zones[2].interfaces.push(ZoneIface { name: "eth5".into(), vlan: None, loc: Loc::default() });
+        p.zones[2].interfaces.push(ZoneIface {
+            name: "eth5".into(),
+            vlan: None,
+            loc: Loc::default(),
+        });
         let mut m = Model::new(p);
         // Neither end in a zone, entering through internet's eth5.
         let d = m.decide(&udp("eth5", 0, "198.51.100.1", 1, "198.51.100.2", 2), T0);
@@ -1248,12 +1419,21 @@ mod tests {
         let mut m = Model::new(policy());
         let d = m.decide(&eltax_syn(), T0);
         pass(&d, PassReason::Rule);
-        assert_eq!((d.from, d.to, d.rule, d.audit), (LGWAN, MYNUMBER, Some(0), false));
+        assert_eq!(
+            (d.from, d.to, d.rule, d.audit),
+            (LGWAN, MYNUMBER, Some(0), false)
+        );
         assert_eq!(m.flows(), 1);
         let d = m.decide(&eltax_reply(TCP_SYN | TCP_ACK), T0 + NS);
         pass(&d, PassReason::Reply);
         assert_eq!((d.from, d.to, d.rule), (MYNUMBER, LGWAN, Some(0)));
-        let d = m.decide(&mac(tcp("eth2", "10.20.5.10", 40000, "10.10.9.20", 443, TCP_ACK), M1), T0 + 2 * NS);
+        let d = m.decide(
+            &mac(
+                tcp("eth2", "10.20.5.10", 40000, "10.10.9.20", 443, TCP_ACK),
+                M1,
+            ),
+            T0 + 2 * NS,
+        );
         pass(&d, PassReason::Established);
         assert_eq!(d.rule, Some(0));
         assert_eq!(m.counters().rule(0).packets, 3);
@@ -1267,18 +1447,33 @@ mod tests {
     fn rule_port_range_source_destination() {
         let m = Model::new(policy());
         for port in [8000, 8005, 8010] {
-            let p = mac(tcp("eth2", "10.20.5.10", 40000, "10.10.9.20", port, TCP_SYN), M1);
+            let p = mac(
+                tcp("eth2", "10.20.5.10", 40000, "10.10.9.20", port, TCP_SYN),
+                M1,
+            );
             pass(&m.explain(&p), PassReason::Rule);
         }
         for port in [22, 442, 444, 7999, 8011] {
-            let p = mac(tcp("eth2", "10.20.5.10", 40000, "10.10.9.20", port, TCP_SYN), M1);
+            let p = mac(
+                tcp("eth2", "10.20.5.10", 40000, "10.10.9.20", port, TCP_SYN),
+                M1,
+            );
             drop(&m.explain(&p), DropReason::NoRule);
         }
         // Wrong source / destination inside the right zones.
-        drop(&m.explain(&mac(tcp("eth2", "10.20.5.11", 1, "10.10.9.20", 443, 0), M1)), DropReason::NoRule);
-        drop(&m.explain(&mac(tcp("eth2", "10.20.5.10", 1, "10.10.9.21", 443, 0), M1)), DropReason::NoRule);
+        drop(
+            &m.explain(&mac(tcp("eth2", "10.20.5.11", 1, "10.10.9.20", 443, 0), M1)),
+            DropReason::NoRule,
+        );
+        drop(
+            &m.explain(&mac(tcp("eth2", "10.20.5.10", 1, "10.10.9.21", 443, 0), M1)),
+            DropReason::NoRule,
+        );
         // UDP to a tcp-only port list.
-        drop(&m.explain(&mac(udp("eth2", 0, "10.20.5.10", 1, "10.10.9.20", 443), M1)), DropReason::NoRule);
+        drop(
+            &m.explain(&mac(udp("eth2", 0, "10.20.5.10", 1, "10.10.9.20", 443), M1)),
+            DropReason::NoRule,
+        );
     }
 
     #[test]
@@ -1288,23 +1483,53 @@ mod tests {
         drop(&d, DropReason::NoRule);
         assert_eq!((d.from, d.to), (MYNUMBER, LGWAN));
         // A DNS "answer" nobody asked for.
-        drop(&m.decide(&udp("eth3", 300, "8.8.8.8", 53, "10.20.1.1", 1000), T0), DropReason::NoRule);
+        drop(
+            &m.decide(&udp("eth3", 300, "8.8.8.8", 53, "10.20.1.1", 1000), T0),
+            DropReason::NoRule,
+        );
         // A reply to a different client port than the flow's.
-        pass(&m.decide(&udp("eth2", 0, "10.20.1.1", 1000, "8.8.8.8", 53), T0), PassReason::Rule);
-        drop(&m.decide(&udp("eth3", 300, "8.8.8.8", 53, "10.20.1.1", 1001), T0), DropReason::NoRule);
-        drop(&m.decide(&udp("eth3", 300, "8.8.4.4", 53, "10.20.1.1", 1000), T0), DropReason::NoRule);
-        pass(&m.decide(&udp("eth3", 300, "8.8.8.8", 53, "10.20.1.1", 1000), T0), PassReason::Reply);
+        pass(
+            &m.decide(&udp("eth2", 0, "10.20.1.1", 1000, "8.8.8.8", 53), T0),
+            PassReason::Rule,
+        );
+        drop(
+            &m.decide(&udp("eth3", 300, "8.8.8.8", 53, "10.20.1.1", 1001), T0),
+            DropReason::NoRule,
+        );
+        drop(
+            &m.decide(&udp("eth3", 300, "8.8.4.4", 53, "10.20.1.1", 1000), T0),
+            DropReason::NoRule,
+        );
+        pass(
+            &m.decide(&udp("eth3", 300, "8.8.8.8", 53, "10.20.1.1", 1000), T0),
+            PassReason::Reply,
+        );
     }
 
     #[test]
     fn mac_bound_rule() {
         let mut m = Model::new(policy());
-        let d = m.decide(&mac(tcp("eth2", "10.20.5.10", 40000, "10.10.9.20", 443, TCP_SYN), OTHER_MAC), T0);
+        let d = m.decide(
+            &mac(
+                tcp("eth2", "10.20.5.10", 40000, "10.10.9.20", 443, TCP_SYN),
+                OTHER_MAC,
+            ),
+            T0,
+        );
         drop(&d, DropReason::MacMismatch);
         assert_eq!((d.from, d.to, d.rule), (LGWAN, MYNUMBER, None));
         assert_eq!(m.flows(), 0);
         // Wrong port and wrong MAC: no rule matched everything else, so it is no_rule.
-        drop(&m.decide(&mac(tcp("eth2", "10.20.5.10", 40000, "10.10.9.20", 22, 0), OTHER_MAC), T0), DropReason::NoRule);
+        drop(
+            &m.decide(
+                &mac(
+                    tcp("eth2", "10.20.5.10", 40000, "10.10.9.20", 22, 0),
+                    OTHER_MAC,
+                ),
+                T0,
+            ),
+            DropReason::NoRule,
+        );
         pass(&m.decide(&eltax_syn(), T0), PassReason::Rule);
     }
 
@@ -1312,13 +1537,22 @@ mod tests {
     fn flow_opening_direction_keeps_its_mac() {
         let mut m = Model::new(policy());
         pass(&m.decide(&eltax_syn(), T0), PassReason::Rule);
-        pass(&m.decide(&eltax_reply(TCP_SYN | TCP_ACK), T0 + 1), PassReason::Reply);
+        pass(
+            &m.decide(&eltax_reply(TCP_SYN | TCP_ACK), T0 + 1),
+            PassReason::Reply,
+        );
         // Another host copying the client's addresses: the flow does not carry it, and the
         // MAC-bound rule refuses it.
-        let spoof = mac(tcp("eth2", "10.20.5.10", 40000, "10.10.9.20", 443, TCP_ACK), OTHER_MAC);
+        let spoof = mac(
+            tcp("eth2", "10.20.5.10", 40000, "10.10.9.20", 443, TCP_ACK),
+            OTHER_MAC,
+        );
         drop(&m.decide(&spoof, T0 + 2), DropReason::MacMismatch);
         // Reply direction is not MAC-bound (the router's MAC there).
-        pass(&m.decide(&mac(eltax_reply(TCP_ACK), OTHER_MAC), T0 + 3), PassReason::Reply);
+        pass(
+            &m.decide(&mac(eltax_reply(TCP_ACK), OTHER_MAC), T0 + 3),
+            PassReason::Reply,
+        );
     }
 
     #[test]
@@ -1340,32 +1574,82 @@ mod tests {
     fn audit_rule_versus_enforce_rule() {
         let mut m = Model::new(policy());
         // tcp 443 lgwan→internet: web-trial (audit, rule 4) first, web (enforce, rule 5) too.
-        let d = m.decide(&on("eth2", 0, PROTO_TCP, "10.20.1.1", 40000, "93.184.216.34", 443), T0);
+        let d = m.decide(
+            &on(
+                "eth2",
+                0,
+                PROTO_TCP,
+                "10.20.1.1",
+                40000,
+                "93.184.216.34",
+                443,
+            ),
+            T0,
+        );
         pass(&d, PassReason::Rule);
         assert_eq!((d.rule, d.audit), (Some(4), false));
         assert_eq!(d.verdict(false), Verdict::Allow);
         assert_eq!(m.counters().rule(4).packets, 1);
         assert_eq!(m.counters().rule(5).packets, 0);
         // tcp 8080: only proxy-trial (audit) → audit verdict, flow opened as audit.
-        let d = m.decide(&on("eth2", 0, PROTO_TCP, "10.20.1.1", 40001, "93.184.216.34", 8080), T0);
+        let d = m.decide(
+            &on(
+                "eth2",
+                0,
+                PROTO_TCP,
+                "10.20.1.1",
+                40001,
+                "93.184.216.34",
+                8080,
+            ),
+            T0,
+        );
         pass(&d, PassReason::Rule);
         assert_eq!((d.rule, d.audit), (Some(6), true));
         assert_eq!(d.verdict(false), Verdict::Audit);
         assert!(d.xdp_pass(false));
-        let mut r = on("eth3", 300, PROTO_TCP, "93.184.216.34", 8080, "10.20.1.1", 40001);
+        let mut r = on(
+            "eth3",
+            300,
+            PROTO_TCP,
+            "93.184.216.34",
+            8080,
+            "10.20.1.1",
+            40001,
+        );
         r.tcp_flags = TCP_SYN | TCP_ACK;
         let d = m.decide(&r, T0 + 1);
         pass(&d, PassReason::Reply);
         assert_eq!((d.rule, d.audit), (Some(6), true));
-        assert_eq!(m.counters().zone_pair(INTERNET, LGWAN, Verdict::Audit).packets, 1);
-        assert_eq!(m.counters().zone_pair(LGWAN, INTERNET, Verdict::Audit).packets, 1);
-        assert_eq!(m.counters().zone_pair(LGWAN, INTERNET, Verdict::Allow).packets, 1);
+        assert_eq!(
+            m.counters()
+                .zone_pair(INTERNET, LGWAN, Verdict::Audit)
+                .packets,
+            1
+        );
+        assert_eq!(
+            m.counters()
+                .zone_pair(LGWAN, INTERNET, Verdict::Audit)
+                .packets,
+            1
+        );
+        assert_eq!(
+            m.counters()
+                .zone_pair(LGWAN, INTERNET, Verdict::Allow)
+                .packets,
+            1
+        );
     }
 
     #[test]
     fn audit_and_enforce_rules_with_mac_lists() {
         let mut m = Model::new(policy());
-        let p = |mm| mac(tcp("eth4", "10.20.99.5", 40000, "10.10.1.1", 22, TCP_SYN), mm);
+        let p = |mm| {
+            mac(
+                tcp("eth4", "10.20.99.5", 40000, "10.10.1.1", 22, TCP_SYN),
+                mm,
+            )
+        };
         let d = m.decide(&p(M2), T0);
         pass(&d, PassReason::Rule);
         assert_eq!((d.rule, d.audit), (Some(9), true));
@@ -1380,48 +1664,110 @@ mod tests {
         let m = Model::new(policy());
         // ICMPv4 echo request: rule ping (2).
         let d = m.explain(&on("eth2", 0, PROTO_ICMP, "10.20.1.1", 7, "10.10.1.1", 0));
-        assert_eq!((d.outcome, d.rule), (Outcome::Pass(PassReason::Rule), Some(2)));
+        assert_eq!(
+            (d.outcome, d.rule),
+            (Outcome::Pass(PassReason::Rule), Some(2))
+        );
         // ICMPv6: rule ping6 (3).
         let d = m.explain(&on("eth2", 0, PROTO_ICMPV6, "fd20::1", 7, "fd10::1", 0));
-        assert_eq!((d.outcome, d.rule), (Outcome::Pass(PassReason::Rule), Some(3)));
+        assert_eq!(
+            (d.outcome, d.rule),
+            (Outcome::Pass(PassReason::Rule), Some(3))
+        );
         // ICMPv4's number inside IPv6 (and the reverse) is neither rule's protocol.
         let p = on("eth2", 0, PROTO_ICMP, "fd20::1", 0, "fd10::1", 0);
         assert!(!p.l4);
         drop(&m.explain(&p), DropReason::NoRule);
-        drop(&m.explain(&on("eth2", 0, PROTO_ICMPV6, "10.20.1.1", 0, "10.10.1.1", 0)), DropReason::NoRule);
+        drop(
+            &m.explain(&on("eth2", 0, PROTO_ICMPV6, "10.20.1.1", 0, "10.10.1.1", 0)),
+            DropReason::NoRule,
+        );
         // "any" without ports covers GRE, from its sources only.
         let d = m.explain(&on("eth1", 0, 47, "10.10.1.5", 0, "10.20.1.1", 0));
-        assert_eq!((d.outcome, d.rule), (Outcome::Pass(PassReason::Rule), Some(7)));
-        drop(&m.explain(&on("eth1", 0, 47, "10.10.2.5", 0, "10.20.1.1", 0)), DropReason::NoRule);
+        assert_eq!(
+            (d.outcome, d.rule),
+            (Outcome::Pass(PassReason::Rule), Some(7))
+        );
+        drop(
+            &m.explain(&on("eth1", 0, 47, "10.10.2.5", 0, "10.20.1.1", 0)),
+            DropReason::NoRule,
+        );
         // ssh6 (tcp 22 from fd20::/48): IPv6 only by its sources.
         let d = m.explain(&on("eth2", 0, PROTO_TCP, "fd20::5", 40000, "fd10::9", 22));
-        assert_eq!((d.outcome, d.rule), (Outcome::Pass(PassReason::Rule), Some(8)));
-        drop(&m.explain(&on("eth2", 0, PROTO_TCP, "10.20.1.5", 40000, "10.10.0.9", 22)), DropReason::NoRule);
+        assert_eq!(
+            (d.outcome, d.rule),
+            (Outcome::Pass(PassReason::Rule), Some(8))
+        );
+        drop(
+            &m.explain(&on(
+                "eth2",
+                0,
+                PROTO_TCP,
+                "10.20.1.5",
+                40000,
+                "10.10.0.9",
+                22,
+            )),
+            DropReason::NoRule,
+        );
     }
 
     #[test]
     fn non_l4_rule_match_opens_no_flow() {
         let mut m = Model::new(policy());
-        pass(&m.decide(&on("eth1", 0, 47, "10.10.1.5", 0, "10.20.1.1", 0), T0), PassReason::Rule);
+        pass(
+            &m.decide(&on("eth1", 0, 47, "10.10.1.5", 0, "10.20.1.1", 0), T0),
+            PassReason::Rule,
+        );
         assert_eq!(m.flows(), 0);
         // and its "reply" has to be allowed on its own (it is not).
-        drop(&m.decide(&on("eth2", 0, 47, "10.20.1.1", 0, "10.10.1.5", 0), T0), DropReason::NoRule);
+        drop(
+            &m.decide(&on("eth2", 0, 47, "10.20.1.1", 0, "10.10.1.5", 0), T0),
+            DropReason::NoRule,
+        );
     }
 
     #[test]
     fn icmp_echo_flow() {
         let mut m = Model::new(policy());
-        pass(&m.decide(&on("eth2", 0, PROTO_ICMP, "10.20.1.1", 77, "10.10.9.20", 0), T0), PassReason::Rule);
+        pass(
+            &m.decide(
+                &on("eth2", 0, PROTO_ICMP, "10.20.1.1", 77, "10.10.9.20", 0),
+                T0,
+            ),
+            PassReason::Rule,
+        );
         assert_eq!(m.flows(), 1);
         // Echo reply: (0, id).
-        let d = m.decide(&on("eth1", 0, PROTO_ICMP, "10.10.9.20", 0, "10.20.1.1", 77), T0 + 1);
+        let d = m.decide(
+            &on("eth1", 0, PROTO_ICMP, "10.10.9.20", 0, "10.20.1.1", 77),
+            T0 + 1,
+        );
         pass(&d, PassReason::Reply);
         assert_eq!(d.rule, Some(2));
         // A reply with another id has no flow; an echo request back has none either.
-        drop(&m.decide(&on("eth1", 0, PROTO_ICMP, "10.10.9.20", 0, "10.20.1.1", 78), T0 + 1), DropReason::NoRule);
-        drop(&m.decide(&on("eth1", 0, PROTO_ICMP, "10.10.9.20", 77, "10.20.1.1", 0), T0 + 1), DropReason::NoRule);
+        drop(
+            &m.decide(
+                &on("eth1", 0, PROTO_ICMP, "10.10.9.20", 0, "10.20.1.1", 78),
+                T0 + 1,
+            ),
+            DropReason::NoRule,
+        );
+        drop(
+            &m.decide(
+                &on("eth1", 0, PROTO_ICMP, "10.10.9.20", 77, "10.20.1.1", 0),
+                T0 + 1,
+            ),
+            DropReason::NoRule,
+        );
         // ICMP flows live 30 s.
-        drop(&m.decide(&on("eth1", 0, PROTO_ICMP, "10.10.9.20", 0, "10.20.1.1", 77), T0 + 1 + 31 * NS), DropReason::NoRule);
+        drop(
+            &m.decide(
+                &on("eth1", 0, PROTO_ICMP, "10.10.9.20", 0, "10.20.1.1", 77),
+                T0 + 1 + 31 * NS,
+            ),
+            DropReason::NoRule,
+        );
         assert_eq!(m.flows(), 0);
     }
 
@@ -1436,17 +1782,29 @@ mod tests {
         // A RST inside a flow passes and only shortens its life: a forged RST does not cut
         // the connection, and the next packet that is not a RST restores the lifetime.
         pass(&m.decide(&eltax_syn(), T0), PassReason::Rule);
-        pass(&m.decide(&eltax_reply(TCP_SYN | TCP_ACK), T0), PassReason::Reply);
+        pass(
+            &m.decide(&eltax_reply(TCP_SYN | TCP_ACK), T0),
+            PassReason::Reply,
+        );
         let d = m.decide(&eltax_reply(TCP_RST | TCP_ACK), T0 + 1);
         pass(&d, PassReason::Reply);
         assert_eq!(d.rule, Some(0));
         assert_eq!(m.flows(), 1);
-        pass(&m.decide(&eltax_reply(TCP_ACK), T0 + FLOW_TCP_RESET_NS), PassReason::Reply);
-        pass(&m.decide(&eltax_reply(TCP_ACK), T0 + 100 * FLOW_TCP_RESET_NS), PassReason::Reply);
+        pass(
+            &m.decide(&eltax_reply(TCP_ACK), T0 + FLOW_TCP_RESET_NS),
+            PassReason::Reply,
+        );
+        pass(
+            &m.decide(&eltax_reply(TCP_ACK), T0 + 100 * FLOW_TCP_RESET_NS),
+            PassReason::Reply,
+        );
         // Unanswered, a RST ends the flow after FLOW_TCP_RESET_NS.
         let t = T0 + 100 * FLOW_TCP_RESET_NS;
         pass(&m.decide(&eltax_reply(TCP_RST), t), PassReason::Reply);
-        drop(&m.decide(&eltax_reply(TCP_ACK), t + FLOW_TCP_RESET_NS + 1), DropReason::NoRule);
+        drop(
+            &m.decide(&eltax_reply(TCP_ACK), t + FLOW_TCP_RESET_NS + 1),
+            DropReason::NoRule,
+        );
         assert_eq!(m.flows(), 0);
     }
 
@@ -1459,9 +1817,14 @@ mod tests {
         m.decide(&eltax_reply(TCP_ACK), T0 + 3); // promoted once
         m.decide(&eltax_reply(TCP_RST), T0 + 4);
         let c = m.counters();
-        let got: Vec<u64> = [FlowEvent::Opened, FlowEvent::Promoted, FlowEvent::Reset, FlowEvent::EmbryoRemoved]
-            .map(|e| c.flow_event(e))
-            .to_vec();
+        let got: Vec<u64> = [
+            FlowEvent::Opened,
+            FlowEvent::Promoted,
+            FlowEvent::Reset,
+            FlowEvent::EmbryoRemoved,
+        ]
+        .map(|e| c.flow_event(e))
+        .to_vec();
         assert_eq!(got, [1, 1, 1, 0]);
         // An embryonic flow that expires is removed and counted; a replied one is not.
         let mut m = Model::new(policy());
@@ -1474,9 +1837,15 @@ mod tests {
     fn rst_reply_does_not_promote() {
         let mut m = Model::new(policy());
         pass(&m.decide(&eltax_syn(), T0), PassReason::Rule);
-        pass(&m.decide(&eltax_reply(TCP_RST | TCP_ACK), T0), PassReason::Reply);
+        pass(
+            &m.decide(&eltax_reply(TCP_RST | TCP_ACK), T0),
+            PassReason::Reply,
+        );
         assert!(m.flow_list()[0].embryonic);
-        pass(&m.decide(&eltax_reply(TCP_SYN | TCP_ACK), T0), PassReason::Reply);
+        pass(
+            &m.decide(&eltax_reply(TCP_SYN | TCP_ACK), T0),
+            PassReason::Reply,
+        );
         let f = &m.flow_list()[0];
         assert!(!f.embryonic && f.replied);
     }
@@ -1485,7 +1854,10 @@ mod tests {
 
     /// Does the server's reply at `t` still find the flow?
     fn alive_at(m: &mut Model, t: u64) -> bool {
-        matches!(m.decide(&eltax_reply(TCP_ACK), t).outcome, Outcome::Pass(PassReason::Reply))
+        matches!(
+            m.decide(&eltax_reply(TCP_ACK), t).outcome,
+            Outcome::Pass(PassReason::Reply)
+        )
     }
 
     #[test]
@@ -1502,8 +1874,14 @@ mod tests {
         let mut m = Model::new(policy());
         m.decide(&eltax_syn(), T0);
         m.decide(&eltax_reply(TCP_SYN | TCP_ACK), T0);
-        pass(&m.decide(&eltax_reply(TCP_ACK), T0 + FLOW_TCP_ESTABLISHED_NS), PassReason::Reply);
-        drop(&m.decide(&eltax_reply(TCP_ACK), T0 + 2 * FLOW_TCP_ESTABLISHED_NS + 1), DropReason::NoRule);
+        pass(
+            &m.decide(&eltax_reply(TCP_ACK), T0 + FLOW_TCP_ESTABLISHED_NS),
+            PassReason::Reply,
+        );
+        drop(
+            &m.decide(&eltax_reply(TCP_ACK), T0 + 2 * FLOW_TCP_ESTABLISHED_NS + 1),
+            DropReason::NoRule,
+        );
         // Both FINs: 10 s.
         let mut m = Model::new(policy());
         m.decide(&eltax_syn(), T0);
@@ -1512,10 +1890,22 @@ mod tests {
         fin.tcp_flags = TCP_FIN | TCP_ACK;
         pass(&m.decide(&fin, T0), PassReason::Established);
         // One FIN only: still the established lifetime.
-        pass(&m.decide(&eltax_reply(TCP_ACK), T0 + 100 * NS), PassReason::Reply);
-        pass(&m.decide(&eltax_reply(TCP_FIN | TCP_ACK), T0 + 100 * NS), PassReason::Reply);
-        pass(&m.decide(&eltax_reply(TCP_ACK), T0 + 110 * NS), PassReason::Reply);
-        drop(&m.decide(&eltax_reply(TCP_ACK), T0 + 120 * NS + 1), DropReason::NoRule);
+        pass(
+            &m.decide(&eltax_reply(TCP_ACK), T0 + 100 * NS),
+            PassReason::Reply,
+        );
+        pass(
+            &m.decide(&eltax_reply(TCP_FIN | TCP_ACK), T0 + 100 * NS),
+            PassReason::Reply,
+        );
+        pass(
+            &m.decide(&eltax_reply(TCP_ACK), T0 + 110 * NS),
+            PassReason::Reply,
+        );
+        drop(
+            &m.decide(&eltax_reply(TCP_ACK), T0 + 120 * NS + 1),
+            DropReason::NoRule,
+        );
     }
 
     #[test]
@@ -1532,7 +1922,10 @@ mod tests {
         m.decide(&on("eth2", 0, PROTO_ICMPV6, "fd20::1", 9, "fd10::1", 0), T0);
         let r = on("eth1", 0, PROTO_ICMPV6, "fd10::1", 0, "fd20::1", 9);
         pass(&m.decide(&r, T0 + FLOW_OTHER_NS), PassReason::Reply);
-        drop(&m.decide(&r, T0 + 2 * FLOW_OTHER_NS + 1), DropReason::NoRule);
+        drop(
+            &m.decide(&r, T0 + 2 * FLOW_OTHER_NS + 1),
+            DropReason::NoRule,
+        );
     }
 
     #[test]
@@ -1541,7 +1934,10 @@ mod tests {
         m.decide(&eltax_syn(), T0);
         // Opening direction from another MAC after expiry: MacMismatch, flow gone.
         let other = mac(eltax_syn(), OTHER_MAC);
-        drop(&m.decide(&other, T0 + FLOW_TCP_OPEN_NS + 1), DropReason::MacMismatch);
+        drop(
+            &m.decide(&other, T0 + FLOW_TCP_OPEN_NS + 1),
+            DropReason::MacMismatch,
+        );
         assert_eq!(m.flows(), 0);
     }
 
@@ -1549,7 +1945,15 @@ mod tests {
 
     fn icmp_error(ifname: &str, src: &str, dst: &str, inner: Tuple) -> Packet {
         let v4 = ip(src).is_ipv4();
-        let mut p = on(ifname, 0, if v4 { PROTO_ICMP } else { PROTO_ICMPV6 }, src, 0, dst, 0);
+        let mut p = on(
+            ifname,
+            0,
+            if v4 { PROTO_ICMP } else { PROTO_ICMPV6 },
+            src,
+            0,
+            dst,
+            0,
+        );
         p.inner = Some(inner);
         p
     }
@@ -1563,9 +1967,15 @@ mod tests {
         let mut m = Model::new(policy());
         pass(&m.decide(&eltax_syn(), T0), PassReason::Rule);
         // A router in mynumber says the server port is unreachable.
-        let d = m.decide(&icmp_error("eth1", "10.10.0.1", "10.20.5.10", quoted_syn()), T0 + 1);
+        let d = m.decide(
+            &icmp_error("eth1", "10.10.0.1", "10.20.5.10", quoted_syn()),
+            T0 + 1,
+        );
         pass(&d, PassReason::Related);
-        assert_eq!((d.from, d.to, d.rule, d.audit), (MYNUMBER, LGWAN, Some(0), false));
+        assert_eq!(
+            (d.from, d.to, d.rule, d.audit),
+            (MYNUMBER, LGWAN, Some(0), false)
+        );
         // Errors do not refresh or change the flow.
         assert!(!m.flow_list()[0].replied);
     }
@@ -1575,21 +1985,45 @@ mod tests {
         let mut m = Model::new(policy());
         pass(&m.decide(&eltax_syn(), T0), PassReason::Rule);
         // Destination is not the quoted packet's source.
-        drop(&m.decide(&icmp_error("eth1", "10.10.0.1", "10.20.5.11", quoted_syn()), T0), DropReason::NoRule);
+        drop(
+            &m.decide(
+                &icmp_error("eth1", "10.10.0.1", "10.20.5.11", quoted_syn()),
+                T0,
+            ),
+            DropReason::NoRule,
+        );
         // Entering through the wrong zone (core, not mynumber) for an error about the
         // client's packet.
-        drop(&m.decide(&icmp_error("eth4", "10.20.99.1", "10.20.5.10", quoted_syn()), T0), DropReason::NoRule);
+        drop(
+            &m.decide(
+                &icmp_error("eth4", "10.20.99.1", "10.20.5.10", quoted_syn()),
+                T0,
+            ),
+            DropReason::NoRule,
+        );
         // An error about the server's reply goes back to the server from lgwan's side...
         let reply_quote = eltax_reply(TCP_ACK).tuple();
-        let d = m.decide(&icmp_error("eth2", "10.20.0.1", "10.10.9.20", reply_quote), T0);
+        let d = m.decide(
+            &icmp_error("eth2", "10.20.0.1", "10.10.9.20", reply_quote),
+            T0,
+        );
         pass(&d, PassReason::Related);
         assert_eq!((d.from, d.to), (LGWAN, MYNUMBER));
         // ...not from core's.
-        drop(&m.decide(&icmp_error("eth4", "10.20.99.1", "10.10.9.20", reply_quote), T0), DropReason::NoRule);
+        drop(
+            &m.decide(
+                &icmp_error("eth4", "10.20.99.1", "10.10.9.20", reply_quote),
+                T0,
+            ),
+            DropReason::NoRule,
+        );
         // Quote of a tuple with no flow.
         let mut q = quoted_syn();
         q.dport = 444;
-        drop(&m.decide(&icmp_error("eth1", "10.10.0.1", "10.20.5.10", q), T0), DropReason::NoRule);
+        drop(
+            &m.decide(&icmp_error("eth1", "10.10.0.1", "10.20.5.10", q), T0),
+            DropReason::NoRule,
+        );
     }
 
     #[test]
@@ -1603,7 +2037,10 @@ mod tests {
         let mut e = icmp_error("eth2", "10.20.0.1", "10.10.9.20", quoted_syn());
         e.inner = None;
         let d = m.decide(&e, T0);
-        assert_eq!((d.outcome, d.rule), (Outcome::Pass(PassReason::Rule), Some(2)));
+        assert_eq!(
+            (d.outcome, d.rule),
+            (Outcome::Pass(PassReason::Rule), Some(2))
+        );
     }
 
     #[test]
@@ -1633,12 +2070,21 @@ mod tests {
         let mut t = syn.tuple();
         t.src = ip("10.20.5.10");
         t.dst = ip("10.10.9.20");
-        drop(&m.decide(&icmp_error("eth1", "fd10::1", "fd20::5", t), T0), DropReason::NoRule);
+        drop(
+            &m.decide(&icmp_error("eth1", "fd10::1", "fd20::5", t), T0),
+            DropReason::NoRule,
+        );
         // Time exceeded for an echo request.
         let ping = on("eth2", 0, PROTO_ICMP, "10.20.1.1", 4242, "10.10.9.20", 0);
         pass(&m.decide(&ping, T0), PassReason::Rule);
-        let d = m.decide(&icmp_error("eth1", "10.10.0.1", "10.20.1.1", ping.tuple()), T0);
-        assert_eq!((d.outcome, d.rule), (Outcome::Pass(PassReason::Related), Some(2)));
+        let d = m.decide(
+            &icmp_error("eth1", "10.10.0.1", "10.20.1.1", ping.tuple()),
+            T0,
+        );
+        assert_eq!(
+            (d.outcome, d.rule),
+            (Outcome::Pass(PassReason::Related), Some(2))
+        );
     }
 
     // ---- step 8: fragments ------------------------------------------------------------
@@ -1655,25 +2101,41 @@ mod tests {
     }
 
     fn dns_frag(f: Frag, id: u32) -> Packet {
-        frag(mac(udp("eth2", 0, "10.20.1.1", 5000, "8.8.8.8", 53), M2), f, id)
+        frag(
+            mac(udp("eth2", 0, "10.20.1.1", 5000, "8.8.8.8", 53), M2),
+            f,
+            id,
+        )
     }
 
     #[test]
     fn later_fragment_tied_to_allowed_first() {
         let mut m = Model::new(policy());
         let d = m.decide(&dns_frag(Frag::First, 999), T0);
-        assert_eq!((d.outcome, d.rule), (Outcome::Pass(PassReason::Rule), Some(1)));
+        assert_eq!(
+            (d.outcome, d.rule),
+            (Outcome::Pass(PassReason::Rule), Some(1))
+        );
         assert_eq!((m.flows(), m.fragments()), (1, 1));
         let d = m.decide(&dns_frag(Frag::Later, 999), T0 + NS);
         pass(&d, PassReason::Fragment);
-        assert_eq!((d.from, d.to, d.rule, d.audit), (LGWAN, INTERNET, Some(1), false));
+        assert_eq!(
+            (d.from, d.to, d.rule, d.audit),
+            (LGWAN, INTERNET, Some(1), false)
+        );
         // Through the zone's other VLAN: same from-zone, still tied.
         let mut p = dns_frag(Frag::Later, 999);
         p.vlan = 100;
         pass(&m.decide(&p, T0 + 2 * NS), PassReason::Fragment);
         // Entries are not refreshed: 30 s after the first fragment they are gone.
-        pass(&m.decide(&dns_frag(Frag::Later, 999), T0 + FRAG_NS), PassReason::Fragment);
-        drop(&m.decide(&dns_frag(Frag::Later, 999), T0 + FRAG_NS + 1), DropReason::Fragment);
+        pass(
+            &m.decide(&dns_frag(Frag::Later, 999), T0 + FRAG_NS),
+            PassReason::Fragment,
+        );
+        drop(
+            &m.decide(&dns_frag(Frag::Later, 999), T0 + FRAG_NS + 1),
+            DropReason::Fragment,
+        );
     }
 
     #[test]
@@ -1681,20 +2143,39 @@ mod tests {
         let mut m = Model::new(policy());
         m.decide(&dns_frag(Frag::First, 999), T0);
         // Other id, other source MAC, other protocol.
-        drop(&m.decide(&dns_frag(Frag::Later, 998), T0), DropReason::Fragment);
-        drop(&m.decide(&mac(dns_frag(Frag::Later, 999), M3), T0), DropReason::Fragment);
+        drop(
+            &m.decide(&dns_frag(Frag::Later, 998), T0),
+            DropReason::Fragment,
+        );
+        drop(
+            &m.decide(&mac(dns_frag(Frag::Later, 999), M3), T0),
+            DropReason::Fragment,
+        );
         let mut p = dns_frag(Frag::Later, 999);
         p.proto = PROTO_TCP;
         drop(&m.decide(&p, T0), DropReason::Fragment);
         // After a reload the entry no longer ties.
         m.reload(policy());
-        drop(&m.decide(&dns_frag(Frag::Later, 999), T0), DropReason::Fragment);
+        drop(
+            &m.decide(&dns_frag(Frag::Later, 999), T0),
+            DropReason::Fragment,
+        );
         // A first fragment no rule allows leaves no entry.
         let mut m = Model::new(policy());
-        let first = frag(udp("eth2", 0, "10.20.1.1", 5000, "8.8.8.8", 54), Frag::First, 7);
+        let first = frag(
+            udp("eth2", 0, "10.20.1.1", 5000, "8.8.8.8", 54),
+            Frag::First,
+            7,
+        );
         drop(&m.decide(&first, T0), DropReason::NoRule);
         assert_eq!(m.fragments(), 0);
-        drop(&m.decide(&frag(udp("eth2", 0, "10.20.1.1", 0, "8.8.8.8", 0), Frag::Later, 7), T0), DropReason::Fragment);
+        drop(
+            &m.decide(
+                &frag(udp("eth2", 0, "10.20.1.1", 0, "8.8.8.8", 0), Frag::Later, 7),
+                T0,
+            ),
+            DropReason::Fragment,
+        );
     }
 
     #[test]
@@ -1705,16 +2186,30 @@ mod tests {
         // udp 53 has a port list: cannot match a fragment without ports.
         drop(&m.decide(&dns_frag(Frag::Later, 1), T0), DropReason::NoRule);
         // batch-any (any, no ports) can.
-        let f = frag(on("eth1", 0, PROTO_TCP, "10.10.1.5", 1, "10.20.1.1", 2), Frag::Later, 5);
+        let f = frag(
+            on("eth1", 0, PROTO_TCP, "10.10.1.5", 1, "10.20.1.1", 2),
+            Frag::Later,
+            5,
+        );
         let d = m.decide(&f, T0);
-        assert_eq!((d.outcome, d.rule), (Outcome::Pass(PassReason::Rule), Some(7)));
+        assert_eq!(
+            (d.outcome, d.rule),
+            (Outcome::Pass(PassReason::Rule), Some(7))
+        );
         assert_eq!((m.flows(), m.fragments()), (0, 0));
         // ping (icmp, no ports) can, for ICMP fragments.
-        let f = frag(on("eth2", 0, PROTO_ICMP, "10.20.1.1", 0, "10.10.1.1", 0), Frag::Later, 6);
+        let f = frag(
+            on("eth2", 0, PROTO_ICMP, "10.20.1.1", 0, "10.10.1.1", 0),
+            Frag::Later,
+            6,
+        );
         assert_eq!(m.decide(&f, T0).rule, Some(2));
         // A tied fragment is still "fragment".
         m.decide(&dns_frag(Frag::First, 2), T0);
-        pass(&m.decide(&dns_frag(Frag::Later, 2), T0), PassReason::Fragment);
+        pass(
+            &m.decide(&dns_frag(Frag::Later, 2), T0),
+            PassReason::Fragment,
+        );
     }
 
     #[test]
@@ -1734,21 +2229,41 @@ mod tests {
         // its later fragments follow it (a large DNS answer, say) instead of being dropped.
         let mut m = Model::new(policy());
         pass(&m.decide(&dns_frag(Frag::None, 0), T0), PassReason::Rule);
-        pass(&m.decide(&dns_frag(Frag::First, 3), T0), PassReason::Established);
+        pass(
+            &m.decide(&dns_frag(Frag::First, 3), T0),
+            PassReason::Established,
+        );
         assert_eq!(m.fragments(), 1);
-        pass(&m.decide(&dns_frag(Frag::Later, 3), T0), PassReason::Fragment);
+        pass(
+            &m.decide(&dns_frag(Frag::Later, 3), T0),
+            PassReason::Fragment,
+        );
         // Another datagram's later fragment is still untied.
-        drop(&m.decide(&dns_frag(Frag::Later, 4), T0), DropReason::Fragment);
+        drop(
+            &m.decide(&dns_frag(Frag::Later, 4), T0),
+            DropReason::Fragment,
+        );
     }
 
     #[test]
     fn ipv6_fragments() {
         let mut m = Model::new(policy());
-        let first = frag(on("eth2", 0, PROTO_TCP, "fd20::5", 40000, "fd10::9", 22), Frag::First, 0x1234_5678);
+        let first = frag(
+            on("eth2", 0, PROTO_TCP, "fd20::5", 40000, "fd10::9", 22),
+            Frag::First,
+            0x1234_5678,
+        );
         pass(&m.decide(&first, T0), PassReason::Rule);
-        let later = frag(on("eth2", 0, PROTO_TCP, "fd20::5", 0, "fd10::9", 0), Frag::Later, 0x1234_5678);
+        let later = frag(
+            on("eth2", 0, PROTO_TCP, "fd20::5", 0, "fd10::9", 0),
+            Frag::Later,
+            0x1234_5678,
+        );
         let d = m.decide(&later, T0);
-        assert_eq!((d.outcome, d.rule), (Outcome::Pass(PassReason::Fragment), Some(8)));
+        assert_eq!(
+            (d.outcome, d.rule),
+            (Outcome::Pass(PassReason::Fragment), Some(8))
+        );
     }
 
     #[test]
@@ -1756,14 +2271,30 @@ mod tests {
         // The first fragment walks a destination-options header after the fragment header
         // and finds TCP; its later fragments only show the fragment header's next header.
         let mut m = Model::new(policy());
-        let first = frag(on("eth2", 0, PROTO_TCP, "fd20::5", 40000, "fd10::9", 22), Frag::First, 77);
+        let first = frag(
+            on("eth2", 0, PROTO_TCP, "fd20::5", 40000, "fd10::9", 22),
+            Frag::First,
+            77,
+        );
         pass(&m.decide(&first, T0), PassReason::Rule);
-        let later = frag(on("eth2", 0, 60, "fd20::5", 0, "fd10::9", 0), Frag::Later, 77);
+        let later = frag(
+            on("eth2", 0, 60, "fd20::5", 0, "fd10::9", 0),
+            Frag::Later,
+            77,
+        );
         pass(&m.decide(&later, T0), PassReason::Fragment);
         // IPv4 keeps the protocol in the key.
-        let first = frag(on("eth2", 0, PROTO_UDP, "10.20.1.1", 5000, "8.8.8.8", 53), Frag::First, 78);
+        let first = frag(
+            on("eth2", 0, PROTO_UDP, "10.20.1.1", 5000, "8.8.8.8", 53),
+            Frag::First,
+            78,
+        );
         pass(&m.decide(&first, T0), PassReason::Rule);
-        let later = frag(on("eth2", 0, PROTO_TCP, "10.20.1.1", 0, "8.8.8.8", 0), Frag::Later, 78);
+        let later = frag(
+            on("eth2", 0, PROTO_TCP, "10.20.1.1", 0, "8.8.8.8", 0),
+            Frag::Later,
+            78,
+        );
         drop(&m.decide(&later, T0), DropReason::Fragment);
     }
 
@@ -1778,7 +2309,13 @@ mod tests {
         back.icmp_type = 14;
         drop(&m.decide(&back, T0), DropReason::NoRule);
         // An echo request does open a flow, and its reply passes by it.
-        pass(&m.decide(&on("eth2", 0, PROTO_ICMP, "10.20.1.1", 9, "10.10.9.9", 0), T0), PassReason::Rule);
+        pass(
+            &m.decide(
+                &on("eth2", 0, PROTO_ICMP, "10.20.1.1", 9, "10.10.9.9", 0),
+                T0,
+            ),
+            PassReason::Rule,
+        );
         let mut reply = on("eth1", 0, PROTO_ICMP, "10.10.9.9", 0, "10.20.1.1", 9);
         reply.icmp_type = 0;
         pass(&m.decide(&reply, T0), PassReason::Reply);
@@ -1791,7 +2328,8 @@ mod tests {
         let mut m = Model::new(policy());
         m.decide(&eltax_syn(), T0);
         let mut p = policy();
-        p.rules.insert(0, rule("new-first", 0, 1, Protocol::Udp, &[(9, 9)]));
+        p.rules
+            .insert(0, rule("new-first", 0, 1, Protocol::Udp, &[(9, 9)]));
         m.reload(p);
         assert_eq!(m.generation(), 2);
         let d = m.decide(&eltax_reply(TCP_ACK), T0 + 1);
@@ -1812,7 +2350,16 @@ mod tests {
         assert_eq!(m.flows(), 1, "revalidation is lazy");
         drop(&m.decide(&eltax_reply(TCP_ACK), T0 + 1), DropReason::NoRule);
         assert_eq!(m.flows(), 0);
-        drop(&m.decide(&mac(tcp("eth2", "10.20.5.10", 40000, "10.10.9.20", 443, TCP_ACK), M1), T0 + 2), DropReason::NoRule);
+        drop(
+            &m.decide(
+                &mac(
+                    tcp("eth2", "10.20.5.10", 40000, "10.10.9.20", 443, TCP_ACK),
+                    M1,
+                ),
+                T0 + 2,
+            ),
+            DropReason::NoRule,
+        );
     }
 
     #[test]
@@ -1837,12 +2384,18 @@ mod tests {
         let mut p = policy();
         p.zones[1].interfaces.retain(|i| i.vlan.is_none());
         m.reload(p.clone());
-        drop(&m.decide(&udp("eth3", 300, "8.8.8.8", 53, "10.20.1.1", 1000), T0), DropReason::NoRule);
+        drop(
+            &m.decide(&udp("eth3", 300, "8.8.8.8", 53, "10.20.1.1", 1000), T0),
+            DropReason::NoRule,
+        );
         // ...but the same flow opened on the untagged interface survives that policy.
         let mut m = Model::new(policy());
         m.decide(&udp("eth2", 0, "10.20.1.1", 1000, "8.8.8.8", 53), T0);
         m.reload(p);
-        pass(&m.decide(&udp("eth3", 300, "8.8.8.8", 53, "10.20.1.1", 1000), T0), PassReason::Reply);
+        pass(
+            &m.decide(&udp("eth3", 300, "8.8.8.8", 53, "10.20.1.1", 1000), T0),
+            PassReason::Reply,
+        );
         // Rule switched to audit mode: the flow survives as audit.
         let mut m = Model::new(policy());
         m.decide(&eltax_syn(), T0);
@@ -1861,7 +2414,13 @@ mod tests {
         let d = m.decide(&eltax_reply(TCP_ACK), T0);
         drop(&d, DropReason::SpoofedSource); // 10.10.9.20 is now lgwan, entering via eth1
         assert_eq!(m.flows(), 1, "spoof check happens before the flow lookup");
-        let d = m.decide(&mac(tcp("eth2", "10.20.5.10", 40000, "10.10.9.20", 443, TCP_ACK), M1), T0);
+        let d = m.decide(
+            &mac(
+                tcp("eth2", "10.20.5.10", 40000, "10.10.9.20", 443, TCP_ACK),
+                M1,
+            ),
+            T0,
+        );
         pass(&d, PassReason::IntraZone);
     }
 
@@ -1871,7 +2430,10 @@ mod tests {
         m.decide(&eltax_syn(), T0);
         m.reload(policy());
         // Opening direction, wrong MAC: revalidates (generation 2), then misses on the MAC.
-        drop(&m.decide(&mac(eltax_syn(), OTHER_MAC), T0), DropReason::MacMismatch);
+        drop(
+            &m.decide(&mac(eltax_syn(), OTHER_MAC), T0),
+            DropReason::MacMismatch,
+        );
         assert_eq!(m.flow_list()[0].generation, 2);
     }
 
@@ -1891,14 +2453,25 @@ mod tests {
         assert_eq!(m.flows(), 0, "an audited drop opens no flow");
         assert_eq!(m.counters().drop(DropReason::NoRule, true).packets, 1);
         assert_eq!(m.counters().drop(DropReason::NoRule, false).packets, 0);
-        assert_eq!(m.counters().zone_pair(MYNUMBER, LGWAN, Verdict::Audit).packets, 1);
+        assert_eq!(
+            m.counters()
+                .zone_pair(MYNUMBER, LGWAN, Verdict::Audit)
+                .packets,
+            1
+        );
         // Spoofed and mac mismatch are auditable too.
         let d = m.decide(&tcp("eth2", "10.10.1.1", 1, "10.20.1.1", 2, 0), T0);
         assert_eq!(m.verdict(&d), Verdict::Audit);
         // What the data path cannot decide is dropped even in audit mode.
         let d = m.decide_early(Outcome::Drop(DropReason::Malformed), 60);
         assert_eq!(m.verdict(&d), Verdict::Deny);
-        assert_eq!(m.counters().drop(DropReason::Malformed, false), Counter { packets: 1, bytes: 60 });
+        assert_eq!(
+            m.counters().drop(DropReason::Malformed, false),
+            Counter {
+                packets: 1,
+                bytes: 60
+            }
+        );
         assert_eq!(m.counters().zone_pair(0, 0, Verdict::Deny).packets, 1);
         // Allowed traffic is still allow.
         let d = m.decide(&eltax_syn(), T0);
@@ -1915,7 +2488,10 @@ mod tests {
         // The reply would pass by flow; explain ignores flows.
         drop(&m.explain(&eltax_reply(TCP_ACK)), DropReason::NoRule);
         pass(&m.explain(&eltax_syn()), PassReason::Rule);
-        pass(&m.explain(&on("eth2", 0, PROTO_TCP, "10.20.1.1", 1, "8.8.8.8", 443)), PassReason::Rule);
+        pass(
+            &m.explain(&on("eth2", 0, PROTO_TCP, "10.20.1.1", 1, "8.8.8.8", 443)),
+            PassReason::Rule,
+        );
         assert_eq!(m.flows(), 1);
         assert_eq!(m.counters(), &before);
         // Later fragments: as if untied.
@@ -1934,11 +2510,35 @@ mod tests {
         m.decide(&tcp("eth2", "10.10.1.1", 1, "10.20.1.1", 2, 0), T0);
         m.decide_early(Outcome::Pass(PassReason::Neighbor), 42);
         let c = m.counters();
-        assert_eq!(c.rule(0), Counter { packets: 2, bytes: 140 });
-        assert_eq!(c.zone_pair(LGWAN, MYNUMBER, Verdict::Allow), Counter { packets: 1, bytes: 74 });
-        assert_eq!(c.zone_pair(MYNUMBER, LGWAN, Verdict::Allow), Counter { packets: 1, bytes: 66 });
+        assert_eq!(
+            c.rule(0),
+            Counter {
+                packets: 2,
+                bytes: 140
+            }
+        );
+        assert_eq!(
+            c.zone_pair(LGWAN, MYNUMBER, Verdict::Allow),
+            Counter {
+                packets: 1,
+                bytes: 74
+            }
+        );
+        assert_eq!(
+            c.zone_pair(MYNUMBER, LGWAN, Verdict::Allow),
+            Counter {
+                packets: 1,
+                bytes: 66
+            }
+        );
         assert_eq!(c.zone_pair(LGWAN, 0, Verdict::Deny).packets, 1);
-        assert_eq!(c.zone_pair(0, 0, Verdict::Allow), Counter { packets: 1, bytes: 42 });
+        assert_eq!(
+            c.zone_pair(0, 0, Verdict::Allow),
+            Counter {
+                packets: 1,
+                bytes: 42
+            }
+        );
         assert_eq!(c.pass(PassReason::Rule).packets, 1);
         assert_eq!(c.pass(PassReason::Reply).packets, 1);
         assert_eq!(c.pass(PassReason::Neighbor).packets, 1);
@@ -1951,7 +2551,10 @@ mod tests {
         let a = FlowKey::new(6, (ip("10.0.0.2"), 1), (ip("10.0.0.1"), 2));
         let b = FlowKey::new(6, (ip("10.0.0.1"), 2), (ip("10.0.0.2"), 1));
         assert_eq!(a, b);
-        assert_ne!(a, FlowKey::new(17, (ip("10.0.0.1"), 2), (ip("10.0.0.2"), 1)));
+        assert_ne!(
+            a,
+            FlowKey::new(17, (ip("10.0.0.1"), 2), (ip("10.0.0.2"), 1))
+        );
     }
 
     #[test]

@@ -20,10 +20,10 @@ use ipnet::IpNet;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::diagnostic::Sink;
-use super::validate::{MAX_RULES, MAX_ZONES};
 use super::types::{
     Action, Criticality, Defaults, Loc, Mac, Mode, PortRange, Protocol, Segment, ZoneIface,
 };
+use super::validate::{MAX_RULES, MAX_ZONES};
 
 // === Located TOML tree ===
 
@@ -589,7 +589,10 @@ const ML_LITERAL: &[u8] = b"'''";
 /// leaves open, if any.
 fn open_multiline(b: &[u8], mut i: usize) -> Option<&'static [u8]> {
     while i < b.len() {
-        if let Some(delim) = [ML_BASIC, ML_LITERAL].into_iter().find(|d| b[i..].starts_with(d)) {
+        if let Some(delim) = [ML_BASIC, ML_LITERAL]
+            .into_iter()
+            .find(|d| b[i..].starts_with(d))
+        {
             match close_multiline(b, i + delim.len(), delim) {
                 Some(end) => {
                     i = end;

@@ -121,7 +121,11 @@ pub struct Defaults {
 impl Default for Defaults {
     fn default() -> Self {
         // Fail closed everywhere except inside a zone, as SPEC §3's example shows.
-        Defaults { intra_zone: Action::Allow, unknown: Action::Deny, fragments: Action::Deny }
+        Defaults {
+            intra_zone: Action::Allow,
+            unknown: Action::Deny,
+            fragments: Action::Deny,
+        }
     }
 }
 
@@ -214,7 +218,10 @@ impl Policy {
         if id == 0 {
             NO_ZONE_LABEL
         } else {
-            self.zones.get(id as usize - 1).map(|z| z.name.as_str()).unwrap_or(NO_ZONE_LABEL)
+            self.zones
+                .get(id as usize - 1)
+                .map(|z| z.name.as_str())
+                .unwrap_or(NO_ZONE_LABEL)
         }
     }
 }

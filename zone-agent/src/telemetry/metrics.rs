@@ -23,21 +23,44 @@ pub fn render(dp: &View<'_>, t: &Telemetry) -> Result<String, DatapathError> {
     let mut live = Totals::default();
     for set in 0..2u32 {
         if let Some(names) = &t.sets[set as usize] {
-            live.add_set(names, &dp.set_counters(set, names.zones.len(), names.rules.len())?);
+            live.add_set(
+                names,
+                &dp.set_counters(set, names.zones.len(), names.rules.len())?,
+            );
         }
     }
     let totals = t.retired.merged(&live);
     let global = dp.global_counters()?;
     let reg = Registry::new();
 
-    let packets = counter(&reg, "zone_agent_packets_total", "Packets decided, by source zone, destination zone and verdict.", &["from_zone", "to_zone", "verdict"]);
-    let bytes = counter(&reg, "zone_agent_bytes_total", "Bytes decided, by source zone, destination zone and verdict.", &["from_zone", "to_zone", "verdict"]);
+    let packets = counter(
+        &reg,
+        "zone_agent_packets_total",
+        "Packets decided, by source zone, destination zone and verdict.",
+        &["from_zone", "to_zone", "verdict"],
+    );
+    let bytes = counter(
+        &reg,
+        "zone_agent_bytes_total",
+        "Bytes decided, by source zone, destination zone and verdict.",
+        &["from_zone", "to_zone", "verdict"],
+    );
     for ((from, to, v), c) in &totals.zones {
         packets.with_label_values(&[from, to, v]).inc_by(c.packets);
         bytes.with_label_values(&[from, to, v]).inc_by(c.bytes);
     }
-    let rp = counter(&reg, "zone_agent_rule_packets_total", "Packets counted to a rule (first matching rule in file order).", &["rule"]);
-    let rb = counter(&reg, "zone_agent_rule_bytes_total", "Bytes counted to a rule.", &["rule"]);
+    let rp = counter(
+        &reg,
+        "zone_agent_rule_packets_total",
+        "Packets counted to a rule (first matching rule in file order).",
+        &["rule"],
+    );
+    let rb = counter(
+        &reg,
+        "zone_agent_rule_bytes_total",
+        "Bytes counted to a rule.",
+        &["rule"],
+    );
     // Every rule of the active policy appears, also at zero, so dashboards see unused rules.
     if let Some(names) = &t.sets[dp.active_set as usize] {
         for r in &names.rules {
@@ -49,43 +72,101 @@ pub fn render(dp: &View<'_>, t: &Telemetry) -> Result<String, DatapathError> {
         rp.with_label_values(&[rule]).inc_by(c.packets);
         rb.with_label_values(&[rule]).inc_by(c.bytes);
     }
-    let drops = counter(&reg, "zone_agent_drops_total", "Packets dropped, by reason.", &["reason"]);
+    let drops = counter(
+        &reg,
+        "zone_agent_drops_total",
+        "Packets dropped, by reason.",
+        &["reason"],
+    );
     for (r, c) in &global.drops {
-        drops.with_label_values(&[DropReason::label(*r)]).inc_by(c.packets);
+        drops
+            .with_label_values(&[DropReason::label(*r)])
+            .inc_by(c.packets);
     }
-    let audit = counter(&reg, "zone_agent_audit_passes_total", "Packets audit mode passed that enforcement would drop, by reason.", &["reason"]);
+    let audit = counter(
+        &reg,
+        "zone_agent_audit_passes_total",
+        "Packets audit mode passed that enforcement would drop, by reason.",
+        &["reason"],
+    );
     for (r, c) in &global.audit_drops {
-        audit.with_label_values(&[DropReason::label(*r)]).inc_by(c.packets);
+        audit
+            .with_label_values(&[DropReason::label(*r)])
+            .inc_by(c.packets);
     }
-    let passes = counter(&reg, "zone_agent_passes_total", "Packets passed, by reason.", &["reason"]);
+    let passes = counter(
+        &reg,
+        "zone_agent_passes_total",
+        "Packets passed, by reason.",
+        &["reason"],
+    );
     for (r, c) in &global.passes {
-        passes.with_label_values(&[PassReason::label(*r)]).inc_by(c.packets);
+        passes
+            .with_label_values(&[PassReason::label(*r)])
+            .inc_by(c.packets);
     }
     let usage = dp.map_usage();
-    let entries = gauge(&reg, "zone_agent_map_entries", "Entries in a data-path table (both policy sets).", &["map"]);
-    let capacity = gauge(&reg, "zone_agent_map_capacity", "Capacity of a data-path table.", &["map"]);
+    let entries = gauge(
+        &reg,
+        "zone_agent_map_entries",
+        "Entries in a data-path table (both policy sets).",
+        &["map"],
+    );
+    let capacity = gauge(
+        &reg,
+        "zone_agent_map_capacity",
+        "Capacity of a data-path table.",
+        &["map"],
+    );
     for (name, n, cap) in &usage {
         entries.with_label_values(&[name]).set(*n as i64);
         capacity.with_label_values(&[name]).set(*cap as i64);
     }
     let fill = |label: &str| usage.iter().find(|u| u.0 == label).map_or(0, |u| u.1);
-    let flows = IntGauge::new("zone_agent_flows_active", "Flows in the flow tables (replied and embryonic).").expect("valid");
+    let flows = IntGauge::new(
+        "zone_agent_flows_active",
+        "Flows in the flow tables (replied and embryonic).",
+    )
+    .expect("valid");
     reg.register(Box::new(flows.clone())).expect("unique");
     flows.set((fill(LABEL_FLOWS) + fill(LABEL_EMBRYOS)) as i64);
     let events = dp.flow_events()?;
-    let fe = counter(&reg, "zone_agent_flow_events_total", "Flow-table events: opened (embryonic), promoted (first reply), promotion_refused (replied table full), open_refused (insert failed, dropped table_full), embryo_removed (expired/revoked in the data path), embryo_expired (removed by the expiry sweep), reset (a RST shortened a flow's life).", &["event"]);
+    let fe = counter(
+        &reg,
+        "zone_agent_flow_events_total",
+        "Flow-table events: opened (embryonic), promoted (first reply), promotion_refused (replied table full), open_refused (insert failed, dropped table_full), embryo_removed (expired/revoked in the data path), embryo_expired (removed by the expiry sweep), reset (a RST shortened a flow's life).",
+        &["event"],
+    );
     for (e, n) in &events {
         fe.with_label_values(&[e.label()]).inc_by(*n);
     }
-    let evictions = counter(&reg, "zone_agent_flow_evictions_total", "Flows evicted to make room for new ones, by table (only embryonic flows are ever evicted).", &["map"]);
-    evictions.with_label_values(&[LABEL_EMBRYOS]).inc_by(dp.embryo_evictions(&events, fill(LABEL_EMBRYOS)));
+    let evictions = counter(
+        &reg,
+        "zone_agent_flow_evictions_total",
+        "Flows evicted to make room for new ones, by table (only embryonic flows are ever evicted).",
+        &["map"],
+    );
+    evictions
+        .with_label_values(&[LABEL_EMBRYOS])
+        .inc_by(dp.embryo_evictions(&events, fill(LABEL_EMBRYOS)));
     evictions.with_label_values(&[LABEL_FLOWS]).inc_by(0);
-    let generation = IntGauge::new("zone_agent_policy_generation", "Generation of the enforcing policy (1 = first load).").expect("valid");
+    let generation = IntGauge::new(
+        "zone_agent_policy_generation",
+        "Generation of the enforcing policy (1 = first load).",
+    )
+    .expect("valid");
     reg.register(Box::new(generation.clone())).expect("unique");
     generation.set(t.generation as i64);
-    let reloads = counter(&reg, "zone_agent_policy_reloads_total", "Policy reloads, by result.", &["result"]);
+    let reloads = counter(
+        &reg,
+        "zone_agent_policy_reloads_total",
+        "Policy reloads, by result.",
+        &["result"],
+    );
     reloads.with_label_values(&["success"]).inc_by(t.reloads_ok);
-    reloads.with_label_values(&["error"]).inc_by(t.reloads_error);
+    reloads
+        .with_label_values(&["error"])
+        .inc_by(t.reloads_error);
 
     let fail_open = IntGauge::new(
         "zone_agent_fail_open_on_exit",
@@ -95,12 +176,19 @@ pub fn render(dp: &View<'_>, t: &Telemetry) -> Result<String, DatapathError> {
     reg.register(Box::new(fail_open.clone())).expect("unique");
     fail_open.set(i64::from(t.fail_open_on_exit));
 
-    let refused = counter(&reg, "zone_agent_connections_refused_total", "Connections closed on accept because the listener already served its maximum (a local user flooding it), by listener.", &["listener"]);
+    let refused = counter(
+        &reg,
+        "zone_agent_connections_refused_total",
+        "Connections closed on accept because the listener already served its maximum (a local user flooding it), by listener.",
+        &["listener"],
+    );
     for (listener, n) in crate::service::refused_connections() {
         refused.with_label_values(&[listener]).inc_by(n);
     }
 
     let mut buf = Vec::new();
-    TextEncoder::new().encode(&reg.gather(), &mut buf).expect("encode to memory");
+    TextEncoder::new()
+        .encode(&reg.gather(), &mut buf)
+        .expect("encode to memory");
     Ok(String::from_utf8(buf).expect("prometheus text is UTF-8"))
 }

@@ -27,11 +27,18 @@ impl SetNames {
     pub fn of(p: &Policy) -> Self {
         let mut zones = vec![zone_agent_common::NO_ZONE_LABEL.to_string()];
         zones.extend(p.zones.iter().map(|z| z.name.clone()));
-        SetNames { generation: 0, zones, rules: p.rules.iter().map(|r| r.name.clone()).collect() }
+        SetNames {
+            generation: 0,
+            zones,
+            rules: p.rules.iter().map(|r| r.name.clone()).collect(),
+        }
     }
 
     fn zone(&self, id: u8) -> String {
-        self.zones.get(id as usize).cloned().unwrap_or_else(|| zone_agent_common::NO_ZONE_LABEL.into())
+        self.zones
+            .get(id as usize)
+            .cloned()
+            .unwrap_or_else(|| zone_agent_common::NO_ZONE_LABEL.into())
     }
 }
 
@@ -45,7 +52,12 @@ pub struct Totals {
 impl Totals {
     pub fn add_set(&mut self, names: &SetNames, c: &SetCounters) {
         for (from, to, v, n) in &c.zones {
-            add(self.zones.entry((names.zone(*from), names.zone(*to), Verdict::label(*v))).or_default(), n);
+            add(
+                self.zones
+                    .entry((names.zone(*from), names.zone(*to), Verdict::label(*v)))
+                    .or_default(),
+                n,
+            );
         }
         for (i, n) in c.rules.iter().enumerate() {
             if let Some(name) = names.rules.get(i) {

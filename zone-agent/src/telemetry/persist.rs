@@ -44,7 +44,12 @@ pub fn save(state_dir: &Path, t: &Telemetry) -> std::io::Result<()> {
             .iter()
             .map(|((f, to, v), c)| (f.clone(), to.clone(), v.to_string(), c.packets, c.bytes))
             .collect(),
-        retired_rules: t.retired.rules.iter().map(|(r, c)| (r.clone(), c.packets, c.bytes)).collect(),
+        retired_rules: t
+            .retired
+            .rules
+            .iter()
+            .map(|(r, c)| (r.clone(), c.packets, c.bytes))
+            .collect(),
         reloads_ok: t.reloads_ok,
         reloads_error: t.reloads_error,
     };
@@ -80,24 +85,38 @@ pub fn write_private(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()
 /// Restores what was saved for the pinned sets. `set_generations[s]`: the generation the
 /// pinned maps hold in set `s` (0: none). Names are restored only for a set whose saved
 /// generation matches; totals only if the pinned layout is the one they were counted in.
-pub fn restore(state_dir: &Path, set_generations: [u32; 2], t: &mut Telemetry) -> Result<(), String> {
+pub fn restore(
+    state_dir: &Path,
+    set_generations: [u32; 2],
+    t: &mut Telemetry,
+) -> Result<(), String> {
     let text = match std::fs::read(path(state_dir)) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err("no saved telemetry".into()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err("no saved telemetry".into());
+        }
         Err(e) => return Err(format!("{}: {e}", path(state_dir).display())),
     };
     let saved: Saved =
         serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path(state_dir).display()))?;
     if saved.abi != abi() {
-        return Err(format!("saved telemetry belongs to layout {}, not {}", saved.abi, abi()));
+        return Err(format!(
+            "saved telemetry belongs to layout {}, not {}",
+            saved.abi,
+            abi()
+        ));
     }
     for (s, names) in saved.sets.into_iter().enumerate() {
         t.sets[s] = names.filter(|n| n.generation != 0 && n.generation == set_generations[s]);
     }
     let mut retired = Totals::default();
     for (f, to, v, packets, bytes) in saved.retired_zones {
-        let Some(v) = Verdict::ALL.into_iter().find(|x| x.label() == v) else { continue };
-        retired.zones.insert((f, to, v.label()), Counter { packets, bytes });
+        let Some(v) = Verdict::ALL.into_iter().find(|x| x.label() == v) else {
+            continue;
+        };
+        retired
+            .zones
+            .insert((f, to, v.label()), Counter { packets, bytes });
     }
     for (r, packets, bytes) in saved.retired_rules {
         retired.rules.insert(r, Counter { packets, bytes });
@@ -117,10 +136,30 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("za-persist-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut t = Telemetry::default();
-        t.sets[0] = Some(SetNames { generation: 3, zones: vec!["none".into(), "a".into()], rules: vec!["r".into()] });
-        t.sets[1] = Some(SetNames { generation: 4, zones: vec!["none".into()], rules: vec![] });
-        t.retired.rules.insert("old".into(), Counter { packets: 5, bytes: 500 });
-        t.retired.zones.insert(("a".into(), "b".into(), "deny"), Counter { packets: 2, bytes: 80 });
+        t.sets[0] = Some(SetNames {
+            generation: 3,
+            zones: vec!["none".into(), "a".into()],
+            rules: vec!["r".into()],
+        });
+        t.sets[1] = Some(SetNames {
+            generation: 4,
+            zones: vec!["none".into()],
+            rules: vec![],
+        });
+        t.retired.rules.insert(
+            "old".into(),
+            Counter {
+                packets: 5,
+                bytes: 500,
+            },
+        );
+        t.retired.zones.insert(
+            ("a".into(), "b".into(), "deny"),
+            Counter {
+                packets: 2,
+                bytes: 80,
+            },
+        );
         t.reloads_ok = 7;
         save(&dir, &t).unwrap();
         let mut back = Telemetry::default();
@@ -128,8 +167,17 @@ mod tests {
         restore(&dir, [3, 5], &mut back).unwrap();
         assert_eq!(back.sets[0], t.sets[0]);
         assert_eq!(back.sets[1], None);
-        assert_eq!(back.retired.rules["old"], Counter { packets: 5, bytes: 500 });
-        assert_eq!(back.retired.zones[&("a".into(), "b".into(), "deny")].packets, 2);
+        assert_eq!(
+            back.retired.rules["old"],
+            Counter {
+                packets: 5,
+                bytes: 500
+            }
+        );
+        assert_eq!(
+            back.retired.zones[&("a".into(), "b".into(), "deny")].packets,
+            2
+        );
         assert_eq!(back.reloads_ok, 7);
         use std::os::unix::fs::PermissionsExt as _;
         let mode = std::fs::metadata(path(&dir)).unwrap().permissions().mode() & 0o777;
