@@ -6,6 +6,11 @@
 //! decision and `zone_agent` the only place that turns a decision into an XDP action.
 #![no_std]
 #![no_main]
+#![allow(
+    clippy::needless_borrows_for_generic_args,
+    reason = "map keys and values are passed by reference on purpose: by value, each call \
+              may take a copy of the key on the 512-byte BPF stack"
+)]
 
 mod failsafe;
 mod maps;

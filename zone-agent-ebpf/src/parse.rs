@@ -314,10 +314,12 @@ fn ipv6(ctx: &XdpContext, l3: usize, len: u64, p: &mut Packet) -> Result<Kind, D
     // Neighbour discovery (RS, RA, NS, NA) passes without policy only when it cannot leave
     // the link: hop limit 255 (RFC 4861 §7.1) and a link-local or link-scope multicast
     // destination. A unicast NS to a global address would otherwise be routed onwards.
-    if nh == PROTO_ICMPV6 && hop_limit == 255 && link_scoped(&p.t.dst) {
-        if (133..=136).contains(&p.icmp_type) {
-            return Ok(Kind::Neighbor);
-        }
+    if nh == PROTO_ICMPV6
+        && hop_limit == 255
+        && link_scoped(&p.t.dst)
+        && (133..=136).contains(&p.icmp_type)
+    {
+        return Ok(Kind::Neighbor);
     }
     Ok(Kind::Ip)
 }

@@ -171,6 +171,11 @@ fn flowable(p: &Packet) -> bool {
 }
 
 #[inline(always)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the Scratch fields it works on, as separate borrows (the caller splits the \
+              scratch); always inlined into `lookup`, so the count costs nothing"
+)]
 fn lookup_inner(
     set: u32,
     generation: u32,
