@@ -5,7 +5,7 @@
 //! `ACTIVE[0]`; the program reads the active set once per packet, so a packet sees either the
 //! old or the new policy, never a mixture. The old set is only rewritten by the next reload.
 
-use crate::verdict::{DropReason, PassReason};
+use crate::verdict::{DropReason, PassReason, Verdict};
 
 /// Number of policy sets (double buffering).
 pub const SETS: u32 = 2;
@@ -48,6 +48,47 @@ pub const ICMPV6_ECHO_REPLY: u8 = 129;
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
 
+/// Ethertypes (IEEE 802): IPv4, IPv6, ARP and the two VLAN tags (802.1Q, 802.1ad).
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86DD;
+pub const ETH_P_ARP: u16 = 0x0806;
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88A8;
+
+/// IPv6 extension headers the data path walks to reach the upper-layer header (IANA
+/// protocol numbers; RFC 8200 §4, RFC 4302 for AH).
+pub const PROTO_IPV6_HOPOPTS: u8 = 0;
+pub const PROTO_IPV6_ROUTING: u8 = 43;
+pub const PROTO_IPV6_FRAGMENT: u8 = 44;
+pub const PROTO_AH: u8 = 51;
+pub const PROTO_IPV6_DSTOPTS: u8 = 60;
+
+/// TCP flags: bits of byte 13 of the TCP header (RFC 9293 §3.1).
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_PSH: u8 = 0x08;
+pub const TCP_ACK: u8 = 0x10;
+pub const TCP_URG: u8 = 0x20;
+
+/// ICMP errors: the messages that quote the offending packet (RFC 792).
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
+pub const ICMP_PARAMETER_PROBLEM: u8 = 12;
+/// ICMPv6 errors (RFC 4443 §2.1 reserves 0..=127 for errors; these four are defined): all
+/// quote the offending packet.
+pub const ICMPV6_DEST_UNREACH: u8 = 1;
+pub const ICMPV6_PACKET_TOO_BIG: u8 = 2;
+pub const ICMPV6_TIME_EXCEEDED: u8 = 3;
+pub const ICMPV6_PARAMETER_PROBLEM: u8 = 4;
+/// Neighbour discovery (RFC 4861 §4): router solicitation (133), router advertisement,
+/// neighbour solicitation, neighbour advertisement (136). Redirect (137) is not among the
+/// messages the data path passes without policy.
+pub const ICMPV6_ROUTER_SOLICIT: u8 = 133;
+pub const ICMPV6_NEIGHBOR_ADVERT: u8 = 136;
+/// Hop limit of a neighbour-discovery message that no router has forwarded (RFC 4861 §7.1).
+pub const ND_HOP_LIMIT: u8 = 255;
+
 // Map names (<= 15 bytes: the kernel's BPF_OBJ_NAME_LEN).
 pub const MAP_ACTIVE: &str = "ZA_ACTIVE";
 pub const MAP_SETCONF: &str = "ZA_SETCONF";
@@ -82,7 +123,7 @@ pub const CAP_FLOWS: u32 = 262_144;
 pub const CAP_EMBRYOS: u32 = 131_072;
 pub const CAP_FRAGS: u32 = 16_384;
 pub const CAP_PORTS: u32 = SETS * 2 * PORTS;
-pub const CAP_ZONE_STATS: u32 = SETS * MAX_ZONES * MAX_ZONES * 3;
+pub const CAP_ZONE_STATS: u32 = SETS * MAX_ZONES * MAX_ZONES * Verdict::COUNT as u32;
 pub const CAP_RULE_STATS: u32 = SETS * MAX_RULES;
 /// Failsafe destination port bitmap: one bit per (TCP|UDP, port), 64 per slot.
 pub const CAP_FAILSAFE_PORTS: u32 = 2 * PORTS / 64;
@@ -358,13 +399,16 @@ pub struct FailsafeKey {
     pub addr: [u8; 16],
 }
 
-/// LPM key data for `ZA_FSSRC` (prefix length = 8 + address bits).
+/// LPM key data for `ZA_FSSRC` (prefix length = `FAILSAFE_SRC_PREFIX_BITS` + address bits).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FailsafeSrcKey {
     pub family: u8,
     pub addr: [u8; 16],
 }
+
+/// Bits of a `FailsafeSrcKey` that precede the address (`family`).
+pub const FAILSAFE_SRC_PREFIX_BITS: u32 = 8;
 
 /// Word and bit of a failsafe port in `ZA_FSPORTS`.
 #[inline(always)]
@@ -375,11 +419,14 @@ pub const fn failsafe_port_slot(udp: bool, port: u16) -> (u32, u64) {
     )
 }
 
-/// Index of a zone-pair counter.
+/// Index of a zone-pair counter: `[set][from][to][verdict]` in one flat array. Each
+/// coordinate is reduced modulo its dimension so that the index is below `CAP_ZONE_STATS`
+/// whatever the inputs (the verifier needs that bound; valid inputs are already in range).
 #[inline(always)]
 pub const fn zone_stat_index(set: u32, from: u8, to: u8, verdict: u8) -> u32 {
-    ((set * MAX_ZONES + (from as u32 % MAX_ZONES)) * MAX_ZONES + (to as u32 % MAX_ZONES)) * 3
-        + (verdict as u32 % 3)
+    const VERDICTS: u32 = Verdict::COUNT as u32;
+    ((set * MAX_ZONES + (from as u32 % MAX_ZONES)) * MAX_ZONES + (to as u32 % MAX_ZONES)) * VERDICTS
+        + (verdict as u32 % VERDICTS)
 }
 
 /// Index of a port-class entry.

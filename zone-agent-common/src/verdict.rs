@@ -12,8 +12,9 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// Number of verdicts: the innermost dimension of the zone-pair counters.
     pub const COUNT: usize = 3;
-    pub const ALL: [Verdict; 3] = [Verdict::Allow, Verdict::Deny, Verdict::Audit];
+    pub const ALL: [Verdict; Verdict::COUNT] = [Verdict::Allow, Verdict::Deny, Verdict::Audit];
 
     pub const fn label(self) -> &'static str {
         match self {

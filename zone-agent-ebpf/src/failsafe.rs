@@ -34,10 +34,11 @@ pub fn matches(ifindex: u32, p: &Packet) -> bool {
     let Some(dst_mask) = (unsafe { FAILSAFE.get(&key) }).copied() else {
         return false;
     };
+    // A full-length lookup: the family byte, then every bit of the address.
     let bits = if t.family == FAMILY_V4 {
-        8 + 32
+        FAILSAFE_SRC_PREFIX_BITS + 32
     } else {
-        8 + 128
+        FAILSAFE_SRC_PREFIX_BITS + 128
     };
     let src = Key::new(
         bits,

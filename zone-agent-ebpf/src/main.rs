@@ -62,7 +62,9 @@ impl Decision {
 #[xdp]
 pub fn zone_agent(ctx: XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
-    let set = ACTIVE.get(0).copied().unwrap_or(0) & 1;
+    // The active set's index, reduced to a valid one whatever the map holds (`SETS` is 2, so
+    // this is `& 1`): it indexes `SETCONF` and every policy key.
+    let set = ACTIVE.get(0).copied().unwrap_or(0) % SETS;
     let cfg = SETCONF.get(set).copied().unwrap_or_default();
     let d = match SCRATCH.get_ptr_mut(0) {
         _ if cfg.flags & SET_VALID == 0 => Decision::drop(DropReason::NoPolicy),
@@ -104,8 +106,8 @@ pub fn zone_agent_floor(_ctx: XdpContext) -> u32 {
 /// once steps 3–6 have let the packet through.
 #[inline(always)]
 fn classify(ctx: &XdpContext, set: u32, cfg: &SetConfig, s: &mut Scratch) -> Decision {
-    s.p.reset();
-    match parse::packet(ctx.ctx, &mut s.p) {
+    s.packet.reset();
+    match parse::packet(ctx.ctx, &mut s.packet) {
         parse::PARSED_IP => {}
         parse::PARSED_NEIGHBOR => {
             return Decision {
@@ -121,7 +123,7 @@ fn classify(ctx: &XdpContext, set: u32, cfg: &SetConfig, s: &mut Scratch) -> Dec
     let ifindex = ctx.ingress_ifindex() as u32;
     // Step 0 needs the parsed tuple, so it runs right after parsing; a packet that cannot be
     // parsed is never failsafe.
-    if failsafe::matches(ifindex, &s.p) {
+    if failsafe::matches(ifindex, &s.packet) {
         return Decision {
             outcome: Outcome::Pass(PassReason::Failsafe),
             from: 0,
@@ -130,88 +132,88 @@ fn classify(ctx: &XdpContext, set: u32, cfg: &SetConfig, s: &mut Scratch) -> Dec
             audit: false,
         };
     }
-    let from = match zone::ingress(set, ifindex, s.p.vlan) {
+    let from = match zone::ingress(set, ifindex, s.packet.vlan) {
         Ok(z) => z,
         Err(r) => return Decision::drop(r),
     };
-    s.z = Zones::ingress_only(from);
+    s.zones = Zones::ingress_only(from);
     let outcome = match decide(set, cfg, ifindex, s) {
-        Ok(()) => Outcome::Pass(s.hit.reason),
+        Ok(()) => Outcome::Pass(s.pass.reason),
         Err(r) => Outcome::Drop(r),
     };
     let (rule, audit) = match outcome {
-        Outcome::Pass(_) => (s.hit.rule, s.hit.audit),
+        Outcome::Pass(_) => (s.pass.rule, s.pass.audit),
         Outcome::Drop(_) => (NO_RULE, false),
     };
     Decision {
         outcome,
-        from: s.z.from,
-        to: s.z.to,
+        from: s.zones.from,
+        to: s.zones.to,
         rule,
         audit,
     }
 }
 
-/// Steps 3–10 of `classify` (7 first); on `Ok` the pass is described in `s.hit`, and
-/// `s.z` holds the zones either way.
+/// Steps 3–10 of `classify` (7 first); on `Ok` the pass is described in `s.pass`, and
+/// `s.zones` holds the zones either way.
 #[inline(always)]
 fn decide(set: u32, cfg: &SetConfig, ifindex: u32, s: &mut Scratch) -> Result<(), DropReason> {
-    let gen_ = cfg.generation;
-    let stale = match state::lookup(set, gen_, s, true) {
-        state::LOOKUP_HIT => return state::follow_first_fragment(gen_, s),
+    let generation = cfg.generation;
+    let stale = match state::lookup(set, generation, s, true) {
+        state::LOOKUP_HIT => return state::follow_first_fragment(generation, s),
         r => r == state::LOOKUP_STALE,
     };
-    s.z = zone::addresses(set, s.z.from, &s.p.t)?;
-    if s.z.unknown() {
+    s.zones = zone::addresses(set, s.zones.from, &s.packet.t)?;
+    if s.zones.unknown() {
         return if cfg.flags & SET_UNKNOWN_ALLOW != 0 {
-            s.hit = state::Hit::plain(PassReason::UnknownZone);
+            s.pass = state::Hit::plain(PassReason::UnknownZone);
             Ok(())
         } else {
             Err(DropReason::UnknownZone)
         };
     }
-    if s.z.from == s.z.to {
+    if s.zones.from == s.zones.to {
         return if cfg.flags & SET_INTRA_ALLOW != 0 {
-            s.hit = state::Hit::plain(PassReason::IntraZone);
+            s.pass = state::Hit::plain(PassReason::IntraZone);
             Ok(())
         } else {
             Err(DropReason::IntraZone)
         };
     }
-    if state::related(gen_, s) {
-        return state::follow_first_fragment(gen_, s);
+    if state::related(generation, s) {
+        return state::follow_first_fragment(generation, s);
     }
-    if stale && state::lookup(set, gen_, s, false) == state::LOOKUP_HIT {
-        return state::follow_first_fragment(gen_, s);
+    if stale && state::lookup(set, generation, s, false) == state::LOOKUP_HIT {
+        return state::follow_first_fragment(generation, s);
     }
     let Scratch {
-        p,
-        z,
-        hit,
-        m,
+        packet,
+        zones,
+        pass,
+        matched,
         found,
         ..
     } = s;
-    if p.frag == FRAG_LATER {
-        if let Some(h) = state::fragment(gen_, z, p) {
-            *hit = h;
+    if packet.frag == FRAG_LATER {
+        if let Some(h) = state::fragment(generation, zones, packet) {
+            *pass = h;
             return Ok(());
         }
         if cfg.flags & SET_FRAG_ALLOW == 0 {
             return Err(DropReason::Fragment);
         }
     }
-    let r = rule::find(set, z, &p.t, &p.src_mac, m);
+    let r = rule::find(set, zones, &packet.t, &packet.src_mac, matched);
     if r != 0 {
         return Err(reason(r));
     }
-    state::open(gen_, z, p, ifindex, m, *found)?;
-    *hit = state::Hit {
+    state::open(generation, zones, packet, ifindex, matched, *found)?;
+    *pass = state::Hit {
         reason: PassReason::Rule,
-        rule: m.rule,
-        audit: m.audit,
+        rule: matched.rule,
+        audit: matched.audit,
     };
-    state::follow_first_fragment(gen_, s)
+    state::follow_first_fragment(generation, s)
 }
 
 /// A drop-reason number returned by a BPF sub-function; unknown numbers fail closed.

@@ -49,6 +49,7 @@ pub static FRAGS: LruHashMap<FragKey, FragState> = LruHashMap::with_max_entries(
 pub static ZONE_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(CAP_ZONE_STATS, 0);
 #[map(name = "ZA_RULESTATS")]
 pub static RULE_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(CAP_RULE_STATS, 0);
+// Two halves: drops, then audit-mode "would drop" at `DropReason::AUDIT_OFFSET`.
 #[map(name = "ZA_DROPSTATS")]
 pub static DROP_STATS: PerCpuArray<Counter> =
     PerCpuArray::with_max_entries(2 * DropReason::SLOTS, 0);
@@ -76,23 +77,28 @@ pub static FAILSAFE_SRC: LpmTrie<FailsafeSrcKey, u32> =
 /// tracked, so the paths merge again at each return. A per-CPU array lookup with a
 /// constant index is inlined by the kernel and costs about a nanosecond.
 pub struct Scratch {
-    pub p: Packet,
-    pub z: Zones,
-    pub hit: Hit,
-    pub m: Match,
+    /// The packet as parsed (`parse::packet`).
+    pub packet: Packet,
+    /// Its zones: the ingress zone first, the address zones once looked up.
+    pub zones: Zones,
+    /// How the packet passes, when it does (rule, flow, default...).
+    pub pass: Hit,
+    /// The rule that matched (`rule::find`).
+    pub matched: Match,
     /// Flow-table key of the packet.
-    pub key: FlowKey,
-    /// Table where `lookup` found an entry for `key` that it did not take (`FOUND_*`), so
-    /// that `state::open` replaces it instead of leaving a second entry for the key.
+    pub flow_key: FlowKey,
+    /// Table where `lookup` found an entry for `flow_key` that it did not take (`FOUND_*`),
+    /// so that `state::open` replaces it instead of leaving a second entry for the key.
     pub found: u32,
-    pub re: Revalidation,
+    /// Working memory of `state::revalidate`.
+    pub revalidation: Revalidation,
 }
 
 /// A flow's opening packet re-decided after a reload (`state::revalidate`).
 pub struct Revalidation {
-    pub t: Tuple,
-    pub z: Zones,
-    pub m: Match,
+    pub tuple: Tuple,
+    pub zones: Zones,
+    pub matched: Match,
 }
 
 #[map(name = "ZA_SCRATCH")]

@@ -13,16 +13,40 @@ const VLAN_MAX_DEPTH: usize = 2;
 const IPV6_EXT_MAX: usize = 6;
 /// Largest offset of an upper-layer header we accept (keeps offsets verifier-bounded).
 const MAX_L4_OFF: usize = 512;
+/// Largest offset `bytes` reads at. The furthest read is an ICMP error's quoted header, 8
+/// bytes past an upper-layer offset of at most `MAX_L4_OFF`; the bound only has to be some
+/// constant the verifier can add to the packet pointer, and 128 leaves room for that.
+const MAX_READ_OFF: usize = MAX_L4_OFF + 128;
 
+/// Ethernet header: destination MAC (0..6), source MAC (6..12), ethertype (12..14).
 const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86DD;
-const ETH_P_ARP: u16 = 0x0806;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88A8;
+const ETH_SRC_MAC_OFF: usize = 6;
+const ETH_TYPE_OFF: usize = 12;
+/// A VLAN tag: TCI (2 bytes) then the next ethertype (2 bytes).
+const VLAN_TAG_LEN: usize = 4;
+/// The VLAN id: the low 12 bits of the TCI (the top four are priority and DEI).
+const VLAN_VID_MASK: u16 = 0x0fff;
 
-const TCP_FIN: u8 = 0x01;
-const TCP_RST: u8 = 0x04;
+/// IPv4 header without options, and the IHL nibble (low half of byte 0, in 4-byte words).
+const IPV4_HLEN: usize = 20;
+const IPV4_IHL_MASK: u8 = 0x0f;
+/// IPv4 flags and fragment offset (bytes 6..8): "more fragments", and the offset in 8-byte
+/// units (low 13 bits).
+const IPV4_MF: u16 = 0x2000;
+const IPV4_FRAG_OFFSET_MASK: u16 = 0x1fff;
+/// Fixed IPv6 header: next header at byte 6, hop limit at 7, addresses at 8 and 24.
+const IPV6_HLEN: usize = 40;
+/// IPv6 fragment header, bytes 2..4: the offset in 8-byte units (top 13 bits), two reserved
+/// bits, then "more fragments" (bit 0).
+const IPV6_FRAG_OFFSET_SHIFT: u16 = 3;
+const IPV6_FRAG_MORE: u16 = 1;
+/// A fragment offset of one 8-byte unit (RFC 1858): it can only exist to overwrite the
+/// first fragment's TCP header.
+const FRAG_OFFSET_OVERLAP: u16 = 1;
+/// TCP header without options; the data offset is the high nibble of byte 12, in 4-byte
+/// words. UDP and ICMP headers are 8 bytes.
+const TCP_HLEN: usize = 20;
+const UDP_ICMP_HLEN: usize = 8;
 
 /// Fragment position of the packet.
 pub const FRAG_NONE: u8 = 0;
@@ -88,7 +112,7 @@ fn bytes<const N: usize>(ctx: &XdpContext, off: usize) -> Result<[u8; N], DropRe
             core::ptr::read_volatile(&(*ctx.ctx).data_end) as usize,
         )
     };
-    if off > MAX_L4_OFF + 128 || start + off + N > end {
+    if off > MAX_READ_OFF || start + off + N > end {
         return Err(DropReason::Malformed);
     }
     // SAFETY: bounds checked against data_end just above.
@@ -122,7 +146,7 @@ pub const PARSED_NEIGHBOR: u32 = 0x101;
 fn packet_inner(raw: *mut xdp_md, out: &mut Packet) -> Result<Kind, DropReason> {
     let ctx = &XdpContext::new(raw);
     let len = (ctx.data_end() - ctx.data()) as u64;
-    let src_mac = bytes::<6>(ctx, 6)?;
+    let src_mac = bytes::<6>(ctx, ETH_SRC_MAC_OFF)?;
     let (ethertype, l3, vlan) = l2(ctx)?;
     out.src_mac = src_mac;
     out.vlan = vlan;
@@ -143,7 +167,7 @@ enum Kind {
 /// Ethernet and up to `VLAN_MAX_DEPTH` tags: (ethertype, L3 offset, outer VLAN id).
 #[inline(always)]
 fn l2(ctx: &XdpContext) -> Result<(u16, usize, u16), DropReason> {
-    let mut proto = be16_at(ctx, 12)?;
+    let mut proto = be16_at(ctx, ETH_TYPE_OFF)?;
     let mut off = ETH_HLEN;
     let mut vlan = 0u16;
     for depth in 0..VLAN_MAX_DEPTH {
@@ -152,10 +176,10 @@ fn l2(ctx: &XdpContext) -> Result<(u16, usize, u16), DropReason> {
         }
         let tci = be16_at(ctx, off)?;
         if depth == 0 {
-            vlan = tci & 0x0fff;
+            vlan = tci & VLAN_VID_MASK;
         }
         proto = be16_at(ctx, off + 2)?;
-        off += 4;
+        off += VLAN_TAG_LEN;
     }
     if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
         return Err(DropReason::HeaderLimit);
@@ -165,26 +189,27 @@ fn l2(ctx: &XdpContext) -> Result<(u16, usize, u16), DropReason> {
 
 #[inline(always)]
 fn ipv4(ctx: &XdpContext, l3: usize, len: u64, p: &mut Packet) -> Result<Kind, DropReason> {
-    let h = bytes::<20>(ctx, l3)?;
+    let h = bytes::<IPV4_HLEN>(ctx, l3)?;
+    // The version is the high nibble of byte 0.
     if h[0] >> 4 != 4 {
         return Err(DropReason::Malformed);
     }
-    let ihl = ((h[0] & 0x0f) as usize) * 4;
+    let ihl = ((h[0] & IPV4_IHL_MASK) as usize) * 4;
     let tot_len = u16::from_be_bytes([h[2], h[3]]) as usize;
     // ihl < 20 or a total length that does not even cover the header is malformed, and so is
     // a datagram longer than the frame (truncated).
-    if ihl < 20 || tot_len < ihl || l3 + tot_len > (len as usize) {
+    if ihl < IPV4_HLEN || tot_len < ihl || l3 + tot_len > (len as usize) {
         return Err(DropReason::Malformed);
     }
     let frag_field = u16::from_be_bytes([h[6], h[7]]);
-    let more = frag_field & 0x2000 != 0;
-    let offset = frag_field & 0x1fff;
+    let more = frag_field & IPV4_MF != 0;
+    let offset = frag_field & IPV4_FRAG_OFFSET_MASK;
     // RFC 1858: a fragment at offset 8 can only exist to overwrite the TCP header of the first.
-    if offset == 1 {
+    if offset == FRAG_OFFSET_OVERLAP {
         return Err(DropReason::Malformed);
     }
     // Every fragment carries the option (it is copied), so this holds for all of them.
-    if ihl > 20 && source_routed(ctx.ctx, l3 + 20, ihl - 20) {
+    if ihl > IPV4_HLEN && source_routed(ctx.ctx, l3 + IPV4_HLEN, ihl - IPV4_HLEN) {
         return Err(DropReason::SourceRoute);
     }
     p.frag = if offset != 0 {
@@ -194,6 +219,7 @@ fn ipv4(ctx: &XdpContext, l3: usize, len: u64, p: &mut Packet) -> Result<Kind, D
     } else {
         FRAG_NONE
     };
+    // Identification (bytes 4..6), protocol (9), addresses (12..16, 16..20).
     p.frag_id = u16::from_be_bytes([h[4], h[5]]) as u32;
     p.t.family = FAMILY_V4;
     p.t.proto = h[9];
@@ -244,24 +270,27 @@ fn source_routed(raw: *mut xdp_md, off: usize, len: usize) -> bool {
     false
 }
 
-const NH_HOP: u8 = 0;
-const NH_ROUTING: u8 = 43;
-const NH_FRAGMENT: u8 = 44;
-const NH_AH: u8 = 51;
-const NH_DSTOPTS: u8 = 60;
-
 /// Whether `nh` is an extension header the parser walks.
 #[inline(always)]
 fn is_ext(nh: u8) -> bool {
-    matches!(nh, NH_HOP | NH_ROUTING | NH_FRAGMENT | NH_AH | NH_DSTOPTS)
+    matches!(
+        nh,
+        PROTO_IPV6_HOPOPTS
+            | PROTO_IPV6_ROUTING
+            | PROTO_IPV6_FRAGMENT
+            | PROTO_AH
+            | PROTO_IPV6_DSTOPTS
+    )
 }
 
-/// Length of the extension header `nh` whose first 8 bytes are `e`.
+/// Length of the extension header `nh` whose first 8 bytes are `e` (byte 0: next header,
+/// byte 1: length). A fragment header is always 8 bytes; AH counts its length in 4-byte
+/// units less 2 (RFC 4302 §2.2), the others in 8-byte units less 1 (RFC 8200 §4.3).
 #[inline(always)]
 fn ext_len(nh: u8, e: &[u8; 8]) -> u32 {
     match nh {
-        NH_FRAGMENT => 8,
-        NH_AH => (e[1] as u32 + 2) * 4,
+        PROTO_IPV6_FRAGMENT => 8,
+        PROTO_AH => (e[1] as u32 + 2) * 4,
         _ => (e[1] as u32 + 1) * 8,
     }
 }
@@ -269,11 +298,12 @@ fn ext_len(nh: u8, e: &[u8; 8]) -> u32 {
 #[inline(always)]
 fn ipv6(ctx: &XdpContext, l3: usize, len: u64, p: &mut Packet) -> Result<Kind, DropReason> {
     let h = bytes::<8>(ctx, l3)?;
+    // The version is the high nibble of byte 0; the payload length is bytes 4..6.
     if h[0] >> 4 != 6 {
         return Err(DropReason::Malformed);
     }
     let payload = u16::from_be_bytes([h[4], h[5]]) as usize;
-    let end = l3 + 40 + payload;
+    let end = l3 + IPV6_HLEN + payload;
     if end > len as usize {
         return Err(DropReason::Malformed);
     }
@@ -281,7 +311,7 @@ fn ipv6(ctx: &XdpContext, l3: usize, len: u64, p: &mut Packet) -> Result<Kind, D
     p.t.src = bytes::<16>(ctx, l3 + 8)?;
     p.t.dst = bytes::<16>(ctx, l3 + 24)?;
     let hop_limit = h[7];
-    let mut off = l3 + 40;
+    let mut off = l3 + IPV6_HLEN;
     let mut nh = h[6];
     let mut walked = 0;
     while walked < IPV6_EXT_MAX {
@@ -292,8 +322,8 @@ fn ipv6(ctx: &XdpContext, l3: usize, len: u64, p: &mut Packet) -> Result<Kind, D
         if r & EXT_ERR != 0 {
             return Err(DropReason::from_u8(r as u8).unwrap_or(DropReason::Malformed));
         }
-        let hlen = (r & 0xffff) as usize;
-        nh = (r >> 16) as u8;
+        let hlen = (r & EXT_LEN_MASK) as usize;
+        nh = (r >> EXT_NH_SHIFT) as u8;
         off += hlen;
         if off > MAX_L4_OFF || off > end {
             return Err(DropReason::HeaderLimit);
@@ -315,19 +345,13 @@ fn ipv6(ctx: &XdpContext, l3: usize, len: u64, p: &mut Packet) -> Result<Kind, D
     // the link: hop limit 255 (RFC 4861 §7.1) and a link-local or link-scope multicast
     // destination. A unicast NS to a global address would otherwise be routed onwards.
     if nh == PROTO_ICMPV6
-        && hop_limit == 255
-        && link_scoped(&p.t.dst)
-        && (133..=136).contains(&p.icmp_type)
+        && hop_limit == ND_HOP_LIMIT
+        && nd_link_scoped_dst(&p.t.dst)
+        && (ICMPV6_ROUTER_SOLICIT..=ICMPV6_NEIGHBOR_ADVERT).contains(&p.icmp_type)
     {
         return Ok(Kind::Neighbor);
     }
     Ok(Kind::Ip)
-}
-
-/// fe80::/10 or ff02::/16.
-#[inline(always)]
-pub fn link_scoped(dst: &[u8; 16]) -> bool {
-    (dst[0] == 0xfe && dst[1] & 0xc0 == 0x80) || (dst[0] == 0xff && dst[1] & 0x0f == 0x02)
 }
 
 #[inline(always)]
@@ -338,7 +362,11 @@ fn l4_checked(ctx: &XdpContext, p: &mut Packet, off: usize, end: usize) -> Resul
     }
 }
 
+/// `ext_header`'s result: a drop reason in the low byte, or the next header at
+/// `EXT_NH_SHIFT` and the header's length in the low 16 bits.
 const EXT_ERR: u32 = 1 << 31;
+const EXT_NH_SHIFT: u32 = 16;
+const EXT_LEN_MASK: u32 = 0xffff;
 
 /// One IPv6 extension header at `off`: returns (next header << 16 | length), or
 /// `EXT_ERR | reason`. Its own BPF function so the verifier walks its branches once per
@@ -352,14 +380,15 @@ fn ext_header(raw: *mut xdp_md, off: usize, nh: u8, p: &mut Packet) -> u32 {
     };
     // Segments left: the destination field is only the next of the hops the sender listed
     // (see `source_routed` for IPv4).
-    if nh == NH_ROUTING && e[3] != 0 {
+    // Byte 3 of a routing header: segments left.
+    if nh == PROTO_IPV6_ROUTING && e[3] != 0 {
         return EXT_ERR | DropReason::SourceRoute as u32;
     }
-    if nh == NH_FRAGMENT {
+    if nh == PROTO_IPV6_FRAGMENT {
         let fo = u16::from_be_bytes([e[2], e[3]]);
-        let offset = fo >> 3;
-        let more = fo & 1 != 0;
-        if offset == 1 {
+        let offset = fo >> IPV6_FRAG_OFFSET_SHIFT;
+        let more = fo & IPV6_FRAG_MORE != 0;
+        if offset == FRAG_OFFSET_OVERLAP {
             return EXT_ERR | DropReason::Malformed as u32;
         }
         // An atomic fragment (offset 0, no more) is a whole packet (RFC 6946).
@@ -368,18 +397,28 @@ fn ext_header(raw: *mut xdp_md, off: usize, nh: u8, p: &mut Packet) -> u32 {
         } else if more {
             p.frag = FRAG_FIRST;
         }
+        // Identification: bytes 4..8.
         p.frag_id = u32::from_be_bytes([e[4], e[5], e[6], e[7]]);
     }
-    ((e[0] as u32) << 16) | ext_len(nh, &e)
+    ((e[0] as u32) << EXT_NH_SHIFT) | ext_len(nh, &e)
 }
 
 /// Whether an ICMP(v6) type is an error that quotes the offending packet.
 #[inline(always)]
 fn icmp_error(family: u8, ty: u8) -> bool {
     if family == FAMILY_V4 {
-        matches!(ty, 3 | 11 | 12)
+        matches!(
+            ty,
+            ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM
+        )
     } else {
-        matches!(ty, 1..=4)
+        matches!(
+            ty,
+            ICMPV6_DEST_UNREACH
+                | ICMPV6_PACKET_TOO_BIG
+                | ICMPV6_TIME_EXCEEDED
+                | ICMPV6_PARAMETER_PROBLEM
+        )
     }
 }
 
@@ -419,21 +458,21 @@ fn l4_inner(ctx: &XdpContext, p: &mut Packet, off: usize, end: usize) -> Result<
     }
     match p.t.proto {
         PROTO_TCP => {
-            let h = bytes::<20>(ctx, off)?;
+            let h = bytes::<TCP_HLEN>(ctx, off)?;
             let doff = ((h[12] >> 4) as usize) * 4;
             // The whole TCP header must be in this packet: a tiny first fragment that splits it
             // is how filters get bypassed (RFC 1858).
-            if doff < 20 || off + doff > end {
+            if doff < TCP_HLEN || off + doff > end {
                 return Err(DropReason::Malformed);
             }
             p.t.sport = u16::from_be_bytes([h[0], h[1]]);
             p.t.dport = u16::from_be_bytes([h[2], h[3]]);
-            p.tcp_flags = h[13];
+            p.tcp_flags = h[13]; // the flags byte, see `TCP_FIN` and the others
             p.t.l4 = true;
         }
         PROTO_UDP => {
-            let h = bytes::<8>(ctx, off)?;
-            if off + 8 > end {
+            let h = bytes::<UDP_ICMP_HLEN>(ctx, off)?;
+            if off + UDP_ICMP_HLEN > end {
                 return Err(DropReason::Malformed);
             }
             p.t.sport = u16::from_be_bytes([h[0], h[1]]);
@@ -450,17 +489,18 @@ fn l4_inner(ctx: &XdpContext, p: &mut Packet, off: usize, end: usize) -> Result<
                 // ICMPv4 inside IPv6 or the reverse: an unknown protocol for this family.
                 return Ok(());
             }
-            let h = bytes::<8>(ctx, off)?;
-            if off + 8 > end {
+            let h = bytes::<UDP_ICMP_HLEN>(ctx, off)?;
+            if off + UDP_ICMP_HLEN > end {
                 return Err(DropReason::Malformed);
             }
+            // Type at byte 0; the echo identifier at bytes 4..6.
             let (s, d) = icmp_ports(p.t.family, h[0], u16::from_be_bytes([h[4], h[5]]));
             p.t.sport = s;
             p.t.dport = d;
             p.t.l4 = true;
             p.icmp_type = h[0];
             if icmp_error(p.t.family, h[0]) {
-                p.has_inner = quoted(ctx.ctx, p.t.family, off + 8, end, &mut p.inner);
+                p.has_inner = quoted(ctx.ctx, p.t.family, off + UDP_ICMP_HLEN, end, &mut p.inner);
             }
         }
         _ => {}
@@ -496,9 +536,9 @@ fn quoted_tuple(ctx: &XdpContext, family: u8, off: usize, end: usize) -> Option<
         dport: 0,
     };
     let l4off = if family == FAMILY_V4 {
-        let h = bytes::<20>(ctx, off).ok()?;
-        let ihl = ((h[0] & 0x0f) as usize) * 4;
-        if h[0] >> 4 != 4 || ihl < 20 {
+        let h = bytes::<IPV4_HLEN>(ctx, off).ok()?;
+        let ihl = ((h[0] & IPV4_IHL_MASK) as usize) * 4;
+        if h[0] >> 4 != 4 || ihl < IPV4_HLEN {
             return None;
         }
         t.proto = h[9];
@@ -506,7 +546,7 @@ fn quoted_tuple(ctx: &XdpContext, family: u8, off: usize, end: usize) -> Option<
         t.dst = v4_padded([h[16], h[17], h[18], h[19]]);
         off + ihl
     } else {
-        let h = bytes::<40>(ctx, off).ok()?;
+        let h = bytes::<IPV6_HLEN>(ctx, off).ok()?;
         if h[0] >> 4 != 6 {
             return None;
         }
@@ -515,11 +555,13 @@ fn quoted_tuple(ctx: &XdpContext, family: u8, off: usize, end: usize) -> Option<
         // The quote's own extension headers, walked as a packet's are: its upper-layer
         // header is what ties the error to a flow. A later fragment quotes no ports.
         let mut nh = h[6];
-        let mut l4off = off + 40;
+        let mut l4off = off + IPV6_HLEN;
         let mut walked = 0;
         while walked < IPV6_EXT_MAX && is_ext(nh) {
             let e = bytes::<8>(ctx, l4off).ok()?;
-            if nh == NH_FRAGMENT && u16::from_be_bytes([e[2], e[3]]) >> 3 != 0 {
+            if nh == PROTO_IPV6_FRAGMENT
+                && u16::from_be_bytes([e[2], e[3]]) >> IPV6_FRAG_OFFSET_SHIFT != 0
+            {
                 return None;
             }
             l4off += ext_len(nh, &e) as usize;
@@ -535,10 +577,12 @@ fn quoted_tuple(ctx: &XdpContext, family: u8, off: usize, end: usize) -> Option<
         t.proto = nh;
         l4off
     };
-    if l4off > MAX_L4_OFF || l4off + 8 > end {
+    if l4off > MAX_L4_OFF || l4off + UDP_ICMP_HLEN > end {
         return None;
     }
-    let q = bytes::<8>(ctx, l4off).ok()?;
+    // The quote's first 8 upper-layer bytes: all RFC 792 promises (ports, or ICMP type and
+    // echo identifier).
+    let q = bytes::<UDP_ICMP_HLEN>(ctx, l4off).ok()?;
     match t.proto {
         PROTO_TCP | PROTO_UDP => {
             t.sport = u16::from_be_bytes([q[0], q[1]]);

@@ -66,7 +66,7 @@ impl Hit {
 }
 
 /// Re-decide a flow of an older generation under the active policy; updates the entry.
-/// `w` is working memory for the opening packet's tuple and zones (see `maps::Scratch`).
+/// `w` is working memory for the opening packet's tuple and zones (see `Scratch`).
 #[inline(always)]
 fn revalidate(
     set: u32,
@@ -80,7 +80,7 @@ fn revalidate(
     } else {
         (k.b, k.b_port, k.a, k.a_port)
     };
-    w.t = Tuple {
+    w.tuple = Tuple {
         family: k.family,
         proto: k.proto,
         l4: true,
@@ -89,20 +89,20 @@ fn revalidate(
         sport,
         dport,
     };
-    w.z = match zone::resolve(set, st.orig_ifindex, st.orig_vlan, &w.t) {
+    w.zones = match zone::resolve(set, st.orig_ifindex, st.orig_vlan, &w.tuple) {
         Ok(z) => z,
         Err(_) => return false,
     };
-    if w.z.unknown() || w.z.from == w.z.to {
+    if w.zones.unknown() || w.zones.from == w.zones.to {
         return false;
     }
-    match rule::find(set, &w.z, &w.t, &st.orig_mac, &mut w.m) {
+    match rule::find(set, &w.zones, &w.tuple, &st.orig_mac, &mut w.matched) {
         0 => {
             st.generation = generation;
-            st.rule = w.m.rule;
-            st.from_zone = w.z.from;
-            st.to_zone = w.z.to;
-            st.flags = (st.flags & !FLOW_AUDIT) | if w.m.audit { FLOW_AUDIT } else { 0 };
+            st.rule = w.matched.rule;
+            st.from_zone = w.zones.from;
+            st.to_zone = w.zones.to;
+            st.flags = (st.flags & !FLOW_AUDIT) | if w.matched.audit { FLOW_AUDIT } else { 0 };
             true
         }
         _ => false,
@@ -111,7 +111,7 @@ fn revalidate(
 
 /// `lookup` found no flow that decides the packet.
 pub const LOOKUP_MISS: u32 = 0;
-/// `lookup` found the packet's flow: `s.hit` says how it passes.
+/// `lookup` found the packet's flow: `s.pass` says how it passes.
 pub const LOOKUP_HIT: u32 = 1;
 /// The fast lookup found an entry that is expired or of an older generation: only the
 /// lookup at step 7 proper may remove or re-decide it.
@@ -133,22 +133,31 @@ pub const FOUND_EMBRYOS: u32 = 2;
 /// when a later policy allows it again. Those entries are left to the lookup at step 7.
 // Own BPF function (own stack frame), see parse::packet.
 #[inline(never)]
-/// Only `s.z.from` needs to be known; on a hit `s.z.to` is set to the zone the packet goes
+/// Only `s.zones.from` needs to be known; on a hit `s.zones.to` is set to the zone the packet goes
 /// to (the flow's other end).
 pub fn lookup(set: u32, generation: u32, s: &mut Scratch, fast: bool) -> u32 {
     let Scratch {
-        p,
-        z,
-        hit,
-        key: k,
+        packet,
+        zones,
+        pass,
+        flow_key,
         found,
-        re,
+        revalidation,
         ..
     } = s;
-    match lookup_inner(set, generation, z, p, k, found, re, fast) {
+    match lookup_inner(
+        set,
+        generation,
+        zones,
+        packet,
+        flow_key,
+        found,
+        revalidation,
+        fast,
+    ) {
         Ok((h, to)) => {
-            *hit = h;
-            z.to = to;
+            *pass = h;
+            zones.to = to;
             LOOKUP_HIT
         }
         Err(r) => r,
@@ -299,9 +308,9 @@ fn dir_reason(orig: bool) -> PassReason {
 // Own BPF function (own stack frame), see parse::packet.
 #[inline(never)]
 pub fn related(generation: u32, s: &mut Scratch) -> bool {
-    match related_inner(generation, &s.z, &s.p) {
+    match related_inner(generation, &s.zones, &s.packet) {
         Some(h) => {
-            s.hit = h;
+            s.pass = h;
             true
         }
         None => false,
@@ -429,24 +438,24 @@ pub fn fragment(generation: u32, z: &Zones, p: &Packet) -> Option<Hit> {
     })
 }
 
-/// After a pass (`s.hit`, zones in `s.z`): a first fragment is remembered so that its later
+/// After a pass (`s.pass`, zones in `s.zones`): a first fragment is remembered so that its later
 /// fragments can be tied to it, whatever let it pass (a rule, its flow, a related error).
 #[inline(always)]
 pub fn follow_first_fragment(generation: u32, s: &Scratch) -> Result<(), DropReason> {
-    if s.p.frag != FRAG_FIRST {
+    if s.packet.frag != FRAG_FIRST {
         return Ok(());
     }
     let st = FragState {
         last_seen_ns: now(),
         generation,
-        rule: s.hit.rule,
-        mac: s.p.src_mac,
-        from_zone: s.z.from,
-        to_zone: s.z.to,
-        flags: if s.hit.audit { FLOW_AUDIT } else { 0 },
+        rule: s.pass.rule,
+        mac: s.packet.src_mac,
+        from_zone: s.zones.from,
+        to_zone: s.zones.to,
+        flags: if s.pass.audit { FLOW_AUDIT } else { 0 },
         _pad: [0; 7],
     };
     FRAGS
-        .insert(&frag_key(&s.p), &st, 0)
+        .insert(&frag_key(&s.packet), &st, 0)
         .map_err(|_| DropReason::TableFull)
 }

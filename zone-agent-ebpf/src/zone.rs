@@ -56,6 +56,8 @@ pub fn ingress(set: u32, ifindex: u32, vlan: u16) -> Result<u8, DropReason> {
 
 #[inline(always)]
 pub fn addr(set: u32, role: u8, family: u8, a: &[u8; 16]) -> AddrClass {
+    // Full-length lookups (`set` and `role`, then all 32 or 128 address bits): the trie
+    // returns the longest prefix that covers the address.
     let found = if family == FAMILY_V4 {
         let key = Key::new(
             ADDR_KEY_PREFIX_BITS + 32,
