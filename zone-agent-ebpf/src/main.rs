@@ -1,9 +1,24 @@
 //! zone-agent's XDP program: every packet entering a zone interface of the gateway is
 //! decided here.
 //!
-//! Pipeline: parse → zone → state → rule → verdict → record. Each step returns
-//! `Result<_, DropReason>`; `classify` is the only place that turns a step's outcome into a
-//! decision and `zone_agent` the only place that turns a decision into an XDP action.
+//! Pipeline: `parse` (headers → `Packet`) → `failsafe` → `zone` (ingress, addresses) →
+//! `state` (flows, related ICMP errors, fragments) → `rule` (特定通信) → `verdict` → `record`
+//! (counters). `verdict.rs` holds the numbered precedence; its `classify` and `decide` are
+//! the only places that turn the steps' outcomes into a `Decision`, and `zone_agent` below
+//! is the only place that turns a decision into an XDP action.
+//!
+//! Steps hand their results over in `scratch::Scratch` (per-CPU working memory, see there
+//! why not the stack). Inlined steps return `Result<_, DropReason>`. A step that is its own
+//! BPF function (`#[inline(never)]`, to keep the stack and the verifier's path count down)
+//! returns a plain `u32` instead, since Rust returns even a small `Result` through memory
+//! on this target; each documents its encoding (`parse::packet`: `PARSED_*` or a drop
+//! reason; `rule::find`, `parse::l4`: 0 or a drop reason; `state::lookup`: `LOOKUP_*`;
+//! `parse::ext_header`: next header and length, or `EXT_ERR` and a drop reason).
+//!
+//! Imports point one way (no cycle): `parse` uses nothing of the crate; `scratch` (types
+//! only) uses `parse`'s types; `maps` uses `scratch`; `zone`, `rule`, `failsafe` and
+//! `record` use those; `state` also uses `zone`, `rule` and `record` (it re-decides flows
+//! after a reload); `verdict` uses the steps; `main` uses `verdict`, `maps` and `record`.
 #![no_std]
 #![no_main]
 #![allow(
@@ -17,7 +32,9 @@ mod maps;
 mod parse;
 mod record;
 mod rule;
+mod scratch;
 mod state;
+mod verdict;
 mod zone;
 
 use aya_ebpf::{
@@ -28,36 +45,9 @@ use aya_ebpf::{
 use zone_agent_common::*;
 
 use crate::{
-    maps::{ACTIVE, SCRATCH, SETCONF, Scratch},
-    parse::FRAG_LATER,
-    zone::Zones,
+    maps::{ACTIVE, SCRATCH, SETCONF},
+    verdict::{Decision, Outcome, classify},
 };
-
-enum Outcome {
-    Pass(PassReason),
-    Drop(DropReason),
-}
-
-struct Decision {
-    outcome: Outcome,
-    from: u8,
-    to: u8,
-    rule: u32,
-    /// Passed only because of audit mode (an audit rule, or a global-audit would-drop).
-    audit: bool,
-}
-
-impl Decision {
-    fn drop(reason: DropReason) -> Self {
-        Decision {
-            outcome: Outcome::Drop(reason),
-            from: 0,
-            to: 0,
-            rule: NO_RULE,
-            audit: false,
-        }
-    }
-}
 
 #[xdp]
 pub fn zone_agent(ctx: XdpContext) -> u32 {
@@ -80,146 +70,6 @@ pub fn zone_agent(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn zone_agent_floor(_ctx: XdpContext) -> u32 {
     XDP_DROP
-}
-
-/// Precedence, first applicable wins:
-///  0. a failsafe management flow to the gateway itself → pass failsafe (agent config);
-///  1. unparseable → drop (malformed / header_limit / non_ip), a source-routed packet →
-///     drop source_route; ARP and link-scoped ND pass;
-///  2. ingress interface/VLAN in no zone → drop unknown_interface;
-///  3. source address of another zone → drop spoofed_source (also for flow packets);
-///  4. source or destination in no zone → defaults.unknown;
-///  5. same zone on both sides → defaults.intra_zone;
-///  6. ICMP error quoting a live flow → pass related;
-///  7. packet of a live flow → pass established / reply;
-///  8. later fragment: tied to an allowed first fragment → pass; else defaults.fragments
-///     (allow = judged by port-less rules only, deny = drop fragment);
-///  9. a rule matches → pass (audit if only audit rules) and open a flow;
-/// 10. otherwise → drop mac_mismatch if a rule failed only on its MAC list, else no_rule.
-///
-/// Step 7 runs first, right after the ingress zone (the fast path: no address lookups for
-/// packets of live flows). That gives the same verdicts as the order above: a flow entry of
-/// the active generation was opened (or revalidated) for these very addresses and is only
-/// found when the packet enters through the zone its end belongs to, so steps 3–5 would
-/// pass it; and ICMP errors (step 6) never have a flow of their own. An expired entry or one
-/// of an older generation is not touched there: step 7 proper removes or re-decides it,
-/// once steps 3–6 have let the packet through.
-#[inline(always)]
-fn classify(ctx: &XdpContext, set: u32, cfg: &SetConfig, s: &mut Scratch) -> Decision {
-    s.packet.reset();
-    match parse::packet(ctx.ctx, &mut s.packet) {
-        parse::PARSED_IP => {}
-        parse::PARSED_NEIGHBOR => {
-            return Decision {
-                outcome: Outcome::Pass(PassReason::Neighbor),
-                from: 0,
-                to: 0,
-                rule: NO_RULE,
-                audit: false,
-            };
-        }
-        r => return Decision::drop(reason(r)),
-    }
-    let ifindex = ctx.ingress_ifindex() as u32;
-    // Step 0 needs the parsed tuple, so it runs right after parsing; a packet that cannot be
-    // parsed is never failsafe.
-    if failsafe::matches(ifindex, &s.packet) {
-        return Decision {
-            outcome: Outcome::Pass(PassReason::Failsafe),
-            from: 0,
-            to: 0,
-            rule: NO_RULE,
-            audit: false,
-        };
-    }
-    let from = match zone::ingress(set, ifindex, s.packet.vlan) {
-        Ok(z) => z,
-        Err(r) => return Decision::drop(r),
-    };
-    s.zones = Zones::ingress_only(from);
-    let outcome = match decide(set, cfg, ifindex, s) {
-        Ok(()) => Outcome::Pass(s.pass.reason),
-        Err(r) => Outcome::Drop(r),
-    };
-    let (rule, audit) = match outcome {
-        Outcome::Pass(_) => (s.pass.rule, s.pass.audit),
-        Outcome::Drop(_) => (NO_RULE, false),
-    };
-    Decision {
-        outcome,
-        from: s.zones.from,
-        to: s.zones.to,
-        rule,
-        audit,
-    }
-}
-
-/// Steps 3–10 of `classify` (7 first); on `Ok` the pass is described in `s.pass`, and
-/// `s.zones` holds the zones either way.
-#[inline(always)]
-fn decide(set: u32, cfg: &SetConfig, ifindex: u32, s: &mut Scratch) -> Result<(), DropReason> {
-    let generation = cfg.generation;
-    let stale = match state::lookup(set, generation, s, true) {
-        state::LOOKUP_HIT => return state::follow_first_fragment(generation, s),
-        r => r == state::LOOKUP_STALE,
-    };
-    s.zones = zone::addresses(set, s.zones.from, &s.packet.t)?;
-    if s.zones.unknown() {
-        return if cfg.flags & SET_UNKNOWN_ALLOW != 0 {
-            s.pass = state::Hit::plain(PassReason::UnknownZone);
-            Ok(())
-        } else {
-            Err(DropReason::UnknownZone)
-        };
-    }
-    if s.zones.from == s.zones.to {
-        return if cfg.flags & SET_INTRA_ALLOW != 0 {
-            s.pass = state::Hit::plain(PassReason::IntraZone);
-            Ok(())
-        } else {
-            Err(DropReason::IntraZone)
-        };
-    }
-    if state::related(generation, s) {
-        return state::follow_first_fragment(generation, s);
-    }
-    if stale && state::lookup(set, generation, s, false) == state::LOOKUP_HIT {
-        return state::follow_first_fragment(generation, s);
-    }
-    let Scratch {
-        packet,
-        zones,
-        pass,
-        matched,
-        found,
-        ..
-    } = s;
-    if packet.frag == FRAG_LATER {
-        if let Some(h) = state::fragment(generation, zones, packet) {
-            *pass = h;
-            return Ok(());
-        }
-        if cfg.flags & SET_FRAG_ALLOW == 0 {
-            return Err(DropReason::Fragment);
-        }
-    }
-    let r = rule::find(set, zones, &packet.t, &packet.src_mac, matched);
-    if r != 0 {
-        return Err(reason(r));
-    }
-    state::open(generation, zones, packet, ifindex, matched, *found)?;
-    *pass = state::Hit {
-        reason: PassReason::Rule,
-        rule: matched.rule,
-        audit: matched.audit,
-    };
-    state::follow_first_fragment(generation, s)
-}
-
-/// A drop-reason number returned by a BPF sub-function; unknown numbers fail closed.
-#[inline(always)]
-fn reason(n: u32) -> DropReason {
-    DropReason::from_u8(n as u8).unwrap_or(DropReason::Malformed)
 }
 
 #[inline(always)]

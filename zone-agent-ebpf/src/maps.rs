@@ -7,12 +7,7 @@ use aya_ebpf::{
 };
 use zone_agent_common::*;
 
-use crate::{
-    parse::{Packet, Tuple},
-    rule::Match,
-    state::Hit,
-    zone::Zones,
-};
+use crate::scratch::Scratch;
 
 #[map(name = "ZA_ACTIVE")]
 pub static ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
@@ -67,39 +62,6 @@ pub static FAILSAFE: HashMap<FailsafeKey, u32> =
 pub static FAILSAFE_SRC: LpmTrie<FailsafeSrcKey, u32> =
     LpmTrie::with_max_entries(CAP_FAILSAFE_SRC, BPF_F_NO_PREALLOC);
 
-/// Working memory of one invocation: the parsed packet and the results the BPF
-/// sub-functions hand back.
-///
-/// Why a map and not the stack: the verifier tracks constants stored on the stack, so every
-/// exit path of a sub-function (each writing different constants into its out-parameter)
-/// would continue through the rest of the program as a separate state, and the path count
-/// multiplies stage by stage past the 1M-instruction limit. Map-value contents are not
-/// tracked, so the paths merge again at each return. A per-CPU array lookup with a
-/// constant index is inlined by the kernel and costs about a nanosecond.
-pub struct Scratch {
-    /// The packet as parsed (`parse::packet`).
-    pub packet: Packet,
-    /// Its zones: the ingress zone first, the address zones once looked up.
-    pub zones: Zones,
-    /// How the packet passes, when it does (rule, flow, default...).
-    pub pass: Hit,
-    /// The rule that matched (`rule::find`).
-    pub matched: Match,
-    /// Flow-table key of the packet.
-    pub flow_key: FlowKey,
-    /// Table where `lookup` found an entry for `flow_key` that it did not take (`FOUND_*`),
-    /// so that `state::open` replaces it instead of leaving a second entry for the key.
-    pub found: u32,
-    /// Working memory of `state::revalidate`.
-    pub revalidation: Revalidation,
-}
-
-/// A flow's opening packet re-decided after a reload (`state::revalidate`).
-pub struct Revalidation {
-    pub tuple: Tuple,
-    pub zones: Zones,
-    pub matched: Match,
-}
-
+/// The per-CPU working memory, see `Scratch`.
 #[map(name = "ZA_SCRATCH")]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);

@@ -7,16 +7,8 @@ use zone_agent_common::*;
 use crate::{
     maps::{PORT_CLASSES, RULEINFO, RULEMACS, RULES},
     parse::Tuple,
-    zone::Zones,
+    scratch::{Match, Zones},
 };
-
-#[derive(Clone, Copy)]
-pub struct Match {
-    /// First matching rule in file order (gets the counters).
-    pub rule: u32,
-    /// No enforcing rule matched, only audit ones.
-    pub audit: bool,
-}
 
 #[inline(always)]
 fn proto_class(t: &Tuple) -> u8 {

@@ -10,11 +10,11 @@ use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns};
 use zone_agent_common::*;
 
 use crate::{
-    maps::{EMBRYOS, FLOWS, FRAGS, Revalidation, Scratch},
+    maps::{EMBRYOS, FLOWS, FRAGS},
     parse::{FRAG_FIRST, Packet, Tuple},
-    record,
-    rule::{self, Match},
-    zone::{self, Zones},
+    record, rule,
+    scratch::{Hit, Match, Revalidation, Scratch, Zones},
+    zone,
 };
 
 #[inline(always)]
@@ -46,23 +46,6 @@ pub fn key(t: &Tuple) -> (FlowKey, bool) {
         },
         src_is_a,
     )
-}
-
-pub struct Hit {
-    pub reason: PassReason,
-    pub rule: u32,
-    pub audit: bool,
-}
-
-impl Hit {
-    /// A pass that no rule is behind (defaults, neighbour discovery).
-    pub fn plain(reason: PassReason) -> Self {
-        Hit {
-            reason,
-            rule: NO_RULE,
-            audit: false,
-        }
-    }
 }
 
 /// Re-decide a flow of an older generation under the active policy; updates the entry.

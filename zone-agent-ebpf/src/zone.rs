@@ -7,36 +7,8 @@ use zone_agent_common::*;
 use crate::{
     maps::{ADDR4, ADDR6, IFACES},
     parse::Tuple,
+    scratch::Zones,
 };
-
-#[derive(Clone, Copy)]
-pub struct Zones {
-    /// Zone of the ingress interface: where the packet comes from.
-    pub from: u8,
-    /// Longest-prefix zone of the source address (0: none).
-    pub src_zone: u8,
-    /// Longest-prefix zone of the destination address (0: none).
-    pub to: u8,
-    pub src_class: u32,
-    pub dst_class: u32,
-}
-
-impl Zones {
-    /// Only the ingress zone known yet (addresses not looked up).
-    pub fn ingress_only(from: u8) -> Self {
-        Zones {
-            from,
-            src_zone: NO_ZONE,
-            to: NO_ZONE,
-            src_class: 0,
-            dst_class: 0,
-        }
-    }
-
-    pub fn unknown(&self) -> bool {
-        self.src_zone == NO_ZONE || self.to == NO_ZONE
-    }
-}
 
 #[inline(always)]
 pub fn ingress(set: u32, ifindex: u32, vlan: u16) -> Result<u8, DropReason> {
