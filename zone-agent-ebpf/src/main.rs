@@ -10,15 +10,16 @@
 //! Steps hand their results over in `scratch::Scratch` (per-CPU working memory, see there
 //! why not the stack). Inlined steps return `Result<_, DropReason>`. A step that is its own
 //! BPF function (`#[inline(never)]`, to keep the stack and the verifier's path count down)
-//! returns a plain `u32` instead, since Rust returns even a small `Result` through memory
-//! on this target; each documents its encoding (`parse::packet`: `PARSED_*` or a drop
-//! reason; `rule::find`, `parse::l4`: 0 or a drop reason; `state::lookup`: `LOOKUP_*`;
-//! `parse::ext_header`: next header and length, or `EXT_ERR` and a drop reason).
+//! returns a `bool` if it only answers yes or no (`state::related`, `parse::quoted`,
+//! `parse::source_routed`), otherwise a `step::Step`: the same as a `Result` in one
+//! register, a value the step documents (`parse::PARSED_*`, `state::LOOKUP_*`, an extension
+//! header's next header and length, or 0) or a drop reason.
 //!
-//! Imports point one way (no cycle): `parse` uses nothing of the crate; `scratch` (types
-//! only) uses `parse`'s types; `maps` uses `scratch`; `zone`, `rule`, `failsafe` and
-//! `record` use those; `state` also uses `zone`, `rule` and `record` (it re-decides flows
-//! after a reload); `verdict` uses the steps; `main` uses `verdict`, `maps` and `record`.
+//! Imports point one way (no cycle): `step` uses nothing of the crate, `parse` only `step`;
+//! `scratch` (types only) uses `parse`'s types; `maps` uses `scratch`; `zone`, `rule`,
+//! `failsafe` and `record` use those; `state` also uses `zone`, `rule` and `record` (it
+//! re-decides flows after a reload); `verdict` uses the steps; `main` uses `verdict`, `maps`
+//! and `record`.
 #![no_std]
 #![no_main]
 #![allow(
@@ -34,6 +35,7 @@ mod record;
 mod rule;
 mod scratch;
 mod state;
+mod step;
 mod verdict;
 mod zone;
 

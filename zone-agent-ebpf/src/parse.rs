@@ -7,6 +7,8 @@
 use aya_ebpf::{bindings::xdp_md, programs::XdpContext};
 use zone_agent_common::*;
 
+use crate::step::Step;
+
 /// 802.1Q / 802.1ad tags walked; a third tag is `HeaderLimit`.
 const VLAN_MAX_DEPTH: usize = 2;
 /// IPv6 extension headers walked before the upper-layer header; more is `HeaderLimit`.
@@ -124,23 +126,21 @@ fn be16_at(ctx: &XdpContext, off: usize) -> Result<u16, DropReason> {
     Ok(u16::from_be_bytes(bytes::<2>(ctx, off)?))
 }
 
-/// A separate BPF function (not inlined): its temporaries get their own stack frame, which
-/// keeps the whole program under the 512-byte stack limit.
-/// Results come back through `out` (the verifier does not let a BPF function return a
-/// pointer to the caller's stack, which is how a large return value would travel).
-/// Returns `PARSED_IP`, `PARSED_NEIGHBOR` or the drop reason number: plain scalars, since
-/// Rust returns even a two-byte `Result` through memory on this target.
+/// The whole packet into `out`. A separate BPF function (not inlined): its temporaries get
+/// their own stack frame, which keeps the whole program under the 512-byte stack limit.
+/// Results come back through `out` and a `Step` (see there why): `PARSED_IP`,
+/// `PARSED_NEIGHBOR` (ARP, link-scoped neighbour discovery) or the drop reason.
 #[inline(never)]
-pub fn packet(raw: *mut xdp_md, out: &mut Packet) -> u32 {
-    match packet_inner(raw, out) {
-        Ok(Kind::Ip) => PARSED_IP,
-        Ok(Kind::Neighbor) => PARSED_NEIGHBOR,
-        Err(r) => r as u32,
-    }
+pub fn packet(raw: *mut xdp_md, out: &mut Packet) -> Step {
+    Step::from_result(packet_inner(raw, out).map(|kind| match kind {
+        Kind::Ip => PARSED_IP,
+        Kind::Neighbor => PARSED_NEIGHBOR,
+    }))
 }
 
-pub const PARSED_IP: u32 = 0x100;
-pub const PARSED_NEIGHBOR: u32 = 0x101;
+/// `packet`'s values.
+pub const PARSED_IP: u32 = 0;
+pub const PARSED_NEIGHBOR: u32 = 1;
 
 #[inline(always)]
 fn packet_inner(raw: *mut xdp_md, out: &mut Packet) -> Result<Kind, DropReason> {
@@ -318,10 +318,7 @@ fn ipv6(ctx: &XdpContext, l3: usize, len: u64, p: &mut Packet) -> Result<Kind, D
         if !is_ext(nh) {
             break;
         }
-        let r = ext_header(ctx.ctx, off, nh, p);
-        if r & EXT_ERR != 0 {
-            return Err(DropReason::from_u8(r as u8).unwrap_or(DropReason::Malformed));
-        }
+        let r = ext_header(ctx.ctx, off, nh, p).result()?;
         let hlen = (r & EXT_LEN_MASK) as usize;
         nh = (r >> EXT_NH_SHIFT) as u8;
         off += hlen;
@@ -356,40 +353,35 @@ fn ipv6(ctx: &XdpContext, l3: usize, len: u64, p: &mut Packet) -> Result<Kind, D
 
 #[inline(always)]
 fn l4_checked(ctx: &XdpContext, p: &mut Packet, off: usize, end: usize) -> Result<(), DropReason> {
-    match l4(ctx.ctx, p, off, end) {
-        0 => Ok(()),
-        r => Err(DropReason::from_u8(r as u8).unwrap_or(DropReason::Malformed)),
-    }
+    l4(ctx.ctx, p, off, end).result().map(|_| ())
 }
 
-/// `ext_header`'s result: a drop reason in the low byte, or the next header at
-/// `EXT_NH_SHIFT` and the header's length in the low 16 bits.
-const EXT_ERR: u32 = 1 << 31;
+/// `ext_header`'s value: the next header at `EXT_NH_SHIFT` and the header's length in the
+/// low 16 bits.
 const EXT_NH_SHIFT: u32 = 16;
 const EXT_LEN_MASK: u32 = 0xffff;
 
-/// One IPv6 extension header at `off`: returns (next header << 16 | length), or
-/// `EXT_ERR | reason`. Its own BPF function so the verifier walks its branches once per
+/// One IPv6 extension header at `off`: (next header << 16 | length), or the drop reason. Its own BPF function so the verifier walks its branches once per
 /// loop iteration instead of multiplying them across the chain.
 #[inline(never)]
-fn ext_header(raw: *mut xdp_md, off: usize, nh: u8, p: &mut Packet) -> u32 {
+fn ext_header(raw: *mut xdp_md, off: usize, nh: u8, p: &mut Packet) -> Step {
     let ctx = &XdpContext::new(raw);
     let e = match bytes::<8>(ctx, off) {
         Ok(e) => e,
-        Err(r) => return EXT_ERR | r as u32,
+        Err(r) => return Step::drop(r),
     };
     // Segments left: the destination field is only the next of the hops the sender listed
     // (see `source_routed` for IPv4).
     // Byte 3 of a routing header: segments left.
     if nh == PROTO_IPV6_ROUTING && e[3] != 0 {
-        return EXT_ERR | DropReason::SourceRoute as u32;
+        return Step::drop(DropReason::SourceRoute);
     }
     if nh == PROTO_IPV6_FRAGMENT {
         let fo = u16::from_be_bytes([e[2], e[3]]);
         let offset = fo >> IPV6_FRAG_OFFSET_SHIFT;
         let more = fo & IPV6_FRAG_MORE != 0;
         if offset == FRAG_OFFSET_OVERLAP {
-            return EXT_ERR | DropReason::Malformed as u32;
+            return Step::drop(DropReason::Malformed);
         }
         // An atomic fragment (offset 0, no more) is a whole packet (RFC 6946).
         if offset != 0 {
@@ -400,7 +392,7 @@ fn ext_header(raw: *mut xdp_md, off: usize, nh: u8, p: &mut Packet) -> u32 {
         // Identification: bytes 4..8.
         p.frag_id = u32::from_be_bytes([e[4], e[5], e[6], e[7]]);
     }
-    ((e[0] as u32) << EXT_NH_SHIFT) | ext_len(nh, &e)
+    Step::ok(((e[0] as u32) << EXT_NH_SHIFT) | ext_len(nh, &e))
 }
 
 /// Whether an ICMP(v6) type is an error that quotes the offending packet.
@@ -444,11 +436,8 @@ fn icmp_ports(family: u8, ty: u8, id: u16) -> (u16, u16) {
 // Own BPF function: inlined, LLVM folds the port stores into a form the verifier rejects
 // ("invalid size of register spill").
 #[inline(never)]
-fn l4(raw: *mut xdp_md, p: &mut Packet, off: usize, end: usize) -> u32 {
-    match l4_inner(&XdpContext::new(raw), p, off, end) {
-        Ok(()) => 0,
-        Err(r) => r as u32,
-    }
+fn l4(raw: *mut xdp_md, p: &mut Packet, off: usize, end: usize) -> Step {
+    Step::from_result(l4_inner(&XdpContext::new(raw), p, off, end).map(|()| 0))
 }
 
 #[inline(always)]

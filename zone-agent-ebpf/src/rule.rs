@@ -8,6 +8,7 @@ use crate::{
     maps::{PORT_CLASSES, RULEINFO, RULEMACS, RULES},
     parse::Tuple,
     scratch::{Match, Zones},
+    step::Step,
 };
 
 #[inline(always)]
@@ -32,14 +33,11 @@ fn port_class(set: u32, proto: u8, t: &Tuple) -> u16 {
         .unwrap_or(PORT_CLASS_NONE)
 }
 
+/// The first rule that allows the tuple, into `out`; or `NoRule`/`MacMismatch`.
 // Own BPF function (own stack frame), see parse::packet.
 #[inline(never)]
-/// 0 with `out` set, or the drop reason number (scalar return, see parse::packet).
-pub fn find(set: u32, z: &Zones, t: &Tuple, mac: &[u8; 6], out: &mut Match) -> u32 {
-    match find_inner(set, z, t, mac, out) {
-        Ok(()) => 0,
-        Err(r) => r as u32,
-    }
+pub fn find(set: u32, z: &Zones, t: &Tuple, mac: &[u8; 6], out: &mut Match) -> Step {
+    Step::from_result(find_inner(set, z, t, mac, out).map(|()| 0))
 }
 
 #[inline(always)]

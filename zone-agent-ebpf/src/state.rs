@@ -14,6 +14,7 @@ use crate::{
     parse::{FRAG_FIRST, Packet, Tuple},
     record, rule,
     scratch::{Hit, Match, Revalidation, Scratch, Zones},
+    step::Step,
     zone,
 };
 
@@ -79,8 +80,8 @@ fn revalidate(
     if w.zones.unknown() || w.zones.from == w.zones.to {
         return false;
     }
-    match rule::find(set, &w.zones, &w.tuple, &st.orig_mac, &mut w.matched) {
-        0 => {
+    match rule::find(set, &w.zones, &w.tuple, &st.orig_mac, &mut w.matched).result() {
+        Ok(_) => {
             st.generation = generation;
             st.rule = w.matched.rule;
             st.from_zone = w.zones.from;
@@ -88,7 +89,7 @@ fn revalidate(
             st.flags = (st.flags & !FLOW_AUDIT) | if w.matched.audit { FLOW_AUDIT } else { 0 };
             true
         }
-        _ => false,
+        Err(_) => false,
     }
 }
 
@@ -118,7 +119,7 @@ pub const FOUND_EMBRYOS: u32 = 2;
 #[inline(never)]
 /// Only `s.zones.from` needs to be known; on a hit `s.zones.to` is set to the zone the packet goes
 /// to (the flow's other end).
-pub fn lookup(set: u32, generation: u32, s: &mut Scratch, fast: bool) -> u32 {
+pub fn lookup(set: u32, generation: u32, s: &mut Scratch, fast: bool) -> Step {
     let Scratch {
         packet,
         zones,
@@ -141,9 +142,9 @@ pub fn lookup(set: u32, generation: u32, s: &mut Scratch, fast: bool) -> u32 {
         Ok((h, to)) => {
             *pass = h;
             zones.to = to;
-            LOOKUP_HIT
+            Step::ok(LOOKUP_HIT)
         }
-        Err(r) => r,
+        Err(r) => Step::ok(r),
     }
 }
 

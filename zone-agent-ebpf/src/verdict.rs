@@ -10,7 +10,9 @@ use crate::{
     parse::FRAG_LATER,
     rule,
     scratch::{Hit, Scratch, Zones},
-    state, zone,
+    state,
+    step::Step,
+    zone,
 };
 
 /// What happened to the packet.
@@ -65,9 +67,9 @@ impl Decision {
 #[inline(always)]
 pub fn classify(ctx: &XdpContext, set: u32, cfg: &SetConfig, s: &mut Scratch) -> Decision {
     s.packet.reset();
-    match parse::packet(ctx.ctx, &mut s.packet) {
-        parse::PARSED_IP => {}
-        parse::PARSED_NEIGHBOR => {
+    match parse::packet(ctx.ctx, &mut s.packet).result() {
+        Ok(parse::PARSED_IP) => {}
+        Ok(parse::PARSED_NEIGHBOR) => {
             return Decision {
                 outcome: Outcome::Pass(PassReason::Neighbor),
                 from: 0,
@@ -76,7 +78,9 @@ pub fn classify(ctx: &XdpContext, set: u32, cfg: &SetConfig, s: &mut Scratch) ->
                 audit: false,
             };
         }
-        r => return Decision::drop(reason(r)),
+        // `packet` has no other value; fail closed all the same.
+        Ok(_) => return Decision::drop(DropReason::Malformed),
+        Err(r) => return Decision::drop(r),
     }
     let ifindex = ctx.ingress_ifindex() as u32;
     // Step 0 needs the parsed tuple, so it runs right after parsing; a packet that cannot be
@@ -118,8 +122,10 @@ pub fn classify(ctx: &XdpContext, set: u32, cfg: &SetConfig, s: &mut Scratch) ->
 fn decide(set: u32, cfg: &SetConfig, ifindex: u32, s: &mut Scratch) -> Result<(), DropReason> {
     let generation = cfg.generation;
     let stale = match state::lookup(set, generation, s, true) {
-        state::LOOKUP_HIT => return state::follow_first_fragment(generation, s),
-        r => r == state::LOOKUP_STALE,
+        r if r == Step::ok(state::LOOKUP_HIT) => {
+            return state::follow_first_fragment(generation, s);
+        }
+        r => r == Step::ok(state::LOOKUP_STALE),
     };
     s.zones = zone::addresses(set, s.zones.from, &s.packet.t)?;
     if s.zones.unknown() {
@@ -141,7 +147,7 @@ fn decide(set: u32, cfg: &SetConfig, ifindex: u32, s: &mut Scratch) -> Result<()
     if state::related(generation, s) {
         return state::follow_first_fragment(generation, s);
     }
-    if stale && state::lookup(set, generation, s, false) == state::LOOKUP_HIT {
+    if stale && state::lookup(set, generation, s, false) == Step::ok(state::LOOKUP_HIT) {
         return state::follow_first_fragment(generation, s);
     }
     let Scratch {
@@ -161,10 +167,7 @@ fn decide(set: u32, cfg: &SetConfig, ifindex: u32, s: &mut Scratch) -> Result<()
             return Err(DropReason::Fragment);
         }
     }
-    let r = rule::find(set, zones, &packet.t, &packet.src_mac, matched);
-    if r != 0 {
-        return Err(reason(r));
-    }
+    rule::find(set, zones, &packet.t, &packet.src_mac, matched).result()?;
     state::open(generation, zones, packet, ifindex, matched, *found)?;
     *pass = Hit {
         reason: PassReason::Rule,
@@ -172,10 +175,4 @@ fn decide(set: u32, cfg: &SetConfig, ifindex: u32, s: &mut Scratch) -> Result<()
         audit: matched.audit,
     };
     state::follow_first_fragment(generation, s)
-}
-
-/// A drop-reason number returned by a BPF sub-function; unknown numbers fail closed.
-#[inline(always)]
-fn reason(n: u32) -> DropReason {
-    DropReason::from_u8(n as u8).unwrap_or(DropReason::Malformed)
 }
