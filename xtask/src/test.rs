@@ -1,6 +1,7 @@
 //! `cargo xtask test`: setup + build, then
 //! 0. the habits: `cargo fmt --check` over the three cargo workspaces (agent, zone-agent-ebpf,
-//!    fuzz) and `cargo clippy --workspace --all-targets -- -D warnings`, then
+//!    fuzz), `cargo clippy --workspace --all-targets -- -D warnings` and the same for the XDP
+//!    program (nightly, bpfel-unknown-none), then
 //! 1. `cargo test --workspace --exclude zone-agent-lab` (unit and no-root tests), then
 //! 2. the privileged suites, `cargo test -p zone-agent-lab --release`, run as root under
 //!    `unshare --mount --net` as a second safety net: whatever a test creates or forgets
@@ -71,6 +72,7 @@ pub fn run(ws: &Workspace, args: &Args) -> Result<()> {
             "warnings",
         ]);
         record("clippy", exec(&mut clippy));
+        record("clippy (eBPF)", ebpf_clippy(ws));
     }
 
     if args.only.is_none() || args.only == Some(Phase::Unit) {
@@ -120,6 +122,32 @@ fn fmt_check(ws: &Workspace) -> Result<()> {
         "unformatted code in {}; run `cargo fmt --all` there (the eBPF crate with `cargo +nightly fmt`)",
         failed.join(", ")
     )
+}
+
+/// `cargo +nightly clippy -D warnings` over the XDP program, for the target and with the
+/// flags `zone-agent/build.rs` builds it with. Its own target dir: about 30 s the first time
+/// (build-std checks `core`), under a second after.
+fn ebpf_clippy(ws: &Workspace) -> Result<()> {
+    let mut cmd = ws.command("cargo");
+    cmd.current_dir(ws.root.join("zone-agent-ebpf"))
+        // As in build.rs: settings of an outer cargo are for the host, not for bpfel.
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WRAPPER")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET")
+        .args([
+            "+nightly",
+            "clippy",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+        ])
+        .args(["-Z", "build-std=core", "--target-dir"])
+        .arg(ws.target.join("ebpf-clippy"))
+        .args(["--", "-D", "warnings"]);
+    exec(&mut cmd)
 }
 
 fn lab_phase(ws: &Workspace, extra: &[String]) -> Result<()> {
