@@ -311,32 +311,24 @@ fn ipv6(ctx: &XdpContext, l3: usize, len: u64, p: &mut Packet) -> Result<Kind, D
     p.t.src = bytes::<16>(ctx, l3 + 8)?;
     p.t.dst = bytes::<16>(ctx, l3 + 24)?;
     let hop_limit = h[7];
-    let mut off = l3 + IPV6_HLEN;
-    let mut nh = h[6];
-    let mut walked = 0;
-    while walked < IPV6_EXT_MAX {
-        if !is_ext(nh) {
-            break;
-        }
+    let chain = ext_walk(l3 + IPV6_HLEN, h[6], end, |off, nh| {
         let r = ext_header(ctx.ctx, off, nh, p).result()?;
-        let hlen = (r & EXT_LEN_MASK) as usize;
-        nh = (r >> EXT_NH_SHIFT) as u8;
-        off += hlen;
-        if off > MAX_L4_OFF || off > end {
-            return Err(DropReason::HeaderLimit);
+        Ok(ExtHeader {
+            next: (r >> EXT_NH_SHIFT) as u8,
+            len: (r & EXT_LEN_MASK) as usize,
+            later_fragment: p.frag == FRAG_LATER,
+        })
+    })?;
+    let (nh, off) = match chain {
+        // A later fragment has no upper-layer header; `proto` is its fragment header's next
+        // header.
+        ExtChain::LaterFragment { next } => {
+            p.t.proto = next;
+            return Ok(Kind::Ip);
         }
-        walked += 1;
-        if p.frag == FRAG_LATER {
-            break;
-        }
-    }
+        ExtChain::Upper { nh, off } => (nh, off),
+    };
     p.t.proto = nh;
-    if p.frag == FRAG_LATER {
-        return Ok(Kind::Ip);
-    }
-    if is_ext(nh) {
-        return Err(DropReason::HeaderLimit);
-    }
     l4_checked(ctx, p, off, end)?;
     // Neighbour discovery (RS, RA, NS, NA) passes without policy only when it cannot leave
     // the link: hop limit 255 (RFC 4861 §7.1) and a link-local or link-scope multicast
@@ -354,6 +346,55 @@ fn ipv6(ctx: &XdpContext, l3: usize, len: u64, p: &mut Packet) -> Result<Kind, D
 #[inline(always)]
 fn l4_checked(ctx: &XdpContext, p: &mut Packet, off: usize, end: usize) -> Result<(), DropReason> {
     l4(ctx.ctx, p, off, end).result().map(|_| ())
+}
+
+/// One extension header, as `ext_walk`'s caller read it.
+struct ExtHeader {
+    /// Its next-header field.
+    next: u8,
+    len: usize,
+    /// A fragment header of a later fragment: the walk ends here.
+    later_fragment: bool,
+}
+
+/// Where `ext_walk` ended.
+enum ExtChain {
+    /// At the upper-layer header `nh`, at offset `off`.
+    Upper { nh: u8, off: usize },
+    /// At the fragment header of a later fragment, whose next header is `next`.
+    LaterFragment { next: u8 },
+}
+
+/// The one IPv6 extension-header walk, for a packet and for the packet an ICMPv6 error
+/// quotes: from offset `off` with next header `nh`, through at most `IPV6_EXT_MAX`
+/// headers, each of which must end at or below `MAX_L4_OFF` and `end` (else
+/// `HeaderLimit`, as is a chain still going after `IPV6_EXT_MAX`). `header` reads the
+/// header `nh` at an offset and applies the caller's rules (the packet's `ext_header`
+/// records fragments and refuses source routes; a quote only needs the length).
+#[inline(always)]
+fn ext_walk(
+    mut off: usize,
+    mut nh: u8,
+    end: usize,
+    mut header: impl FnMut(usize, u8) -> Result<ExtHeader, DropReason>,
+) -> Result<ExtChain, DropReason> {
+    let mut walked = 0;
+    while walked < IPV6_EXT_MAX && is_ext(nh) {
+        let e = header(off, nh)?;
+        nh = e.next;
+        off += e.len;
+        if off > MAX_L4_OFF || off > end {
+            return Err(DropReason::HeaderLimit);
+        }
+        walked += 1;
+        if e.later_fragment {
+            return Ok(ExtChain::LaterFragment { next: nh });
+        }
+    }
+    if is_ext(nh) {
+        return Err(DropReason::HeaderLimit);
+    }
+    Ok(ExtChain::Upper { nh, off })
 }
 
 /// `ext_header`'s value: the next header at `EXT_NH_SHIFT` and the header's length in the
@@ -543,26 +584,25 @@ fn quoted_tuple(ctx: &XdpContext, family: u8, off: usize, end: usize) -> Option<
         t.dst.copy_from_slice(&h[24..40]);
         // The quote's own extension headers, walked as a packet's are: its upper-layer
         // header is what ties the error to a flow. A later fragment quotes no ports.
-        let mut nh = h[6];
-        let mut l4off = off + IPV6_HLEN;
-        let mut walked = 0;
-        while walked < IPV6_EXT_MAX && is_ext(nh) {
-            let e = bytes::<8>(ctx, l4off).ok()?;
+        let chain = ext_walk(off + IPV6_HLEN, h[6], end, |off, nh| {
+            let e = bytes::<8>(ctx, off)?;
+            // A quoted later fragment names no ports: no flow to tie the error to (the
+            // reason is not used, any error ends the quote).
             if nh == PROTO_IPV6_FRAGMENT
                 && u16::from_be_bytes([e[2], e[3]]) >> IPV6_FRAG_OFFSET_SHIFT != 0
             {
-                return None;
+                return Err(DropReason::Fragment);
             }
-            l4off += ext_len(nh, &e) as usize;
-            if l4off > MAX_L4_OFF {
-                return None;
-            }
-            nh = e[0];
-            walked += 1;
-        }
-        if is_ext(nh) {
+            Ok(ExtHeader {
+                next: e[0],
+                len: ext_len(nh, &e) as usize,
+                later_fragment: false,
+            })
+        })
+        .ok()?;
+        let ExtChain::Upper { nh, off: l4off } = chain else {
             return None;
-        }
+        };
         t.proto = nh;
         l4off
     };
