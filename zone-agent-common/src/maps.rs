@@ -48,6 +48,20 @@ pub const ICMPV6_ECHO_REPLY: u8 = 129;
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
 
+/// Parser limits, the same for the data path (`zone-agent-ebpf/src/parse.rs`) and the
+/// reference parser (`policy::frame`). 802.1Q/802.1ad tags walked; a third tag is
+/// `HeaderLimit`.
+pub const VLAN_MAX_DEPTH: usize = 2;
+/// IPv6 extension headers walked before the upper-layer header; more is `HeaderLimit`.
+pub const IPV6_EXT_MAX: usize = 6;
+/// Largest offset (from the frame start) of an upper-layer header; a header chain longer
+/// than that is `HeaderLimit`. Keeps every offset bounded for the verifier.
+pub const MAX_L4_OFF: usize = 512;
+/// No read starts beyond this offset: the furthest read is an ICMP error's quoted header,
+/// 8 bytes past an upper-layer offset of at most `MAX_L4_OFF`; the bound only has to be a
+/// constant the verifier can add to the packet pointer, and 128 leaves room for that.
+pub const MAX_READ_OFF: usize = MAX_L4_OFF + 128;
+
 /// Ethertypes (IEEE 802): IPv4, IPv6, ARP and the two VLAN tags (802.1Q, 802.1ad).
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86DD;

@@ -1,24 +1,16 @@
 //! L2/VLAN/ARP/IPv4/IPv6(+extension headers)/L4 → `Packet`. All packet bounds checks live
-//! here. Contract of every step: `Ok` with what it found, or the drop reason.
+//! here. Contract of every step: what it found, or the drop reason (a `Result`; a `Step`
+//! where the step is its own BPF function).
 //!
 //! Offsets are kept below `MAX_L4_OFF` so that the verifier can bound every variable-offset
-//! access; a header chain longer than that is `HeaderLimit`, not a guess.
+//! access; a header chain longer than that is `HeaderLimit`, not a guess. The limits
+//! (`VLAN_MAX_DEPTH`, `IPV6_EXT_MAX`, `MAX_L4_OFF`, `MAX_READ_OFF`) live in
+//! zone-agent-common, shared with the reference parser.
 
 use aya_ebpf::{bindings::xdp_md, programs::XdpContext};
 use zone_agent_common::*;
 
 use crate::step::Step;
-
-/// 802.1Q / 802.1ad tags walked; a third tag is `HeaderLimit`.
-const VLAN_MAX_DEPTH: usize = 2;
-/// IPv6 extension headers walked before the upper-layer header; more is `HeaderLimit`.
-const IPV6_EXT_MAX: usize = 6;
-/// Largest offset of an upper-layer header we accept (keeps offsets verifier-bounded).
-const MAX_L4_OFF: usize = 512;
-/// Largest offset `bytes` reads at. The furthest read is an ICMP error's quoted header, 8
-/// bytes past an upper-layer offset of at most `MAX_L4_OFF`; the bound only has to be some
-/// constant the verifier can add to the packet pointer, and 128 leaves room for that.
-const MAX_READ_OFF: usize = MAX_L4_OFF + 128;
 
 /// Ethernet header: destination MAC (0..6), source MAC (6..12), ethertype (12..14).
 const ETH_HLEN: usize = 14;
