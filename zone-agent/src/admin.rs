@@ -24,8 +24,8 @@ use zone_agent_common::*;
 
 use crate::{
     agent::Agent,
+    config::failsafe::Resolved,
     datapath::{Adoption, Maps},
-    failsafe::Resolved,
     policy::types::Mode,
     service::{Control, Request, Shared, Slots},
     telemetry::SetNames,
@@ -74,7 +74,7 @@ pub async fn serve(listener: UnixListener, shared: Arc<Shared>, control: Control
     let mut slots = Slots::new(
         "admin socket",
         MAX_CONNECTIONS,
-        &crate::service::REFUSED_ADMIN,
+        &crate::telemetry::REFUSED_ADMIN,
     );
     loop {
         let Some((stream, slot)) = slots.admit(listener.accept().await.map(|(s, _)| s)).await

@@ -15,9 +15,8 @@ use anyhow::Context as _;
 use tracing::{error, info, warn};
 
 use crate::{
-    config::Settings,
+    config::{Settings, failsafe},
     datapath::{Adoption, Datapath, XdpMode},
-    failsafe,
     policy::read::ReadError,
     policy::{self, Diagnostics, Policy, compile::Compiled, validate::HostEnvironment},
     service::{FileWatch, Shared, Snapshot},
@@ -99,12 +98,8 @@ fn interfaces(p: &Policy) -> BTreeSet<String> {
         .collect()
 }
 
-pub fn ifindex(name: &str) -> Option<u32> {
-    let c = std::ffi::CString::new(name).ok()?;
-    // SAFETY: valid NUL-terminated string.
-    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    (idx != 0).then_some(idx)
-}
+/// The interface lookup lives in the data path; the old path stays for the lab tests.
+pub use crate::datapath::ifindex;
 
 impl Agent {
     /// Loads (or adopts) the program and its pinned maps, installs the policy, then

@@ -12,7 +12,8 @@ pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod datapath;
-pub mod failsafe;
+/// The failsafe host binding lives in config; the old path stays.
+pub use config::failsafe;
 pub mod fuzzing;
 pub mod policy;
 pub mod service;

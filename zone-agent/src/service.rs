@@ -359,17 +359,8 @@ fn reload(agent: &mut Agent, c: &Control, retry: &mut Option<Retry>) -> ReloadRe
     out
 }
 
-/// Connections closed on accept, by listener (`zone_agent_connections_refused_total`).
-pub static REFUSED_METRICS: AtomicU64 = AtomicU64::new(0);
-pub static REFUSED_ADMIN: AtomicU64 = AtomicU64::new(0);
-
-/// (listener label, connections refused so far).
-pub fn refused_connections() -> [(&'static str, u64); 2] {
-    [
-        ("metrics", REFUSED_METRICS.load(Ordering::Relaxed)),
-        ("admin", REFUSED_ADMIN.load(Ordering::Relaxed)),
-    ]
-}
+/// The listeners' refusal counters live in telemetry (which exports them); the old path stays.
+pub use crate::telemetry::{REFUSED_ADMIN, REFUSED_METRICS, refused_connections};
 
 /// The connection bound of one listener: at most `max` connections served at once; a
 /// connection over the bound is closed right after accept (so it holds no descriptor),

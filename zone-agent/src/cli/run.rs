@@ -35,7 +35,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         // escape codes would end up in the log text.
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let settings = config::settings(&args)?;
+    let settings = config::settings(&args.overrides())?;
     {
         use std::os::unix::fs::DirBuilderExt as _;
         std::fs::DirBuilder::new()

@@ -28,6 +28,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
+use ipnet::IpNet;
 use zone_agent_common::{
     Counter, DropReason, FLOW_OTHER_NS, FLOW_TCP_CLOSING_NS, FLOW_TCP_ESTABLISHED_NS,
     FLOW_TCP_OPEN_NS, FLOW_TCP_RESET_NS, FLOW_UDP_NS, FRAG_NS, FlowEvent, ICMP_ECHO_REPLY,
@@ -664,7 +665,7 @@ struct Hit {
 pub struct Model {
     policy: Policy,
     /// Failsafe management flows (agent configuration, checked before the policy).
-    failsafe: Vec<crate::failsafe::Resolved>,
+    failsafe: Vec<FailsafeEntry>,
     generation: u32,
     flows: HashMap<FlowKey, Flow>,
     frags: HashMap<FragKey, FragEntry>,
@@ -697,7 +698,7 @@ impl Model {
     }
 
     /// Installs failsafe flows (step 0), as the agent does from its configuration.
-    pub fn set_failsafe(&mut self, failsafe: Vec<crate::failsafe::Resolved>) {
+    pub fn set_failsafe(&mut self, failsafe: Vec<FailsafeEntry>) {
         self.failsafe = failsafe;
     }
 
@@ -760,7 +761,7 @@ impl Model {
 
     /// Decide a packet at time `now_ns`, updating flows, fragment entries and counters.
     pub fn decide(&mut self, p: &Packet, now_ns: u64) -> Decision {
-        let failsafe = crate::failsafe::matches(&self.failsafe, p);
+        let failsafe = failsafe_matches(&self.failsafe, p);
         let d = match self.gates(p) {
             _ if failsafe.is_some() => Decision::early(Outcome::Pass(PassReason::Failsafe)),
             Err(d) => d,
@@ -1063,6 +1064,37 @@ fn revalidate(policy: &Policy, proto: u8, f: &Flow) -> Option<(u8, u8, RuleMatch
     };
     let m = find_rule(policy, &x).ok()?;
     Some((z.from, z.to, m))
+}
+
+// === failsafe matching ===
+
+/// A failsafe entry bound to this host (config's `[[failsafe]]` after `config::failsafe::resolve`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct FailsafeEntry {
+    pub name: String,
+    /// (name, ifindex) of the interfaces it may enter on.
+    pub interfaces: Vec<(String, u32)>,
+    pub proto: u8,
+    pub ports: Vec<(u16, u16)>,
+    pub sources: Vec<IpNet>,
+    /// The gateway's own addresses it may reach.
+    pub destinations: Vec<IpAddr>,
+}
+
+/// The index of the first entry a packet matches: a whole TCP/UDP datagram entering on one
+/// of the entry's interfaces, to one of its ports on one of its destinations, from one of
+/// its sources. (The data path's decision, in plain Rust, for the model.)
+pub fn failsafe_matches(entries: &[FailsafeEntry], p: &Packet) -> Option<usize> {
+    if p.frag != Frag::None || !p.l4 || (p.proto != PROTO_TCP && p.proto != PROTO_UDP) {
+        return None;
+    }
+    entries.iter().position(|e| {
+        e.proto == p.proto
+            && e.interfaces.iter().any(|(n, _)| *n == p.ifname)
+            && e.ports.iter().any(|&(a, b)| (a..=b).contains(&p.dport))
+            && e.destinations.contains(&p.dst)
+            && e.sources.iter().any(|s| s.contains(&p.src))
+    })
 }
 
 #[cfg(test)]

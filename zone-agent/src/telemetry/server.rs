@@ -46,7 +46,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Resul
     let app = Router::new()
         .route("/metrics", get(metrics))
         .with_state(state);
-    let mut slots = Slots::new("metrics", MAX_CONNECTIONS, &crate::service::REFUSED_METRICS);
+    let mut slots = Slots::new("metrics", MAX_CONNECTIONS, &super::REFUSED_METRICS);
     loop {
         let Some((stream, slot)) = slots.admit(listener.accept().await.map(|(s, _)| s)).await
         else {

@@ -3,6 +3,8 @@
 //! overrides the file. Unknown keys are errors (a typo must not silently fall back to a
 //! default). See docs/config.md.
 
+pub mod failsafe;
+
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -12,13 +14,12 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::{
-    cli::{DEFAULT_METRICS_ADDR, DEFAULT_PIN_DIR, DEFAULT_STATE_DIR, RunArgs},
-    datapath::XdpMode,
-    policy::diagnostic::LineIndex,
-};
+use crate::{datapath::XdpMode, policy::diagnostic::LineIndex};
 
 pub const DEFAULT_POLICY: &str = "/etc/zone-agent/policy.toml";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/zone-agent";
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/zone-agent";
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9750";
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -73,8 +74,22 @@ pub struct Settings {
     pub failsafe: Vec<Failsafe>,
 }
 
+/// What the command line of `run` gives: each option, if given, wins over the config file.
+/// (`cli` parses its arguments into this; config never looks at the command line itself.)
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// The config file to read first, if any.
+    pub config: Option<PathBuf>,
+    pub policy: Option<PathBuf>,
+    pub metrics_addr: Option<SocketAddr>,
+    pub state_dir: Option<PathBuf>,
+    pub pin_dir: Option<PathBuf>,
+    pub xdp_mode: Option<XdpMode>,
+    pub fail_open_on_exit: bool,
+}
+
 /// Reads `args.config` (if given) and applies the command line over it.
-pub fn settings(args: &RunArgs) -> anyhow::Result<Settings> {
+pub fn settings(args: &Overrides) -> anyhow::Result<Settings> {
     let file = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -308,7 +323,7 @@ interfaces = ["eth1"]
     /// uncommented, and says what the defaults are.
     #[test]
     fn shipped_example_parses() {
-        let text = include_str!("../../systemd/zone-agent.toml");
+        let text = include_str!("../../../systemd/zone-agent.toml");
         let c = parse(Path::new("systemd/zone-agent.toml"), text).unwrap();
         assert_eq!(c.pin_dir.as_deref(), Some(Path::new(DEFAULT_PIN_DIR)));
         assert_eq!(c.state_dir.as_deref(), Some(Path::new(DEFAULT_STATE_DIR)));
