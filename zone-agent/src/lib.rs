@@ -4,8 +4,8 @@
 //! reference `model`), `datapath` (load, attach, atomic swap; the only aya user), and
 //! `telemetry` (counters → Prometheus); `config` and `failsafe` (agent settings,
 //! management flows), `admin` (the local admin socket), `service` (how the running agent's
-//! parts talk: one control task, published snapshots, bounded listeners); `fuzzing` holds the
-//! checks the fuzz targets and their regression replay run.
+//! parts talk: one control task, published snapshots, bounded listeners); `fuzzing` (cargo feature
+//! `fuzzing`) holds the checks the fuzz targets and their regression replay run.
 
 pub mod admin;
 pub mod agent;
@@ -14,6 +14,7 @@ pub mod config;
 pub mod datapath;
 /// The failsafe host binding lives in config; the old path stays.
 pub use config::failsafe;
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod policy;
 pub mod service;
