@@ -48,6 +48,14 @@ pub const ICMPV6_ECHO_REPLY: u8 = 129;
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
 
+/// TCP flags: bits of byte 13 of the TCP header (RFC 9293 §3.1).
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_PSH: u8 = 0x08;
+pub const TCP_ACK: u8 = 0x10;
+pub const TCP_URG: u8 = 0x20;
+
 // Map names (<= 15 bytes: the kernel's BPF_OBJ_NAME_LEN).
 pub const MAP_ACTIVE: &str = "ZA_ACTIVE";
 pub const MAP_SETCONF: &str = "ZA_SETCONF";

@@ -37,15 +37,11 @@ use zone_agent_common::{
 
 use super::types::{Action, Mac, Mode, Policy, Protocol, Rule};
 
-pub const PROTO_ICMP: u8 = 1;
-pub const PROTO_TCP: u8 = 6;
-pub const PROTO_UDP: u8 = 17;
-pub const PROTO_ICMPV6: u8 = 58;
-
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_RST: u8 = 0x04;
-pub const TCP_ACK: u8 = 0x10;
+/// Protocol numbers and TCP flags are the common crate's (one definition for the kernel and
+/// the model); re-exported here for the model's users.
+pub use zone_agent_common::{
+    PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+};
 
 /// Fragment position of a packet.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
