@@ -88,12 +88,44 @@ pub struct Overrides {
     pub fail_open_on_exit: bool,
 }
 
+/// What is wrong with a config file. Every variant but `Read` starts with the place
+/// (`file:line:column`, or the file for the whole-file limit).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not TOML, an unknown key, a value of the wrong type (the TOML reader's message).
+    #[error("{at}: {message}")]
+    Syntax { at: String, message: String },
+    #[error("{at}: metrics_addr {value:?} is not an address:port (e.g. \"127.0.0.1:9750\")")]
+    MetricsAddr { at: String, value: String },
+    #[error("{at}: xdp_mode {value:?} is not one of auto, native, generic")]
+    XdpMode { at: String, value: String },
+    /// One `[[failsafe]]` entry is incomplete or wrong (`message` says which key and why).
+    #[error("{at}: [[failsafe]] {message}")]
+    Failsafe { at: String, message: String },
+    #[error("{at}: [[failsafe]] name {name:?} is used twice; give each entry its own name")]
+    FailsafeNameTwice { at: String, name: String },
+    #[error("{}: {count} [[failsafe]] entries; at most {max} are supported", path.display())]
+    TooManyFailsafe {
+        path: PathBuf,
+        count: usize,
+        max: usize,
+    },
+}
+
 /// Reads `args.config` (if given) and applies the command line over it.
-pub fn settings(args: &Overrides) -> anyhow::Result<Settings> {
+pub fn settings(args: &Overrides) -> Result<Settings, ConfigError> {
     let file = match &args.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
             parse(path, &text)?
         }
         None => Parsed::default(),
@@ -137,7 +169,7 @@ pub struct Parsed {
 }
 
 /// Parses and checks a config file; every error says file:line:column.
-pub fn parse(path: &Path, text: &str) -> anyhow::Result<Parsed> {
+pub fn parse(path: &Path, text: &str) -> Result<Parsed, ConfigError> {
     let lines = LineIndex::new(text);
     let at = |span: std::ops::Range<usize>| {
         let l = lines.loc(span.start);
@@ -148,16 +180,22 @@ pub fn parse(path: &Path, text: &str) -> anyhow::Result<Parsed> {
             .span()
             .map(&at)
             .unwrap_or_else(|| path.display().to_string());
-        anyhow::anyhow!("{pos}: {}", e.message())
+        ConfigError::Syntax {
+            at: pos,
+            message: e.message().to_string(),
+        }
     })?;
     let metrics_addr = match f.metrics_addr {
-        Some(s) => Some(s.get_ref().parse::<SocketAddr>().map_err(|_| {
-            anyhow::anyhow!(
-                "{}: metrics_addr {:?} is not an address:port (e.g. \"127.0.0.1:9750\")",
-                at(s.span()),
+        Some(s) => {
+            Some(
                 s.get_ref()
+                    .parse::<SocketAddr>()
+                    .map_err(|_| ConfigError::MetricsAddr {
+                        at: at(s.span()),
+                        value: s.get_ref().clone(),
+                    })?,
             )
-        })?),
+        }
         None => None,
     };
     let xdp_mode = match f.xdp_mode {
@@ -165,10 +203,12 @@ pub fn parse(path: &Path, text: &str) -> anyhow::Result<Parsed> {
             "auto" => XdpMode::Auto,
             "native" => XdpMode::Native,
             "generic" => XdpMode::Generic,
-            other => anyhow::bail!(
-                "{}: xdp_mode {other:?} is not one of auto, native, generic",
-                at(s.span())
-            ),
+            other => {
+                return Err(ConfigError::XdpMode {
+                    at: at(s.span()),
+                    value: other.to_string(),
+                });
+            }
         }),
         None => None,
     };
@@ -176,22 +216,24 @@ pub fn parse(path: &Path, text: &str) -> anyhow::Result<Parsed> {
     for entry in f.failsafe {
         let pos = at(entry.span());
         let e = entry.into_inner();
-        let fs = failsafe_entry(e).map_err(|msg| anyhow::anyhow!("{pos}: [[failsafe]] {msg}"))?;
+        let fs = failsafe_entry(e).map_err(|message| ConfigError::Failsafe {
+            at: pos.clone(),
+            message,
+        })?;
         if failsafe.iter().any(|o: &Failsafe| o.name == fs.name) {
-            anyhow::bail!(
-                "{pos}: [[failsafe]] name {:?} is used twice; give each entry its own name",
-                fs.name
-            );
+            return Err(ConfigError::FailsafeNameTwice {
+                at: pos,
+                name: fs.name,
+            });
         }
         failsafe.push(fs);
     }
     if failsafe.len() > zone_agent_common::MAX_FAILSAFE {
-        anyhow::bail!(
-            "{}: {} [[failsafe]] entries; at most {} are supported",
-            path.display(),
-            failsafe.len(),
-            zone_agent_common::MAX_FAILSAFE
-        );
+        return Err(ConfigError::TooManyFailsafe {
+            path: path.to_path_buf(),
+            count: failsafe.len(),
+            max: zone_agent_common::MAX_FAILSAFE,
+        });
     }
     Ok(Parsed {
         policy: f.policy,
@@ -289,7 +331,7 @@ fn parse_net(s: &str) -> Option<IpNet> {
 mod tests {
     use super::*;
 
-    fn p(text: &str) -> anyhow::Result<Parsed> {
+    fn p(text: &str) -> Result<Parsed, ConfigError> {
         parse(Path::new("za.toml"), text)
     }
 
