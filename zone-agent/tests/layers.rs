@@ -23,13 +23,10 @@ const LAYERS: &[(&str, &[&str])] = &[
     // Argument parsing and the subcommands' glue; `fuzzing` holds the fuzz targets' checks
     // (built only with the `fuzzing` feature) and uses the policy stack like a subcommand.
     ("cli", &["cli", "fuzzing"]),
-    // The running agent: the run loop's control task and published snapshots (`service`),
-    // the agent that owns the data path and telemetry (`agent`), the admin socket and the
-    // HTTP listener (`telemetry::server`, fed the published snapshot).
-    (
-        "service",
-        &["service", "agent", "admin", "telemetry::server"],
-    ),
+    // The running agent: the control task and the snapshots it publishes (`service`), the
+    // agent that owns the data path and telemetry (`service::agent`), the admin socket and
+    // `/metrics` (`service::admin`, `service::http`, fed the published snapshot).
+    ("service", &["service"]),
     // detect, alert, contain: empty until the XDR work.
     ("detect/alert/contain", &["detect", "alert", "contain"]),
     // Settings and defaults (with the failsafe host binding); counters and their names.
@@ -376,7 +373,7 @@ fn reader_sees_every_form() {
         absolute("super", "policy::model", 1).as_deref(),
         Some("policy::model")
     );
-    assert_eq!(layer_of("telemetry::server").unwrap().1, "service");
+    assert_eq!(layer_of("service::http").unwrap().1, "service");
     assert_eq!(
         layer_of("telemetry::metrics").unwrap().1,
         "config/telemetry"

@@ -13,7 +13,7 @@ use serde_json::Value;
 use zone_agent_common::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 
 use super::{AdminArgs, DetachArgs};
-use crate::{admin, datapath::pin::Pins};
+use crate::{datapath::pin::Pins, service::admin};
 
 fn ask(args: &AdminArgs, cmd: &str) -> anyhow::Result<Value> {
     let path = admin::socket_path(&args.state_dir);

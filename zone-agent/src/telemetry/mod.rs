@@ -3,7 +3,6 @@
 
 pub mod metrics;
 pub mod persist;
-pub mod server;
 
 use std::{
     collections::BTreeMap,

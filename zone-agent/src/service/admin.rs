@@ -23,11 +23,10 @@ use tracing::{info, warn};
 use zone_agent_common::*;
 
 use crate::{
-    agent::Agent,
     config::failsafe::Resolved,
     datapath::{Adoption, Maps},
     policy::types::Mode,
-    service::{Control, Request, Shared, Slots},
+    service::{Control, Request, Shared, Slots, agent::Agent},
     telemetry::SetNames,
 };
 

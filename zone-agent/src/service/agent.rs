@@ -240,7 +240,7 @@ impl Agent {
         Snapshot {
             telemetry: self.telemetry.clone(),
             active_set: self.dp.active_set,
-            status: crate::admin::status(self),
+            status: super::admin::status(self),
         }
     }
 

@@ -12,6 +12,13 @@
 //! * The policy file is watched by its metadata (`stat`: device, inode, size, times, type),
 //!   never by reading it, and it is read only through [`read_file`], which refuses
 //!   anything but a regular file without blocking (a FIFO in its place cannot wedge the agent).
+//!
+//! The parts: [`agent`] (owns the data path, loads and reloads), [`admin`] (the local admin
+//! socket), [`http`] (`/metrics`); `cli/run.rs` wires them.
+
+pub mod admin;
+pub mod agent;
+pub mod http;
 
 use std::{
     os::unix::fs::MetadataExt as _,
@@ -26,9 +33,8 @@ use std::{
 
 use tracing::{error, info, warn};
 
+use self::{admin::Status, agent::Agent};
 use crate::{
-    admin::Status,
-    agent::Agent,
     datapath::Maps,
     policy::read::{ReadError, read_file},
     telemetry::Telemetry,
