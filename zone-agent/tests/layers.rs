@@ -54,8 +54,9 @@ fn layer_of(module: &str) -> Option<(usize, &'static str)> {
     let mut best: Option<(usize, usize, &'static str)> = None; // (key length, index, name)
     for (i, (name, keys)) in LAYERS.iter().enumerate() {
         for key in *keys {
+            // The root key covers the root only: a new module in no layer is an error.
             let covers =
-                key.is_empty() || module == *key || module.starts_with(&format!("{key}::"));
+                module == *key || !key.is_empty() && module.starts_with(&format!("{key}::"));
             if covers && best.is_none_or(|(len, _, _)| key.len() > len) {
                 best = Some((key.len(), i, name));
             }
@@ -383,4 +384,9 @@ fn reader_sees_every_form() {
         "model/authoring/datapath"
     );
     assert_eq!(layer_of("policy::validate").unwrap().1, "policy");
+    assert_eq!(layer_of("").unwrap().1, "root");
+    assert!(
+        layer_of("newthing").is_none(),
+        "a module in no layer is reported"
+    );
 }
