@@ -17,6 +17,17 @@ use crate::config::Failsafe;
 pub use crate::datapath::FailsafeTables as Tables;
 pub use crate::policy::model::{FailsafeEntry as Resolved, failsafe_matches as matches};
 
+/// Why a failsafe entry cannot be bound to this host.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("failsafe {entry:?}: interface {interface:?} does not exist on this host")]
+    NoInterface { entry: String, interface: String },
+    #[error(
+        "failsafe {entry:?}: destination {destination} is not an address of this gateway (failsafe flows only reach the gateway itself)"
+    )]
+    NotLocal { entry: String, destination: IpAddr },
+}
+
 /// Binds `entries` to this host. `zone_ifaces`: the interfaces the program is attached to
 /// (the default for an entry without `interfaces`); `local`: the gateway's addresses.
 pub fn resolve(
@@ -24,7 +35,7 @@ pub fn resolve(
     zone_ifaces: &BTreeSet<String>,
     ifindex: impl Fn(&str) -> Option<u32>,
     local: &BTreeSet<IpAddr>,
-) -> Result<Vec<Resolved>, String> {
+) -> Result<Vec<Resolved>, ResolveError> {
     let mut out = Vec::new();
     for e in entries {
         let names: Vec<String> = if e.interfaces.is_empty() {
@@ -34,11 +45,9 @@ pub fn resolve(
         };
         let mut interfaces = Vec::new();
         for n in names {
-            let idx = ifindex(&n).ok_or_else(|| {
-                format!(
-                    "failsafe {:?}: interface {n:?} does not exist on this host",
-                    e.name
-                )
+            let idx = ifindex(&n).ok_or_else(|| ResolveError::NoInterface {
+                entry: e.name.clone(),
+                interface: n.clone(),
             })?;
             interfaces.push((n, idx));
         }
@@ -47,10 +56,10 @@ pub fn resolve(
         } else {
             for d in &e.destinations {
                 if !local.contains(d) {
-                    return Err(format!(
-                        "failsafe {:?}: destination {d} is not an address of this gateway (failsafe flows only reach the gateway itself)",
-                        e.name
-                    ));
+                    return Err(ResolveError::NotLocal {
+                        entry: e.name.clone(),
+                        destination: *d,
+                    });
                 }
             }
             e.destinations.clone()
@@ -196,6 +205,7 @@ mod tests {
         assert!(
             resolve(&[far], &zones, idx, &local)
                 .unwrap_err()
+                .to_string()
                 .contains("not an address of this gateway")
         );
         let e = resolve(
@@ -204,7 +214,8 @@ mod tests {
             idx,
             &local,
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("\"zz\" does not exist"), "{e}");
     }
 

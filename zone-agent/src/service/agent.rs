@@ -250,8 +250,7 @@ impl Agent {
             zone_ifaces,
             ifindex,
             &failsafe::local_addresses(),
-        )
-        .map_err(anyhow::Error::msg)?;
+        )?;
         self.dp.install_failsafe(&failsafe::tables(&resolved))?;
         for f in &resolved {
             info!(name = %f.name, sources = ?f.sources, ports = ?f.ports, "failsafe flow installed");
