@@ -20,8 +20,8 @@ use zone_agent_common::{
     PassReason,
 };
 
-use crate::failsafe::Resolved;
 use crate::policy::frame::{self, Parsed};
+use crate::policy::model::FailsafeEntry as Resolved;
 use crate::policy::model::{
     Decision, Frag, Model, Outcome, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, Packet, TCP_ACK,
 };

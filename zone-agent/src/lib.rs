@@ -1,19 +1,23 @@
 //! zone-agent: policy → XDP enforcement between the segments of 三層の対策.
 //!
-//! The modules mirror the data path: `policy` (parse → validate → compile, plus the
-//! reference `model`), `datapath` (load, attach, atomic swap; the only aya user), and
-//! `telemetry` (counters → Prometheus); `config` and `failsafe` (agent settings,
-//! management flows), `admin` (the local admin socket), `service` (how the running agent's
-//! parts talk: one control task, published snapshots, bounded listeners); `fuzzing` holds the
+//! Layers, each using only those below it (SPEC §10; `tests/layers.rs` checks it): `cli`
+//! (arguments) → `service` (the control task and published snapshots, the `agent`, the
+//! `admin` socket, `http` for `/metrics`) → `config` (settings, defaults, failsafe host
+//! binding) and `telemetry` (counters → Prometheus) → the reference `policy::model` (with
+//! `frame`, `explain`, failsafe matching), authoring (`policy::{template, diff, nft}`) and
+//! `datapath` (load, attach, atomic swap; the only aya user) → `policy` (read → parse →
+//! validate → compile) → `zone_agent_common`. `fuzzing` (cargo feature `fuzzing`) holds the
 //! checks the fuzz targets and their regression replay run.
 
-pub mod admin;
-pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod datapath;
-pub mod failsafe;
+/// The failsafe host binding lives in config; the old path stays.
+pub use config::failsafe;
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod policy;
 pub mod service;
+/// The agent and its admin socket live in `service`; the old paths stay.
+pub use service::{admin, agent};
 pub mod telemetry;

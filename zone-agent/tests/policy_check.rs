@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 use zone_agent::policy::diagnostic::Severity;
 use zone_agent::policy::validate::{
-    self, Environment, HostEnvironment, MAX_RULES, MAX_ZONES, OfflineEnvironment,
+    self, Environment, HostEnvironment, MAX_POLICY_RULES, MAX_POLICY_ZONES, OfflineEnvironment,
 };
 use zone_agent::policy::{
     Action, Criticality, Defaults, Diagnostic, Diagnostics, Loc, Mode, Policy, PortRange, Protocol,
@@ -395,7 +395,7 @@ fn duplicate_zone_name() {
 
 #[test]
 fn too_many_zones() {
-    assert_eq!(MAX_ZONES, 31);
+    assert_eq!(MAX_POLICY_ZONES, 31);
     assert_errors(
         "too_many_zones.toml",
         &[(
@@ -744,7 +744,7 @@ fn too_many_rules() {
          [[zones]]\nname = \"b\"\ninterfaces = [\"eth2\"]\nnetworks = [\"10.2.0.0/16\"]\n",
     );
     let header_lines = 9;
-    for i in 0..=MAX_RULES {
+    for i in 0..=MAX_POLICY_RULES {
         let (from, to) = if i < 60_000 { ("a", "b") } else { ("b", "a") };
         let port = i % 60_000 + 1;
         text.push_str(&format!(
@@ -752,12 +752,12 @@ fn too_many_rules() {
         ));
     }
     let diags = match validate::parse_str(Path::new("big.toml"), &text) {
-        Ok(_) => panic!("{} rules accepted", MAX_RULES + 1),
+        Ok(_) => panic!("{} rules accepted", MAX_POLICY_RULES + 1),
         Err(diags) => diags,
     };
     let errors: Vec<&Diagnostic> = diags.errors().collect();
     assert_eq!(errors.len(), 1, "{diags}");
-    let line = header_lines + 1 + 6 * MAX_RULES as u32;
+    let line = header_lines + 1 + 6 * MAX_POLICY_RULES as u32;
     assert_eq!((errors[0].line, errors[0].col), (line, 1));
     assert!(
         errors[0]
@@ -780,15 +780,15 @@ fn too_many_rules_written_as_an_inline_array() {
     let text = format!(
         "version = 1\nrules = [\n{}]\n\
          [[zones]]\nname = \"a\"\ninterfaces = [\"eth1\"]\nnetworks = [\"10.1.0.0/16\"]\n",
-        "{},\n".repeat(MAX_RULES + 5)
+        "{},\n".repeat(MAX_POLICY_RULES + 5)
     );
     let diags = match validate::parse_str(Path::new("inline.toml"), &text) {
-        Ok(_) => panic!("{} rules accepted", MAX_RULES + 5),
+        Ok(_) => panic!("{} rules accepted", MAX_POLICY_RULES + 5),
         Err(diags) => diags,
     };
     assert_eq!(diags.len(), 1, "{diags}");
     let d = &diags.0[0];
-    assert_eq!((d.line, d.col), (3 + MAX_RULES as u32, 1), "{d}");
+    assert_eq!((d.line, d.col), (3 + MAX_POLICY_RULES as u32, 1), "{d}");
     assert!(
         d.message
             .contains("map capacity exceeded: 100005 rules, the data path holds at most 100000"),

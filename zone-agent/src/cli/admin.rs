@@ -10,9 +10,10 @@ use std::{
 
 use anyhow::Context as _;
 use serde_json::Value;
+use zone_agent_common::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 
 use super::{AdminArgs, DetachArgs};
-use crate::{admin, datapath::pin::Pins};
+use crate::{datapath::pin::Pins, service::admin};
 
 fn ask(args: &AdminArgs, cmd: &str) -> anyhow::Result<Value> {
     let path = admin::socket_path(&args.state_dir);
@@ -109,7 +110,7 @@ pub fn status(args: AdminArgs) -> anyhow::Result<ExitCode> {
                 }
             })
             .collect();
-        let proto = if f["proto"].as_u64() == Some(17) {
+        let proto = if f["proto"].as_u64() == Some(u64::from(PROTO_UDP)) {
             "udp"
         } else {
             "tcp"
@@ -172,12 +173,13 @@ pub fn flows(args: AdminArgs) -> anyhow::Result<ExitCode> {
         "proto", "source", "destination", "zones", "rule", "idle_s"
     );
     for f in &list {
-        let proto = match f["proto"].as_u64() {
-            Some(6) => "tcp".to_string(),
-            Some(17) => "udp".to_string(),
-            Some(1) => "icmp".to_string(),
-            Some(58) => "icmpv6".to_string(),
-            other => format!("{other:?}"),
+        let number = f["proto"].as_u64();
+        let proto = match number.and_then(|n| u8::try_from(n).ok()) {
+            Some(PROTO_TCP) => "tcp".to_string(),
+            Some(PROTO_UDP) => "udp".to_string(),
+            Some(PROTO_ICMP) => "icmp".to_string(),
+            Some(PROTO_ICMPV6) => "icmpv6".to_string(),
+            _ => format!("{number:?}"),
         };
         println!(
             "{:<6} {:<44} {:<44} {:<18} {:<20} {:>8}",

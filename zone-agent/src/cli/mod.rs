@@ -8,11 +8,8 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Parser, Subcommand};
 
-use crate::datapath::XdpMode;
-
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/zone-agent";
-pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/zone-agent";
-pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9750";
+pub use crate::config::{DEFAULT_METRICS_ADDR, DEFAULT_PIN_DIR, DEFAULT_STATE_DIR};
+use crate::{config::Overrides, datapath::XdpMode};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -92,6 +89,21 @@ pub struct RunArgs {
     /// enforcement normally outlives the agent.
     #[arg(long)]
     pub fail_open_on_exit: bool,
+}
+
+impl RunArgs {
+    /// The options as config's overrides (the command line wins over the config file).
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            config: self.config.clone(),
+            policy: self.policy.clone(),
+            metrics_addr: self.metrics_addr,
+            state_dir: self.state_dir.clone(),
+            pin_dir: self.pin_dir.clone(),
+            xdp_mode: self.xdp_mode,
+            fail_open_on_exit: self.fail_open_on_exit,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]

@@ -8,6 +8,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use zone_agent_common::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, TCP_SYN};
 
 use super::PolicyCommand;
 use crate::policy::{
@@ -246,10 +247,10 @@ fn shown(path: &Path) -> String {
 
 fn parse_proto(s: &str) -> anyhow::Result<u8> {
     Ok(match s.to_ascii_lowercase().as_str() {
-        "tcp" => 6,
-        "udp" => 17,
-        "icmp" => 1,
-        "icmpv6" => 58,
+        "tcp" => PROTO_TCP,
+        "udp" => PROTO_UDP,
+        "icmp" => PROTO_ICMP,
+        "icmpv6" => PROTO_ICMPV6,
         n => n.parse::<u8>().with_context(|| {
             format!("unknown protocol {s:?}: use tcp, udp, icmp, icmpv6 or a number")
         })?,
@@ -283,11 +284,12 @@ fn explain(a: ExplainArgs) -> anyhow::Result<ExitCode> {
     if a.src.is_ipv4() != a.dst.is_ipv4() {
         bail!("--src and --dst must be the same address family");
     }
-    let ports = matches!(proto, 6 | 17);
+    let ports = matches!(proto, PROTO_TCP | PROTO_UDP);
     if ports && a.dport.is_none() {
         bail!("--dport is required for tcp and udp");
     }
-    let icmp = (proto == 1 && a.src.is_ipv4()) || (proto == 58 && a.src.is_ipv6());
+    let icmp =
+        (proto == PROTO_ICMP && a.src.is_ipv4()) || (proto == PROTO_ICMPV6 && a.src.is_ipv6());
     let p = Packet {
         ifname,
         vlan,
@@ -303,11 +305,11 @@ fn explain(a: ExplainArgs) -> anyhow::Result<ExitCode> {
         l4: ports || icmp,
         sport: if ports { a.sport } else { 0 },
         dport: a.dport.unwrap_or(0),
-        tcp_flags: if proto == 6 { 0x02 } else { 0 },
+        tcp_flags: if proto == PROTO_TCP { TCP_SYN } else { 0 },
         // An ICMP packet is explained as an echo request.
         icmp_type: match proto {
             _ if !icmp => 0,
-            1 => zone_agent_common::ICMP_ECHO_REQUEST,
+            PROTO_ICMP => zone_agent_common::ICMP_ECHO_REQUEST,
             _ => zone_agent_common::ICMPV6_ECHO_REQUEST,
         },
         frag: Frag::None,

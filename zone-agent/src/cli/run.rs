@@ -10,12 +10,9 @@ use tracing::{error, info, warn};
 
 use super::RunArgs;
 use crate::{
-    admin,
-    agent::Agent,
     config,
     datapath::pin,
-    service::{self, Control, Request, Shared},
-    telemetry,
+    service::{self, Control, Request, Shared, admin, agent::Agent},
 };
 
 /// The watchdog pings stop (and systemd restarts the agent) once one step of the control
@@ -35,7 +32,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         // escape codes would end up in the log text.
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let settings = config::settings(&args)?;
+    let settings = config::settings(&args.overrides())?;
     {
         use std::os::unix::fs::DirBuilderExt as _;
         std::fs::DirBuilder::new()
@@ -144,7 +141,7 @@ async fn serve(
         .await
         .with_context(|| format!("binding metrics address {metrics_addr}"))?;
     info!(addr = %metrics_addr, "metrics at /metrics");
-    let metrics = tokio::spawn(telemetry::server::serve(listener, shared.clone()));
+    let metrics = tokio::spawn(service::http::serve(listener, shared.clone()));
     let admin_listener = admin::bind(state_dir).context("binding the admin socket")?;
     let admin = tokio::spawn(admin::serve(admin_listener, shared, control.clone()));
     // systemd watchdog: ping at half the interval it asked for. This loop waits on nothing

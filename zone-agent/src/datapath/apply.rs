@@ -114,9 +114,13 @@ impl Datapath {
         }
         for from in 0..MAX_ZONES as u8 {
             for to in 0..MAX_ZONES as u8 {
-                for v in 0..3u8 {
+                for v in Verdict::ALL {
                     m.zone_stats
-                        .set(zone_stat_index(set, from, to, v), super::stats::zeros()?, 0)
+                        .set(
+                            zone_stat_index(set, from, to, v as u8),
+                            super::stats::zeros()?,
+                            0,
+                        )
                         .map_err(map_err(MAP_ZONE_STATS))?;
                 }
             }

@@ -75,7 +75,7 @@ impl Datapath {
         }
         let live = pin::obj_get(&path)
             .and_then(|fd| pin::link_info(&fd))
-            .map(|(_, idx)| idx != 0 && Some(idx) == crate::agent::ifindex(iface))
+            .map(|(_, idx)| idx != 0 && Some(idx) == super::ifindex(iface))
             .unwrap_or(false);
         if !live {
             warn!(

@@ -1,14 +1,28 @@
 //! Install the failsafe tables. They are global (not per policy set): new entries are
 //! written before stale ones are removed, so a flow that stays failsafe never misses.
 
+use std::collections::BTreeMap;
+
 use aya::maps::lpm_trie::Key;
 use zone_agent_common::*;
 
 use super::{Datapath, DatapathError, map_err};
-use crate::failsafe::Tables;
+
+/// What the failsafe maps hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FailsafeTables {
+    /// `ZA_FSPORTS` words (index → bits), only non-zero ones.
+    pub ports: BTreeMap<u32, u64>,
+    /// `ZA_FAILSAFE`: destination key → mask of entries.
+    pub dst: BTreeMap<(u32, u16, u8, u8, [u8; 16]), u32>,
+    /// `ZA_FSSRC`: (family, address, prefix bits) → mask of every entry with a source prefix
+    /// that contains this one (an LPM lookup returns only the longest match, so nested
+    /// prefixes of different entries must carry each other's bits).
+    pub src: BTreeMap<(u8, [u8; 16], u8), u32>,
+}
 
 impl Datapath {
-    pub fn install_failsafe(&mut self, t: &Tables) -> Result<(), DatapathError> {
+    pub fn install_failsafe(&mut self, t: &FailsafeTables) -> Result<(), DatapathError> {
         let m = &mut self.maps;
         for (&(family, addr, bits), mask) in &t.src {
             let key = Key::new(8 + bits as u32, FailsafeSrcKey { family, addr });

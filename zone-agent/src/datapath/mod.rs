@@ -17,11 +17,20 @@ use aya::{
 use zone_agent_common::*;
 
 pub use attach::XdpMode;
+pub use failsafe::FailsafeTables;
 
 /// The XDP object, built by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/zone-agent-ebpf.o"));
 pub const PROGRAM: &str = "zone_agent";
 pub const FLOOR_PROGRAM: &str = "zone_agent_floor";
+
+/// The index of the interface called `name` on this host, if it exists.
+pub fn ifindex(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: valid NUL-terminated string.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (idx != 0).then_some(idx)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {

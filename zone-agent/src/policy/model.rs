@@ -28,6 +28,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
+use ipnet::IpNet;
 use zone_agent_common::{
     Counter, DropReason, FLOW_OTHER_NS, FLOW_TCP_CLOSING_NS, FLOW_TCP_ESTABLISHED_NS,
     FLOW_TCP_OPEN_NS, FLOW_TCP_RESET_NS, FLOW_UDP_NS, FRAG_NS, FlowEvent, ICMP_ECHO_REPLY,
@@ -36,15 +37,11 @@ use zone_agent_common::{
 
 use super::types::{Action, Mac, Mode, Policy, Protocol, Rule};
 
-pub const PROTO_ICMP: u8 = 1;
-pub const PROTO_TCP: u8 = 6;
-pub const PROTO_UDP: u8 = 17;
-pub const PROTO_ICMPV6: u8 = 58;
-
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_RST: u8 = 0x04;
-pub const TCP_ACK: u8 = 0x10;
+/// Protocol numbers and TCP flags are the common crate's (one definition for the kernel and
+/// the model); re-exported here for the model's users.
+pub use zone_agent_common::{
+    PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+};
 
 /// Fragment position of a packet.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -664,7 +661,7 @@ struct Hit {
 pub struct Model {
     policy: Policy,
     /// Failsafe management flows (agent configuration, checked before the policy).
-    failsafe: Vec<crate::failsafe::Resolved>,
+    failsafe: Vec<FailsafeEntry>,
     generation: u32,
     flows: HashMap<FlowKey, Flow>,
     frags: HashMap<FragKey, FragEntry>,
@@ -697,7 +694,7 @@ impl Model {
     }
 
     /// Installs failsafe flows (step 0), as the agent does from its configuration.
-    pub fn set_failsafe(&mut self, failsafe: Vec<crate::failsafe::Resolved>) {
+    pub fn set_failsafe(&mut self, failsafe: Vec<FailsafeEntry>) {
         self.failsafe = failsafe;
     }
 
@@ -760,7 +757,7 @@ impl Model {
 
     /// Decide a packet at time `now_ns`, updating flows, fragment entries and counters.
     pub fn decide(&mut self, p: &Packet, now_ns: u64) -> Decision {
-        let failsafe = crate::failsafe::matches(&self.failsafe, p);
+        let failsafe = failsafe_matches(&self.failsafe, p);
         let d = match self.gates(p) {
             _ if failsafe.is_some() => Decision::early(Outcome::Pass(PassReason::Failsafe)),
             Err(d) => d,
@@ -1063,6 +1060,37 @@ fn revalidate(policy: &Policy, proto: u8, f: &Flow) -> Option<(u8, u8, RuleMatch
     };
     let m = find_rule(policy, &x).ok()?;
     Some((z.from, z.to, m))
+}
+
+// === failsafe matching ===
+
+/// A failsafe entry bound to this host (config's `[[failsafe]]` after `config::failsafe::resolve`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct FailsafeEntry {
+    pub name: String,
+    /// (name, ifindex) of the interfaces it may enter on.
+    pub interfaces: Vec<(String, u32)>,
+    pub proto: u8,
+    pub ports: Vec<(u16, u16)>,
+    pub sources: Vec<IpNet>,
+    /// The gateway's own addresses it may reach.
+    pub destinations: Vec<IpAddr>,
+}
+
+/// The index of the first entry a packet matches: a whole TCP/UDP datagram entering on one
+/// of the entry's interfaces, to one of its ports on one of its destinations, from one of
+/// its sources. (The data path's decision, in plain Rust, for the model.)
+pub fn failsafe_matches(entries: &[FailsafeEntry], p: &Packet) -> Option<usize> {
+    if p.frag != Frag::None || !p.l4 || (p.proto != PROTO_TCP && p.proto != PROTO_UDP) {
+        return None;
+    }
+    entries.iter().position(|e| {
+        e.proto == p.proto
+            && e.interfaces.iter().any(|(n, _)| *n == p.ifname)
+            && e.ports.iter().any(|&(a, b)| (a..=b).contains(&p.dport))
+            && e.destinations.contains(&p.dst)
+            && e.sources.iter().any(|s| s.contains(&p.src))
+    })
 }
 
 #[cfg(test)]

@@ -48,6 +48,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 
+use zone_agent_common::{DropReason, PassReason};
+
 use super::types::{Action, Mode, Policy, Protocol, Rule};
 
 /// Name of the nftables table the export defines (family `inet`).
@@ -195,7 +197,7 @@ fn write_dispatch(out: &mut String, policy: &Policy, name: &str, priority: &str,
     }
     // What reaches here came in on a zone interface (or one of its VLANs) that no zone
     // claims: the XDP program's `unknown_interface`.
-    let unknown = drop_action(policy, "unknown_interface");
+    let unknown = drop_action(policy, DropReason::UnknownInterface);
     for p in &parents {
         let _ = writeln!(out, "        iifname {} {unknown}", quote(p));
     }
@@ -212,7 +214,7 @@ fn write_dispatch(out: &mut String, policy: &Policy, name: &str, priority: &str,
 /// Step 3 for zone `z`, family `ip` (`fam`): the source belongs to another zone (link-scoped
 /// sources belong to this link).
 fn spoofed_line(policy: &Policy, z: u8, ip: &str, fam: &str) -> String {
-    let spoofed = drop_action(policy, "spoofed_source");
+    let spoofed = drop_action(policy, DropReason::SpoofedSource);
     format!(
         "        {ip} saddr != @link_src_{fam} {ip} saddr @known_{fam} {ip} saddr != @zone{z}_{fam} {spoofed}"
     )
@@ -240,8 +242,18 @@ fn write_zone_chain(out: &mut String, policy: &Policy, index: usize, name: &str,
     let z = Policy::zone_id(index);
     let _ = writeln!(out, "    chain from_zone{z} {{");
     let _ = writeln!(out, "        # zone {}", quote(name));
-    let unknown = default_action(policy, policy.defaults.unknown, "unknown_zone");
-    let intra = default_action(policy, policy.defaults.intra_zone, "intra_zone");
+    let unknown = default_action(
+        policy,
+        policy.defaults.unknown,
+        PassReason::UnknownZone,
+        DropReason::UnknownZone,
+    );
+    let intra = default_action(
+        policy,
+        policy.defaults.intra_zone,
+        PassReason::IntraZone,
+        DropReason::IntraZone,
+    );
     for (ip, fam) in [("ip", "v4"), ("ip6", "v6")] {
         // 3.
         let _ = writeln!(out, "{}", spoofed_line(policy, z, ip, fam));
@@ -289,7 +301,7 @@ fn write_zone_chain(out: &mut String, policy: &Policy, index: usize, name: &str,
         );
     }
     // 9. Rules match routed traffic only: a link-scoped source matches none.
-    let no_rule = drop_action(policy, "no_rule");
+    let no_rule = drop_action(policy, DropReason::NoRule);
     let _ = writeln!(out, "        ip saddr @link_src_v4 {no_rule}");
     let _ = writeln!(out, "        ip6 saddr @link_src_v6 {no_rule}");
     for (ri, rule) in policy.rules.iter().enumerate() {
@@ -402,7 +414,9 @@ fn rule_lines(rule: &Rule, index: usize, tag: u16) -> Vec<String> {
 
 /// A drop, or under global audit mode a counted pass (audit never passes what the data path
 /// cannot decide; the reasons exported here are all auditable).
-fn drop_action(policy: &Policy, reason: &str) -> String {
+/// A drop, or in audit mode a counted pass; the comment is the drop reason's metric label.
+fn drop_action(policy: &Policy, reason: DropReason) -> String {
+    let reason = reason.label();
     match policy.mode {
         Mode::Enforce => format!("counter drop comment {}", quote(reason)),
         Mode::Audit => format!(
@@ -412,10 +426,12 @@ fn drop_action(policy: &Policy, reason: &str) -> String {
     }
 }
 
-fn default_action(policy: &Policy, action: Action, reason: &str) -> String {
+/// What a default (`unknown`, `intra_zone`) does, commented with the label of the pass or
+/// drop reason it is counted under.
+fn default_action(policy: &Policy, action: Action, pass: PassReason, drop: DropReason) -> String {
     match action {
-        Action::Allow => format!("counter accept comment {}", quote(reason)),
-        Action::Deny => drop_action(policy, reason),
+        Action::Allow => format!("counter accept comment {}", quote(pass.label())),
+        Action::Deny => drop_action(policy, drop),
     }
 }
 

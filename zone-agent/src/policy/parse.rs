@@ -23,7 +23,7 @@ use super::diagnostic::Sink;
 use super::types::{
     Action, Criticality, Defaults, Loc, Mac, Mode, PortRange, Protocol, Segment, ZoneIface,
 };
-use super::validate::{MAX_RULES, MAX_ZONES};
+use super::validate::{MAX_POLICY_RULES, MAX_POLICY_ZONES};
 
 // === Located TOML tree ===
 
@@ -432,12 +432,12 @@ pub(crate) fn document(text: &str, sink: &mut Sink<'_>) -> Option<Document> {
     // A file of a million `[[rules]]` headers is refused before the TOML parser builds a tree
     // of a million tables (seconds and hundreds of MB): the headers are counted first.
     let headers = count_headers(text);
-    let zones_fit = headers.zones.count <= MAX_ZONES;
+    let zones_fit = headers.zones.count <= MAX_POLICY_ZONES;
     if let (false, Some(at)) = (zones_fit, headers.zones.extra) {
         let (message, help) = too_many_zones(headers.zones.count);
         sink.error(sink.loc(at), message, help);
     }
-    let rules_fit = headers.rules.count <= MAX_RULES;
+    let rules_fit = headers.rules.count <= MAX_POLICY_RULES;
     if let (false, Some(at)) = (rules_fit, headers.rules.extra) {
         let (message, help) = too_many_rules(headers.rules.count);
         sink.error(sink.loc(at), message, help);
@@ -476,8 +476,8 @@ pub(crate) fn document(text: &str, sink: &mut Sink<'_>) -> Option<Document> {
     // is refused with one error, in time and memory bounded by the file's size, instead of
     // after a diagnostic per table, validation's duplicate search and the lint.
     // Tables written in ways `count_headers` does not see (inline arrays, quoted keys).
-    let zones_fit = top.within_capacity("zones", MAX_ZONES, too_many_zones, sink);
-    let rules_fit = top.within_capacity("rules", MAX_RULES, too_many_rules, sink);
+    let zones_fit = top.within_capacity("zones", MAX_POLICY_ZONES, too_many_zones, sink);
+    let rules_fit = top.within_capacity("rules", MAX_POLICY_RULES, too_many_rules, sink);
     if !(zones_fit && rules_fit) {
         return None;
     }
@@ -513,14 +513,14 @@ pub(crate) fn document(text: &str, sink: &mut Sink<'_>) -> Option<Document> {
 
 fn too_many_zones(n: usize) -> (String, &'static str) {
     (
-        format!("too many zones: {n} defined, the data path supports at most {MAX_ZONES}"),
+        format!("too many zones: {n} defined, the data path supports at most {MAX_POLICY_ZONES}"),
         "zone ids are one byte in the data path (0 means \"no zone\"); merge zones that share a policy",
     )
 }
 
 fn too_many_rules(n: usize) -> (String, &'static str) {
     (
-        format!("map capacity exceeded: {n} rules, the data path holds at most {MAX_RULES}"),
+        format!("map capacity exceeded: {n} rules, the data path holds at most {MAX_POLICY_RULES}"),
         "merge rules between the same zones with the same protocol: one rule may list several \
          ports, sources and destinations",
     )
@@ -564,8 +564,8 @@ fn count_headers(text: &str) -> Headers {
                     .and_then(|h| h.split_once("]]"))
                     .map(|(name, _)| name.trim_matches([' ', '\t']));
                 let counted = match name {
-                    Some("zones") => Some((&mut headers.zones, MAX_ZONES)),
-                    Some("rules") => Some((&mut headers.rules, MAX_RULES)),
+                    Some("zones") => Some((&mut headers.zones, MAX_POLICY_ZONES)),
+                    Some("rules") => Some((&mut headers.rules, MAX_POLICY_RULES)),
                     _ => None,
                 };
                 if let Some((slot, limit)) = counted {
@@ -1393,12 +1393,12 @@ mod tests {
         assert_eq!((h.zones.count, h.rules.count), (1, 2), "{h:?}");
         // The rule line after the strings closed is seen; none inside them.
         let mut big = String::from("version = 1\n");
-        for _ in 0..=MAX_RULES {
+        for _ in 0..=MAX_POLICY_RULES {
             big.push_str("[[rules]]\n");
         }
         let h = count_headers(&big);
-        assert_eq!(h.rules.count, MAX_RULES + 1);
-        assert_eq!(h.rules.extra, Some(12 + 10 * MAX_RULES));
+        assert_eq!(h.rules.count, MAX_POLICY_RULES + 1);
+        assert_eq!(h.rules.extra, Some(12 + 10 * MAX_POLICY_RULES));
         assert_eq!(count_headers("[[rules]]\n").rules.extra, None);
     }
 

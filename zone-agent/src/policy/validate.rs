@@ -20,13 +20,15 @@ use super::parse::{self, At, Document, List, RuleDoc, ZoneDoc};
 use super::types::{Loc, Mac, Policy, PortRange, Protocol, Rule, Zone};
 
 /// Zones a policy may define: the data path numbers zones in one byte with 0 meaning "no
-/// zone", and its per-zone tables have `MAX_ZONES` slots. `parse` checks it before reading any
-/// zone.
-pub const MAX_ZONES: usize = zone_agent_common::MAX_ZONES as usize - 1;
+/// zone", and its per-zone tables have `zone_agent_common::MAX_ZONES` slots (so one fewer
+/// zone than slots). `parse` checks it before reading any zone.
+pub const MAX_POLICY_ZONES: usize = zone_agent_common::MAX_ZONES as usize - 1;
 
 /// Rules a policy may define (the size the data path's rule tables are dimensioned and
-/// benchmarked for). `parse` checks it before reading any rule.
-pub const MAX_RULES: usize = 100_000;
+/// benchmarked for; below the tables' slot count, `zone_agent_common::MAX_RULES`). `parse`
+/// checks it before reading any rule.
+pub const MAX_POLICY_RULES: usize = 100_000;
+const _: () = assert!(MAX_POLICY_RULES <= zone_agent_common::MAX_RULES as usize);
 
 /// Where interfaces are looked up on the host.
 const SYS_CLASS_NET: &str = "/sys/class/net";

@@ -182,7 +182,7 @@ pub fn render(dp: &View<'_>, t: &Telemetry) -> Result<String, DatapathError> {
         "Connections closed on accept because the listener already served its maximum (a local user flooding it), by listener.",
         &["listener"],
     );
-    for (listener, n) in crate::service::refused_connections() {
+    for (listener, n) in super::refused_connections() {
         refused.with_label_values(&[listener]).inc_by(n);
     }
 

@@ -3,13 +3,27 @@
 
 pub mod metrics;
 pub mod persist;
-pub mod server;
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    sync::atomic::{AtomicU64, Ordering},
+};
 
 use zone_agent_common::{Counter, Verdict};
 
 use crate::{datapath::stats::SetCounters, policy::Policy};
+
+/// Connections closed on accept, by listener (`zone_agent_connections_refused_total`).
+pub static REFUSED_METRICS: AtomicU64 = AtomicU64::new(0);
+pub static REFUSED_ADMIN: AtomicU64 = AtomicU64::new(0);
+
+/// (listener label, connections refused so far).
+pub fn refused_connections() -> [(&'static str, u64); 2] {
+    [
+        ("metrics", REFUSED_METRICS.load(Ordering::Relaxed)),
+        ("admin", REFUSED_ADMIN.load(Ordering::Relaxed)),
+    ]
+}
 
 /// Names needed to label one policy set's counters.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

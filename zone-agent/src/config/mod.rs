@@ -3,6 +3,8 @@
 //! overrides the file. Unknown keys are errors (a typo must not silently fall back to a
 //! default). See docs/config.md.
 
+pub mod failsafe;
+
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -12,13 +14,12 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::{
-    cli::{DEFAULT_METRICS_ADDR, DEFAULT_PIN_DIR, DEFAULT_STATE_DIR, RunArgs},
-    datapath::XdpMode,
-    policy::diagnostic::LineIndex,
-};
+use crate::{datapath::XdpMode, policy::diagnostic::LineIndex};
 
 pub const DEFAULT_POLICY: &str = "/etc/zone-agent/policy.toml";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/zone-agent";
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/zone-agent";
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9750";
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -73,12 +74,58 @@ pub struct Settings {
     pub failsafe: Vec<Failsafe>,
 }
 
+/// What the command line of `run` gives: each option, if given, wins over the config file.
+/// (`cli` parses its arguments into this; config never looks at the command line itself.)
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// The config file to read first, if any.
+    pub config: Option<PathBuf>,
+    pub policy: Option<PathBuf>,
+    pub metrics_addr: Option<SocketAddr>,
+    pub state_dir: Option<PathBuf>,
+    pub pin_dir: Option<PathBuf>,
+    pub xdp_mode: Option<XdpMode>,
+    pub fail_open_on_exit: bool,
+}
+
+/// What is wrong with a config file. Every variant but `Read` starts with the place
+/// (`file:line:column`, or the file for the whole-file limit).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not TOML, an unknown key, a value of the wrong type (the TOML reader's message).
+    #[error("{at}: {message}")]
+    Syntax { at: String, message: String },
+    #[error("{at}: metrics_addr {value:?} is not an address:port (e.g. \"127.0.0.1:9750\")")]
+    MetricsAddr { at: String, value: String },
+    #[error("{at}: xdp_mode {value:?} is not one of auto, native, generic")]
+    XdpMode { at: String, value: String },
+    /// One `[[failsafe]]` entry is incomplete or wrong (`message` says which key and why).
+    #[error("{at}: [[failsafe]] {message}")]
+    Failsafe { at: String, message: String },
+    #[error("{at}: [[failsafe]] name {name:?} is used twice; give each entry its own name")]
+    FailsafeNameTwice { at: String, name: String },
+    #[error("{}: {count} [[failsafe]] entries; at most {max} are supported", path.display())]
+    TooManyFailsafe {
+        path: PathBuf,
+        count: usize,
+        max: usize,
+    },
+}
+
 /// Reads `args.config` (if given) and applies the command line over it.
-pub fn settings(args: &RunArgs) -> anyhow::Result<Settings> {
+pub fn settings(args: &Overrides) -> Result<Settings, ConfigError> {
     let file = match &args.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
             parse(path, &text)?
         }
         None => Parsed::default(),
@@ -122,7 +169,7 @@ pub struct Parsed {
 }
 
 /// Parses and checks a config file; every error says file:line:column.
-pub fn parse(path: &Path, text: &str) -> anyhow::Result<Parsed> {
+pub fn parse(path: &Path, text: &str) -> Result<Parsed, ConfigError> {
     let lines = LineIndex::new(text);
     let at = |span: std::ops::Range<usize>| {
         let l = lines.loc(span.start);
@@ -133,16 +180,22 @@ pub fn parse(path: &Path, text: &str) -> anyhow::Result<Parsed> {
             .span()
             .map(&at)
             .unwrap_or_else(|| path.display().to_string());
-        anyhow::anyhow!("{pos}: {}", e.message())
+        ConfigError::Syntax {
+            at: pos,
+            message: e.message().to_string(),
+        }
     })?;
     let metrics_addr = match f.metrics_addr {
-        Some(s) => Some(s.get_ref().parse::<SocketAddr>().map_err(|_| {
-            anyhow::anyhow!(
-                "{}: metrics_addr {:?} is not an address:port (e.g. \"127.0.0.1:9750\")",
-                at(s.span()),
+        Some(s) => {
+            Some(
                 s.get_ref()
+                    .parse::<SocketAddr>()
+                    .map_err(|_| ConfigError::MetricsAddr {
+                        at: at(s.span()),
+                        value: s.get_ref().clone(),
+                    })?,
             )
-        })?),
+        }
         None => None,
     };
     let xdp_mode = match f.xdp_mode {
@@ -150,10 +203,12 @@ pub fn parse(path: &Path, text: &str) -> anyhow::Result<Parsed> {
             "auto" => XdpMode::Auto,
             "native" => XdpMode::Native,
             "generic" => XdpMode::Generic,
-            other => anyhow::bail!(
-                "{}: xdp_mode {other:?} is not one of auto, native, generic",
-                at(s.span())
-            ),
+            other => {
+                return Err(ConfigError::XdpMode {
+                    at: at(s.span()),
+                    value: other.to_string(),
+                });
+            }
         }),
         None => None,
     };
@@ -161,22 +216,24 @@ pub fn parse(path: &Path, text: &str) -> anyhow::Result<Parsed> {
     for entry in f.failsafe {
         let pos = at(entry.span());
         let e = entry.into_inner();
-        let fs = failsafe_entry(e).map_err(|msg| anyhow::anyhow!("{pos}: [[failsafe]] {msg}"))?;
+        let fs = failsafe_entry(e).map_err(|message| ConfigError::Failsafe {
+            at: pos.clone(),
+            message,
+        })?;
         if failsafe.iter().any(|o: &Failsafe| o.name == fs.name) {
-            anyhow::bail!(
-                "{pos}: [[failsafe]] name {:?} is used twice; give each entry its own name",
-                fs.name
-            );
+            return Err(ConfigError::FailsafeNameTwice {
+                at: pos,
+                name: fs.name,
+            });
         }
         failsafe.push(fs);
     }
     if failsafe.len() > zone_agent_common::MAX_FAILSAFE {
-        anyhow::bail!(
-            "{}: {} [[failsafe]] entries; at most {} are supported",
-            path.display(),
-            failsafe.len(),
-            zone_agent_common::MAX_FAILSAFE
-        );
+        return Err(ConfigError::TooManyFailsafe {
+            path: path.to_path_buf(),
+            count: failsafe.len(),
+            max: zone_agent_common::MAX_FAILSAFE,
+        });
     }
     Ok(Parsed {
         policy: f.policy,
@@ -274,7 +331,7 @@ fn parse_net(s: &str) -> Option<IpNet> {
 mod tests {
     use super::*;
 
-    fn p(text: &str) -> anyhow::Result<Parsed> {
+    fn p(text: &str) -> Result<Parsed, ConfigError> {
         parse(Path::new("za.toml"), text)
     }
 
@@ -308,7 +365,7 @@ interfaces = ["eth1"]
     /// uncommented, and says what the defaults are.
     #[test]
     fn shipped_example_parses() {
-        let text = include_str!("../../systemd/zone-agent.toml");
+        let text = include_str!("../../../systemd/zone-agent.toml");
         let c = parse(Path::new("systemd/zone-agent.toml"), text).unwrap();
         assert_eq!(c.pin_dir.as_deref(), Some(Path::new(DEFAULT_PIN_DIR)));
         assert_eq!(c.state_dir.as_deref(), Some(Path::new(DEFAULT_STATE_DIR)));

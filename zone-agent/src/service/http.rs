@@ -46,7 +46,11 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Resul
     let app = Router::new()
         .route("/metrics", get(metrics))
         .with_state(state);
-    let mut slots = Slots::new("metrics", MAX_CONNECTIONS, &crate::service::REFUSED_METRICS);
+    let mut slots = Slots::new(
+        "metrics",
+        MAX_CONNECTIONS,
+        &crate::telemetry::REFUSED_METRICS,
+    );
     loop {
         let Some((stream, slot)) = slots.admit(listener.accept().await.map(|(s, _)| s)).await
         else {
@@ -83,7 +87,7 @@ async fn metrics(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
                     maps: &shared.maps,
                     active_set: snap.active_set,
                 };
-                let text = super::metrics::render(&view, &snap.telemetry);
+                let text = crate::telemetry::metrics::render(&view, &snap.telemetry);
                 tries += 1;
                 if tries >= 3 || Arc::ptr_eq(&snap, &shared.snapshot()) {
                     break text;

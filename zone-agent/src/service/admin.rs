@@ -23,10 +23,8 @@ use tracing::{info, warn};
 use zone_agent_common::*;
 
 use crate::{
-    agent::Agent,
+    config::failsafe::Resolved,
     datapath::{Adoption, Maps},
-    failsafe::Resolved,
-    policy::types::Mode,
     service::{Control, Request, Shared, Slots},
     telemetry::SetNames,
 };
@@ -51,15 +49,27 @@ pub fn agent_running(state_dir: &Path) -> bool {
     std::os::unix::net::UnixStream::connect(socket_path(state_dir)).is_ok()
 }
 
+/// Why the admin socket could not be bound.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error(
+        "another zone-agent is running with state dir {} (its admin socket answers); stop it first",
+        state_dir.display()
+    )]
+    AgentRunning { state_dir: PathBuf },
+    /// Removing the stale socket, binding, or setting its mode failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
 /// Binds the socket (replacing a stale one left by a killed agent), mode 0600.
-pub fn bind(state_dir: &Path) -> anyhow::Result<UnixListener> {
+pub fn bind(state_dir: &Path) -> Result<UnixListener, BindError> {
     let path = socket_path(state_dir);
     if path.exists() {
         if agent_running(state_dir) {
-            anyhow::bail!(
-                "another zone-agent is running with state dir {} (its admin socket answers); stop it first",
-                state_dir.display()
-            );
+            return Err(BindError::AgentRunning {
+                state_dir: state_dir.to_path_buf(),
+            });
         }
         std::fs::remove_file(&path)?;
     }
@@ -74,7 +84,7 @@ pub async fn serve(listener: UnixListener, shared: Arc<Shared>, control: Control
     let mut slots = Slots::new(
         "admin socket",
         MAX_CONNECTIONS,
-        &crate::service::REFUSED_ADMIN,
+        &crate::telemetry::REFUSED_ADMIN,
     );
     loop {
         let Some((stream, slot)) = slots.admit(listener.accept().await.map(|(s, _)| s)).await
@@ -187,43 +197,6 @@ pub struct InterfaceStatus {
     pub attach: &'static str,
     /// Program the kernel runs on it.
     pub program_id: Option<u32>,
-}
-
-/// The agent's status, but `flows_active` (0 here: readers count it from the maps).
-pub fn status(a: &Agent) -> Status {
-    let links = a.dp.link_programs();
-    let interfaces =
-        a.dp.attached()
-            .map(|(name, attach)| InterfaceStatus {
-                name: name.clone(),
-                attach,
-                program_id: links.iter().find(|(n, _)| n == name).and_then(|(_, p)| *p),
-            })
-            .collect();
-    Status {
-        pid: std::process::id(),
-        version: env!("CARGO_PKG_VERSION"),
-        policy: a.policy_path.display().to_string(),
-        mode: if a.policy.mode == Mode::Audit {
-            "audit"
-        } else {
-            "enforce"
-        },
-        generation: a.telemetry.generation,
-        zones: a.policy.zones.iter().map(|z| z.name.clone()).collect(),
-        rules: a.policy.rules.len(),
-        program_id: a.dp.program_id(),
-        interfaces,
-        failsafe: a.failsafe.clone(),
-        flows_active: 0,
-        reloads_ok: a.telemetry.reloads_ok,
-        reloads_error: a.telemetry.reloads_error,
-        pin_dir: a.settings.pin_dir.display().to_string(),
-        abi: format!("{:016x}", abi_fingerprint()),
-        adopted: a.adoption.clone(),
-        fail_open_on_exit: a.settings.fail_open_on_exit,
-        metrics_addr: a.settings.metrics_addr.to_string(),
-    }
 }
 
 #[derive(Serialize)]

@@ -5,32 +5,27 @@
 //! policy, and only ever reach the gateway itself, never a host behind it.
 //!
 //! config (`[[failsafe]]`) → `resolve` (interfaces → ifindex, the gateway's addresses) →
-//! `Tables` (what the data path's maps hold) and `matches` (the same decision for the model).
+//! `tables` (what the data path's maps hold, [`Tables`]). The model's statement of the same
+//! decision, [`matches`], lives with the model (below config), as does [`Resolved`].
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    net::IpAddr,
-};
+use std::{collections::BTreeSet, net::IpAddr};
 
 use ipnet::IpNet;
 use zone_agent_common::*;
 
-use crate::{
-    config::Failsafe,
-    policy::model::{Frag, Packet},
-};
+use crate::config::Failsafe;
+pub use crate::datapath::FailsafeTables as Tables;
+pub use crate::policy::model::{FailsafeEntry as Resolved, failsafe_matches as matches};
 
-/// A failsafe entry bound to this host.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct Resolved {
-    pub name: String,
-    /// (name, ifindex) of the interfaces it may enter on.
-    pub interfaces: Vec<(String, u32)>,
-    pub proto: u8,
-    pub ports: Vec<(u16, u16)>,
-    pub sources: Vec<IpNet>,
-    /// The gateway's own addresses it may reach.
-    pub destinations: Vec<IpAddr>,
+/// Why a failsafe entry cannot be bound to this host.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("failsafe {entry:?}: interface {interface:?} does not exist on this host")]
+    NoInterface { entry: String, interface: String },
+    #[error(
+        "failsafe {entry:?}: destination {destination} is not an address of this gateway (failsafe flows only reach the gateway itself)"
+    )]
+    NotLocal { entry: String, destination: IpAddr },
 }
 
 /// Binds `entries` to this host. `zone_ifaces`: the interfaces the program is attached to
@@ -40,7 +35,7 @@ pub fn resolve(
     zone_ifaces: &BTreeSet<String>,
     ifindex: impl Fn(&str) -> Option<u32>,
     local: &BTreeSet<IpAddr>,
-) -> Result<Vec<Resolved>, String> {
+) -> Result<Vec<Resolved>, ResolveError> {
     let mut out = Vec::new();
     for e in entries {
         let names: Vec<String> = if e.interfaces.is_empty() {
@@ -50,11 +45,9 @@ pub fn resolve(
         };
         let mut interfaces = Vec::new();
         for n in names {
-            let idx = ifindex(&n).ok_or_else(|| {
-                format!(
-                    "failsafe {:?}: interface {n:?} does not exist on this host",
-                    e.name
-                )
+            let idx = ifindex(&n).ok_or_else(|| ResolveError::NoInterface {
+                entry: e.name.clone(),
+                interface: n.clone(),
             })?;
             interfaces.push((n, idx));
         }
@@ -63,10 +56,10 @@ pub fn resolve(
         } else {
             for d in &e.destinations {
                 if !local.contains(d) {
-                    return Err(format!(
-                        "failsafe {:?}: destination {d} is not an address of this gateway (failsafe flows only reach the gateway itself)",
-                        e.name
-                    ));
+                    return Err(ResolveError::NotLocal {
+                        entry: e.name.clone(),
+                        destination: *d,
+                    });
                 }
             }
             e.destinations.clone()
@@ -123,35 +116,6 @@ pub fn local_addresses() -> BTreeSet<IpAddr> {
     out
 }
 
-/// The index of the first entry a packet matches: a whole TCP/UDP datagram entering on one
-/// of the entry's interfaces, to one of its ports on one of its destinations, from one of
-/// its sources. (The data path's decision, in plain Rust, for the model.)
-pub fn matches(entries: &[Resolved], p: &Packet) -> Option<usize> {
-    if p.frag != Frag::None || !p.l4 || (p.proto != PROTO_TCP && p.proto != PROTO_UDP) {
-        return None;
-    }
-    entries.iter().position(|e| {
-        e.proto == p.proto
-            && e.interfaces.iter().any(|(n, _)| *n == p.ifname)
-            && e.ports.iter().any(|&(a, b)| (a..=b).contains(&p.dport))
-            && e.destinations.contains(&p.dst)
-            && e.sources.iter().any(|s| s.contains(&p.src))
-    })
-}
-
-/// What the failsafe maps hold.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Tables {
-    /// `ZA_FSPORTS` words (index → bits), only non-zero ones.
-    pub ports: BTreeMap<u32, u64>,
-    /// `ZA_FAILSAFE`: destination key → mask of entries.
-    pub dst: BTreeMap<(u32, u16, u8, u8, [u8; 16]), u32>,
-    /// `ZA_FSSRC`: (family, address, prefix bits) → mask of every entry with a source prefix
-    /// that contains this one (an LPM lookup returns only the longest match, so nested
-    /// prefixes of different entries must carry each other's bits).
-    pub src: BTreeMap<(u8, [u8; 16], u8), u32>,
-}
-
 fn family_and_bytes(a: IpAddr) -> (u8, [u8; 16]) {
     match a {
         IpAddr::V4(v4) => {
@@ -202,6 +166,7 @@ pub fn tables(entries: &[Resolved]) -> Tables {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::model::Packet;
 
     fn entry(name: &str, ports: (u16, u16), sources: &[&str], ifaces: &[&str]) -> Failsafe {
         Failsafe {
@@ -240,6 +205,7 @@ mod tests {
         assert!(
             resolve(&[far], &zones, idx, &local)
                 .unwrap_err()
+                .to_string()
                 .contains("not an address of this gateway")
         );
         let e = resolve(
@@ -248,7 +214,8 @@ mod tests {
             idx,
             &local,
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("\"zz\" does not exist"), "{e}");
     }
 

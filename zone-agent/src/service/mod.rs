@@ -12,6 +12,13 @@
 //! * The policy file is watched by its metadata (`stat`: device, inode, size, times, type),
 //!   never by reading it, and it is read only through [`read_file`], which refuses
 //!   anything but a regular file without blocking (a FIFO in its place cannot wedge the agent).
+//!
+//! The parts: [`agent`] (owns the data path, loads and reloads), [`admin`] (the local admin
+//! socket), [`http`] (`/metrics`); `cli/run.rs` wires them.
+
+pub mod admin;
+pub mod agent;
+pub mod http;
 
 use std::{
     os::unix::fs::MetadataExt as _,
@@ -26,9 +33,8 @@ use std::{
 
 use tracing::{error, info, warn};
 
+use self::{admin::Status, agent::Agent};
 use crate::{
-    admin::Status,
-    agent::Agent,
     datapath::Maps,
     policy::read::{ReadError, read_file},
     telemetry::Telemetry,
@@ -359,17 +365,8 @@ fn reload(agent: &mut Agent, c: &Control, retry: &mut Option<Retry>) -> ReloadRe
     out
 }
 
-/// Connections closed on accept, by listener (`zone_agent_connections_refused_total`).
-pub static REFUSED_METRICS: AtomicU64 = AtomicU64::new(0);
-pub static REFUSED_ADMIN: AtomicU64 = AtomicU64::new(0);
-
-/// (listener label, connections refused so far).
-pub fn refused_connections() -> [(&'static str, u64); 2] {
-    [
-        ("metrics", REFUSED_METRICS.load(Ordering::Relaxed)),
-        ("admin", REFUSED_ADMIN.load(Ordering::Relaxed)),
-    ]
-}
+/// The listeners' refusal counters live in telemetry (which exports them); the old path stays.
+pub use crate::telemetry::{REFUSED_ADMIN, REFUSED_METRICS, refused_connections};
 
 /// The connection bound of one listener: at most `max` connections served at once; a
 /// connection over the bound is closed right after accept (so it holds no descriptor),

@@ -15,12 +15,14 @@ use anyhow::Context as _;
 use tracing::{error, info, warn};
 
 use crate::{
-    config::Settings,
+    config::{Settings, failsafe},
     datapath::{Adoption, Datapath, XdpMode},
-    failsafe,
     policy::read::ReadError,
     policy::{self, Diagnostics, Policy, compile::Compiled, validate::HostEnvironment},
-    service::{FileWatch, Shared, Snapshot},
+    service::{
+        FileWatch, Shared, Snapshot,
+        admin::{InterfaceStatus, Status},
+    },
     telemetry::{SetNames, Telemetry, persist},
 };
 
@@ -99,14 +101,48 @@ fn interfaces(p: &Policy) -> BTreeSet<String> {
         .collect()
 }
 
-pub fn ifindex(name: &str) -> Option<u32> {
-    let c = std::ffi::CString::new(name).ok()?;
-    // SAFETY: valid NUL-terminated string.
-    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    (idx != 0).then_some(idx)
-}
+/// The interface lookup lives in the data path; the old path stays for the lab tests.
+pub use crate::datapath::ifindex;
 
 impl Agent {
+    /// The agent's status, but `flows_active` (0 here: readers count it from the maps).
+    pub fn status(&self) -> Status {
+        let a = self;
+        let links = a.dp.link_programs();
+        let interfaces =
+            a.dp.attached()
+                .map(|(name, attach)| InterfaceStatus {
+                    name: name.clone(),
+                    attach,
+                    program_id: links.iter().find(|(n, _)| n == name).and_then(|(_, p)| *p),
+                })
+                .collect();
+        Status {
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION"),
+            policy: a.policy_path.display().to_string(),
+            mode: if a.policy.mode == policy::Mode::Audit {
+                "audit"
+            } else {
+                "enforce"
+            },
+            generation: a.telemetry.generation,
+            zones: a.policy.zones.iter().map(|z| z.name.clone()).collect(),
+            rules: a.policy.rules.len(),
+            program_id: a.dp.program_id(),
+            interfaces,
+            failsafe: a.failsafe.clone(),
+            flows_active: 0,
+            reloads_ok: a.telemetry.reloads_ok,
+            reloads_error: a.telemetry.reloads_error,
+            pin_dir: a.settings.pin_dir.display().to_string(),
+            abi: format!("{:016x}", zone_agent_common::abi_fingerprint()),
+            adopted: a.adoption.clone(),
+            fail_open_on_exit: a.settings.fail_open_on_exit,
+            metrics_addr: a.settings.metrics_addr.to_string(),
+        }
+    }
+
     /// Loads (or adopts) the program and its pinned maps, installs the policy, then
     /// attaches: no interface ever runs the program without a complete policy behind it.
     pub fn start(settings: Settings) -> anyhow::Result<Agent> {
@@ -214,8 +250,7 @@ impl Agent {
             zone_ifaces,
             ifindex,
             &failsafe::local_addresses(),
-        )
-        .map_err(anyhow::Error::msg)?;
+        )?;
         self.dp.install_failsafe(&failsafe::tables(&resolved))?;
         for f in &resolved {
             info!(name = %f.name, sources = ?f.sources, ports = ?f.ports, "failsafe flow installed");
@@ -245,7 +280,7 @@ impl Agent {
         Snapshot {
             telemetry: self.telemetry.clone(),
             active_set: self.dp.active_set,
-            status: crate::admin::status(self),
+            status: self.status(),
         }
     }
 
