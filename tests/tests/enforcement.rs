@@ -15,15 +15,13 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use zone_agent_lab::agent::{self, METRICS_ADDR, pin_dir, state_dir, write_policy};
+use zone_agent_lab::fixture::OTHER_MAC;
 use zone_agent_lab::{
-    ChildGuard, Host, HostSpec, Lab, Signal, add_addr, agent_bin, continuous, continuous_summary,
+    ChildGuard, Host, Lab, Signal, ThreeZones, add_addr, agent_bin, continuous, continuous_summary,
     scrape, set_mac, tcp_connect, tcp_echo, tcp_listen, udp_echo, udp_exchange, wait_until,
 };
 
-/// Where the agent serves metrics, inside the gateway namespace (each lab has its own).
-const METRICS_ADDR: &str = "127.0.0.1:9750";
-/// Bound for the agent to load, attach and answer /metrics.
-const AGENT_READY: Duration = Duration::from_secs(30);
 /// Bound for a reload to be counted.
 const RELOAD_WAIT: Duration = Duration::from_secs(10);
 /// Bound for the agent to exit after SIGTERM ("within a few seconds").
@@ -38,45 +36,10 @@ const T_FAIL: Duration = Duration::from_millis(700);
 const RELOAD_OK: &str = "success";
 const RELOAD_ERROR: &str = "error";
 
-const LGWAN_MAC: &str = "02:00:00:00:20:10";
-/// A MAC the lgwan host switches to for the path-limitation (source_macs) checks.
-const OTHER_MAC: &str = "02:00:00:00:20:99";
-
 // === the policy ===
 
-/// The policy under test; `{MODE}` is the global mode. Rule names are what
-/// `zone_agent_rule_packets_total{rule}` reports.
-const POLICY: &str = r#"# zone-agent enforcement tests: three zones behind one gateway.
-version = 1
-mode = "{MODE}"
-
-[defaults]
-intra_zone = "allow"
-unknown = "deny"
-fragments = "deny"
-
-[[zones]]
-name = "mynumber"
-label = "マイナンバー利用事務系"
-interfaces = ["zmyn"]
-networks = ["10.10.0.0/16", "fd10::/48"]
-criticality = "critical"
-
-[[zones]]
-name = "lgwan"
-label = "LGWAN接続系"
-interfaces = ["zlgw"]
-networks = ["10.20.0.0/16", "fd20::/48"]
-criticality = "high"
-
-[[zones]]
-name = "internet"
-label = "インターネット接続系"
-interfaces = ["zinet"]
-networks = ["0.0.0.0/0", "::/0"]
-criticality = "medium"
-
-[[rules]]
+/// The rules under test. Rule names are what `zone_agent_rule_packets_total{rule}` reports.
+const RULES: &str = r#"[[rules]]
 name = "relay-https"
 description = "the LGWAN relay host only -> the マイナンバー系 server, HTTPS"
 from = "lgwan"
@@ -119,8 +82,15 @@ ports = ["123"]
 mode = "audit"
 "#;
 
+/// The policy under test: the lab's three zones (with labels) and [`RULES`]; `mode` is the
+/// global mode.
 fn policy(mode: &str) -> String {
-    POLICY.replace("{MODE}", mode)
+    ThreeZones::policy()
+        .comment("zone-agent enforcement tests: three zones behind one gateway.")
+        .mode(mode)
+        .labels()
+        .rules(RULES)
+        .build()
 }
 
 /// `text` with `from` replaced by `to`; panics if `from` does not occur (an edit that silently
@@ -147,58 +117,10 @@ struct Env {
     policy: PathBuf,
 }
 
-fn host(
-    zone: &str,
-    gw_iface: &str,
-    v4: &str,
-    gw_v4: &str,
-    v6: &str,
-    gw_v6: &str,
-    mac: &str,
-) -> HostSpec {
-    HostSpec {
-        zone: zone.into(),
-        gw_iface: gw_iface.into(),
-        v4: v4.into(),
-        gw_v4: gw_v4.into(),
-        v6: v6.into(),
-        gw_v6: gw_v6.into(),
-        mac: mac.into(),
-        gw_mac: String::new(),
-        vlan: None,
-    }
-}
-
 impl Env {
     fn new(test: &str, policy_text: &str) -> Env {
         let mut lab = Lab::new(test);
-        let my = lab.add_host(host(
-            "mynumber",
-            "zmyn",
-            "10.10.0.10/16",
-            "10.10.0.1/16",
-            "fd10::10/64",
-            "fd10::1/64",
-            "02:00:00:00:10:10",
-        ));
-        let lg = lab.add_host(host(
-            "lgwan",
-            "zlgw",
-            "10.20.0.10/16",
-            "10.20.0.1/16",
-            "fd20::10/64",
-            "fd20::1/64",
-            LGWAN_MAC,
-        ));
-        let inet = lab.add_host(host(
-            "internet",
-            "zinet",
-            "198.51.100.10/24",
-            "198.51.100.1/24",
-            "2001:db8::10/64",
-            "2001:db8::1/64",
-            "02:00:00:00:30:10",
-        ));
+        let ThreeZones { my, lg, inet } = ThreeZones::add(&mut lab);
         let policy = lab.dir().join("policy.toml");
         write_policy(&policy, policy_text);
         let agent = start_agent(&lab, &policy);
@@ -257,24 +179,6 @@ impl Env {
     }
 }
 
-fn write_policy(path: &Path, text: &str) {
-    // Write then rename: the agent's file watcher never reads a half-written file.
-    let tmp = path.with_extension("toml.tmp");
-    fs::write(&tmp, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", tmp.display()));
-    fs::rename(&tmp, path).unwrap_or_else(|e| panic!("cannot rename to {}: {e}", path.display()));
-}
-
-/// The agent's state dir in a lab (admin socket, saved telemetry).
-fn state_dir(lab: &Lab) -> PathBuf {
-    lab.dir().join("state")
-}
-
-/// The agent's pin dir in a lab. `ip netns exec` remounts /sys, so /sys/fs/bpf is no bpffs in
-/// there: the lab's own.
-fn pin_dir(lab: &Lab) -> PathBuf {
-    lab.bpffs().join("zone-agent")
-}
-
 /// Starts `zone-agent run` in the gateway namespace (as `cargo xtask demo` does) and waits
 /// until it answers /metrics, which it only does once the policy is applied and attached.
 fn start_agent(lab: &Lab, policy: &Path) -> ChildGuard {
@@ -283,48 +187,7 @@ fn start_agent(lab: &Lab, policy: &Path) -> ChildGuard {
 
 /// [`start_agent`] with a `--config` file.
 fn start_agent_with(lab: &Lab, policy: &Path, config: Option<&Path>) -> ChildGuard {
-    let bin = agent_bin();
-    let gw = lab.gateway();
-    let state = state_dir(lab);
-    fs::create_dir_all(&state).expect("state dir");
-    let pins = pin_dir(lab);
-    let s = |p: &Path| p.to_str().expect("UTF-8 path").to_owned();
-    let mut argv = vec![
-        s(&bin),
-        "run".into(),
-        "--policy".into(),
-        s(policy),
-        "--metrics-addr".into(),
-        METRICS_ADDR.into(),
-        "--state-dir".into(),
-        s(&state),
-        "--pin-dir".into(),
-        s(&pins),
-    ];
-    if let Some(c) = config {
-        argv.extend(["--config".into(), s(c)]);
-    }
-    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let mut agent = lab.spawn(gw, &argv, &lab.log_path("zone-agent"));
-    let started = Instant::now();
-    loop {
-        if let Some(status) = agent.exited() {
-            panic!(
-                "zone-agent exited ({status}) before serving metrics:\n{}",
-                agent.log_text()
-            );
-        }
-        if scrape::metrics(lab, gw, METRICS_ADDR).is_some() {
-            return agent;
-        }
-        if started.elapsed() > AGENT_READY {
-            panic!(
-                "zone-agent did not answer http://{METRICS_ADDR}/metrics within {AGENT_READY:?}:\n{}",
-                agent.log_text()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    agent::Start::new(lab, policy).config(config).run()
 }
 
 // === metrics ===

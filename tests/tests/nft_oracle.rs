@@ -35,49 +35,21 @@ use zone_agent::policy::types::{Policy, Protocol};
 use zone_agent::policy::validate;
 use zone_agent_common::{DropReason, FLOW_TCP_CLOSING_NS, PassReason};
 use zone_agent_lab::oracle::{self, Body, Crafted};
-use zone_agent_lab::{Host, HostSpec, Lab};
+// OTHER_MAC: a MAC the lgwan host sometimes sends with: the MAC-bound rule must not match it.
+use zone_agent_lab::fixture::{self, OTHER_MAC, Zone};
+use zone_agent_lab::{Host, Lab};
 
 const TCP_PSH: u8 = 0x08;
 const TCP_URG: u8 = 0x20;
 
 // === the lab ===
 
-/// The three hosts, in zone order (host index = zone index): gateway veth, addresses, MAC.
-const HOSTS: [(&str, &str, &str, &str, &str, &str, &str); 3] = [
-    (
-        "mynumber",
-        "zmyn",
-        "10.10.0.10/16",
-        "10.10.0.1/16",
-        "fd10::10/64",
-        "fd10::1/64",
-        "02:00:00:00:10:10",
-    ),
-    (
-        "lgwan",
-        "zlgw",
-        "10.20.0.10/16",
-        "10.20.0.1/16",
-        "fd20::10/64",
-        "fd20::1/64",
-        "02:00:00:00:20:10",
-    ),
-    (
-        "internet",
-        "zinet",
-        "198.51.100.10/24",
-        "198.51.100.1/24",
-        "2001:db8::10/64",
-        "2001:db8::1/64",
-        "02:00:00:00:30:10",
-    ),
-];
+/// The lab's three hosts (`zone_agent_lab::fixture::ZONES`), in zone order (host index =
+/// zone index).
+const HOSTS: [Zone; 3] = fixture::ZONES;
 const MY: usize = 0;
 const LG: usize = 1;
 const INET: usize = 2;
-
-/// A MAC the lgwan host sometimes sends with: the MAC-bound rule must not match it.
-const OTHER_MAC: &str = "02:00:00:00:20:99";
 
 /// Every address the sequence uses, with the host the gateway sends it to. Besides the hosts'
 /// own: a second address in each zone, the マイナンバー island nested in LGWAN's prefixes, an
@@ -482,7 +454,7 @@ impl Gen {
     }
 
     fn host_mac(h: usize) -> String {
-        HOSTS[h].6.to_string()
+        HOSTS[h].mac.to_string()
     }
 
     /// A pause of [`WAIT`] between two phases, nothing reloaded. Most TCP exchanges still
@@ -1119,7 +1091,7 @@ impl Gen {
     fn model_packet(&self, c: &Crafted) -> Packet {
         let v6 = c.src.is_ipv6();
         let icmp = if v6 { PROTO_ICMPV6 } else { PROTO_ICMP };
-        let ifname = HOSTS[c.sender].1;
+        let ifname = HOSTS[c.sender].iface;
         let mut p = match &c.body {
             Body::Tcp {
                 sport,
@@ -1285,21 +1257,7 @@ enum Enforcer {
 /// A fresh lab: the hosts silent receivers, the gateway routing every place to its host.
 fn lab(name: &str) -> (Lab, Vec<Host>) {
     let mut lab = Lab::new(name);
-    let hosts: Vec<Host> = HOSTS
-        .iter()
-        .map(|(zone, gw_iface, v4, gw_v4, v6, gw_v6, mac)| {
-            lab.add_host(HostSpec {
-                zone: (*zone).into(),
-                gw_iface: (*gw_iface).into(),
-                v4: (*v4).into(),
-                gw_v4: (*gw_v4).into(),
-                v6: (*v6).into(),
-                gw_v6: (*gw_v6).into(),
-                mac: (*mac).into(),
-                ..Default::default()
-            })
-        })
-        .collect();
+    let hosts: Vec<Host> = HOSTS.iter().map(|zone| lab.add_host(zone.host())).collect();
     for h in &hosts {
         oracle::sink(&lab, h);
     }
@@ -1451,7 +1409,7 @@ fn nftables_export_and_xdp_pass_the_same_packets() {
                 "seed {seed} #{} phase {} from {}: {} [model: {}] nft {} agent {}",
                 p.c.marker,
                 p.phase,
-                HOSTS[p.c.sender].0,
+                HOSTS[p.c.sender].name,
                 p.what,
                 outcome_label(&p.model),
                 if by_nft { "crossed" } else { "blocked" },
