@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
-use zone_agent_lab::agent;
+use zone_agent_lab::agent::{self, write_policy};
 use zone_agent_lab::bench::policy::{self as generated, Base, Variant};
 use zone_agent_lab::bench::{
     EndToEnd, Flood, Gate, ProcCost, ReloadUnderLoad, Throughput, arg, xdp_tools_object,
@@ -830,13 +830,6 @@ fn proc_cost(pid: u32, before: (u64, u64, u64), seconds: f64) -> ProcCost {
         rss_kib: after.1,
         hwm_kib: after.2,
     }
-}
-
-fn write_policy(path: &Path, text: &str) {
-    // Write then rename: the agent's file watcher never reads a half-written file.
-    let tmp = path.with_extension("toml.tmp");
-    fs::write(&tmp, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", tmp.display()));
-    fs::rename(&tmp, path).unwrap_or_else(|e| panic!("cannot rename to {}: {e}", path.display()));
 }
 
 fn main() {

@@ -22,7 +22,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use zone_agent_lab::agent::{self, METRICS_ADDR, pin_dir, state_dir, write_policy};
+use zone_agent_lab::agent::{self, METRICS_ADDR, Metrics, pin_dir, state_dir, write_policy};
 use zone_agent_lab::fixture::OTHER_MAC;
 use zone_agent_lab::{
     ChildGuard, Host, Lab, Signal, ThreeZones, add_addr, agent_bin, continuous, continuous_summary,
@@ -208,40 +208,6 @@ const PASSES: &str = "zone_agent_passes_total";
 const AUDIT_PASSES: &str = "zone_agent_audit_passes_total";
 const RELOADS: &str = "zone_agent_policy_reloads_total";
 const GENERATION: &str = "zone_agent_policy_generation";
-
-/// One scrape of /metrics.
-struct Metrics(String);
-
-impl Metrics {
-    /// Sum of the matching samples; 0 when none (a counter that never moved may be absent).
-    fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        scrape::metric_value(&self.0, name, labels).unwrap_or(0.0)
-    }
-
-    /// How much a counter moved from `before` to `self`.
-    fn delta(&self, before: &Metrics, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.get(name, labels) - before.get(name, labels)
-    }
-
-    /// Every `zone_agent_*` sample that differs from `before` (for failure messages).
-    fn changes(&self, before: &Metrics) -> String {
-        let old: std::collections::HashMap<String, f64> = before
-            .0
-            .lines()
-            .filter_map(scrape::parse_sample)
-            .map(|s| (format!("{}{:?}", s.name, s.labels), s.value))
-            .collect();
-        let mut out = String::new();
-        for s in self.0.lines().filter_map(scrape::parse_sample) {
-            let key = format!("{}{:?}", s.name, s.labels);
-            let was = old.get(&key).copied().unwrap_or(0.0);
-            if s.name.starts_with("zone_agent_") && s.value != was {
-                out.push_str(&format!("  {key}: {was} -> {}\n", s.value));
-            }
-        }
-        out
-    }
-}
 
 fn drop_reason(r: &str) -> [(&str, &str); 1] {
     [("reason", r)]
