@@ -6,8 +6,8 @@
 //!    then each test binary run as root in a sandbox of its own (`unshare --mount --net`) as
 //!    a second safety net: whatever a test creates or forgets lives in a network namespace
 //!    that dies with the binary, never in the host's. Labs have unique names, so binaries run
-//!    concurrently (`ZA_LAB_JOBS`, default the CPU count); each one's output is printed whole
-//!    after the last has ended, then a summary with each binary's wall time.
+//!    concurrently (`ZA_LAB_JOBS`, default one more than the CPU count); each one's output
+//!    is printed whole after the last has ended, then a summary with each binary's wall time.
 //!
 //! Every phase runs even when an earlier one failed (except setup); all failures are
 //! reported at the end and make the exit status non-zero.
@@ -136,8 +136,9 @@ const LONGEST_FIRST: [&str; 6] = [
     "evasion",
 ];
 
-/// Environment variable bounding how many lab test binaries run at once (default: the
-/// number of CPUs, at least 2; `1` runs them one after another).
+/// Environment variable bounding how many lab test binaries run at once (default: one more
+/// than the number of CPUs, at least 3: the suites mostly wait on the network; `1` runs them
+/// one after another).
 const LAB_JOBS_ENV: &str = "ZA_LAB_JOBS";
 
 /// One test binary of zone-agent-lab, as `cargo test --no-run` reports it.
@@ -283,7 +284,7 @@ fn build_lab_tests(ws: &Workspace, cargo_args: &[String]) -> Result<Vec<TestBina
 fn lab_jobs() -> usize {
     match std::env::var(LAB_JOBS_ENV) {
         Ok(v) => v.trim().parse().ok().filter(|n| *n > 0).unwrap_or(1),
-        Err(_) => std::thread::available_parallelism().map_or(2, |n| n.get().max(2)),
+        Err(_) => std::thread::available_parallelism().map_or(3, |n| n.get().max(2) + 1),
     }
 }
 
