@@ -18,18 +18,19 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
+use zone_agent_lab::agent::{self, write_policy};
 use zone_agent_lab::bench::policy::{self as generated, Base, Variant};
 use zone_agent_lab::bench::{
     EndToEnd, Flood, Gate, ProcCost, ReloadUnderLoad, Throughput, arg, xdp_tools_object,
 };
 use zone_agent_lab::{
-    ChildGuard, Host, HostSpec, Lab, agent_bin, continuous, continuous_summary, scrape, tcp_echo,
+    ChildGuard, Host, Lab, ThreeZones, agent_bin, continuous, continuous_summary, tcp_echo,
     udp_echo,
 };
 
-const METRICS_ADDR: &str = "127.0.0.1:9750";
 const AGENT_READY: Duration = Duration::from_secs(60);
 const IPERF_PORT: u16 = 5201;
 const CRR_PORT: u16 = 5300;
@@ -38,33 +39,9 @@ const DENIED_TCP: u16 = 5999;
 const DENIED_UDP: u16 = 9;
 const ECHO_TCP: u16 = 443;
 const ECHO_UDP: u16 = 5353;
-const LGWAN_MAC: &str = "02:00:00:00:20:10";
 
-const HEADER: &str = r#"version = 1
-mode = "enforce"
-[defaults]
-intra_zone = "allow"
-unknown = "deny"
-fragments = "deny"
-
-[[zones]]
-name = "mynumber"
-interfaces = ["zmyn"]
-networks = ["10.10.0.0/16", "fd10::/48"]
-criticality = "critical"
-
-[[zones]]
-name = "lgwan"
-interfaces = ["zlgw"]
-networks = ["10.20.0.0/16", "fd20::/48"]
-criticality = "high"
-
-[[zones]]
-name = "internet"
-interfaces = ["zinet"]
-networks = ["0.0.0.0/0", "::/0"]
-criticality = "medium"
-"#;
+/// The lab's three zones; the rules follow.
+static HEADER: LazyLock<String> = LazyLock::new(|| ThreeZones::policy().build());
 
 /// The services the benchmark's traffic uses, from the lgwan host (10.20.0.10) to the
 /// mynumber host (10.10.0.10); the generated rules go around them.
@@ -122,11 +99,13 @@ ports = ["80"]
 sources = ["10.20.0.10/32"]
 "#;
 
-const BASE: Base<'static> = Base {
-    header: HEADER,
-    rules: SERVICES,
-    rule_count: 6,
-};
+fn base() -> Base<'static> {
+    Base {
+        header: &HEADER,
+        rules: SERVICES,
+        rule_count: 6,
+    }
+}
 
 // === helpers run inside the lab's namespaces ===
 
@@ -311,20 +290,6 @@ fn parse_args(args: &[String]) -> Args {
     }
 }
 
-fn host(zone: &str, gw_iface: &str, n: u8, v4_net: &str, v6_net: &str, mac: &str) -> HostSpec {
-    let v4_mask = if v4_net.starts_with("198.") { 24 } else { 16 };
-    HostSpec {
-        zone: zone.into(),
-        gw_iface: gw_iface.into(),
-        v4: format!("{v4_net}.{n}/{v4_mask}"),
-        gw_v4: format!("{v4_net}.1/{v4_mask}"),
-        v6: format!("{v6_net}::{n}/64"),
-        gw_v6: format!("{v6_net}::1/64"),
-        mac: mac.into(),
-        ..Default::default()
-    }
-}
-
 /// The lab, its long-running servers and the gate currently enforcing. Field order is drop
 /// order: children stop before the lab goes.
 struct Bench {
@@ -355,23 +320,7 @@ fn set_tso(lab: &Lab, ns: &str, on: bool) {
 impl Bench {
     fn new() -> Bench {
         let mut lab = Lab::new("bench_end_to_end");
-        let my = lab.add_host(host(
-            "mynumber",
-            "zmyn",
-            10,
-            "10.10.0",
-            "fd10",
-            "02:00:00:00:10:10",
-        ));
-        let lg = lab.add_host(host("lgwan", "zlgw", 10, "10.20.0", "fd20", LGWAN_MAC));
-        let inet = lab.add_host(host(
-            "internet",
-            "zinet",
-            10,
-            "198.51.100",
-            "2001:db8",
-            "02:00:00:00:30:10",
-        ));
+        let ThreeZones { my, lg, inet } = ThreeZones::add(&mut lab);
         // XDP on a veth turns TCP segmentation offload off on its peer (a program without
         // multi-buffer support cannot take 64 KB frames), so under zone-agent the hosts send
         // MTU-sized frames. Every gate gets the same: TSO off on the hosts, as a gateway
@@ -447,52 +396,25 @@ impl Bench {
     }
 
     fn state_dir(&self) -> PathBuf {
-        self.lab.dir().join("state")
+        agent::state_dir(&self.lab)
     }
 
     fn pin_dir(&self) -> PathBuf {
-        self.lab.bpffs().join("zone-agent")
+        agent::pin_dir(&self.lab)
     }
 
     /// Starts `zone-agent run` with `policy`; returns how long it took to serve metrics.
     fn start_agent(&mut self, policy: &Path) -> Result<f64, String> {
-        let bin = agent_bin();
-        let s = |p: &Path| p.to_str().expect("UTF-8 path").to_owned();
-        fs::create_dir_all(self.state_dir()).map_err(|e| e.to_string())?;
-        let argv = [
-            s(&bin),
-            "run".into(),
-            "--policy".into(),
-            s(policy),
-            "--metrics-addr".into(),
-            METRICS_ADDR.into(),
-            "--state-dir".into(),
-            s(&self.state_dir()),
-            "--pin-dir".into(),
-            s(&self.pin_dir()),
-        ];
-        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let mut start = agent::Start::new(&self.lab, policy);
+        start.ready_within = AGENT_READY;
+        start.poll = Duration::from_millis(20);
         let started = Instant::now();
-        let mut agent = self
-            .lab
-            .spawn(self.gw(), &argv, &self.lab.log_path("zone-agent"));
-        loop {
-            if let Some(status) = agent.exited() {
-                return Err(format!(
-                    "zone-agent exited ({status}) before serving metrics: {}",
-                    tail(&agent.log_text())
-                ));
-            }
-            if scrape::metrics(&self.lab, self.gw(), METRICS_ADDR).is_some() {
-                break;
-            }
-            if started.elapsed() > AGENT_READY {
-                return Err(format!(
-                    "zone-agent not ready within {AGENT_READY:?}: {}",
-                    tail(&agent.log_text())
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let mut agent = start.spawn();
+        let ready = start
+            .wait_ready(&mut agent, || Ok::<(), std::convert::Infallible>(()))
+            .unwrap_or_else(|never| match never {});
+        if let Err(why) = ready {
+            return Err(format!("{why}: {}", tail(&agent.log_text())));
         }
         let ms = started.elapsed().as_secs_f64() * 1000.0;
         self.agent = Some(agent);
@@ -910,13 +832,6 @@ fn proc_cost(pid: u32, before: (u64, u64, u64), seconds: f64) -> ProcCost {
     }
 }
 
-fn write_policy(path: &Path, text: &str) {
-    // Write then rename: the agent's file watcher never reads a half-written file.
-    let tmp = path.with_extension("toml.tmp");
-    fs::write(&tmp, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", tmp.display()));
-    fs::rename(&tmp, path).unwrap_or_else(|e| panic!("cannot rename to {}: {e}", path.display()));
-}
-
 fn main() {
     let argv: Vec<String> = std::env::args().collect();
     match argv.get(1).map(String::as_str) {
@@ -930,14 +845,14 @@ fn main() {
     let args = parse_args(&argv);
     zone_agent_lab::require_root();
     let mut report = EndToEnd {
-        policy_rules: generated::rule_count(&BASE, Variant::Rules, args.rules),
+        policy_rules: generated::rule_count(&base(), Variant::Rules, args.rules),
         ..Default::default()
     };
     let mut b = Bench::new();
     let policy = b.lab.dir().join("policy.toml");
     write_policy(
         &policy,
-        &generated::generate(&BASE, Variant::Rules, args.rules),
+        &generated::generate(&base(), Variant::Rules, args.rules),
     );
     b.check_policy(&policy);
 
@@ -1113,7 +1028,7 @@ fn reload_under_load(
     report: &mut EndToEnd,
 ) -> Result<ReloadUnderLoad, String> {
     let path = b.lab.dir().join("reload.toml");
-    let a = generated::generate(&BASE, Variant::Rules, args.reload_rules);
+    let a = generated::generate(&base(), Variant::Rules, args.reload_rules);
     // B differs by one rule, so each reload installs a policy different from the one before.
     let bb = format!(
         "{a}\n[[rules]]\nname = \"toggle\"\nfrom = \"lgwan\"\nto = \"internet\"\nprotocol = \"tcp\"\nports = [\"8080\"]\nsources = [\"10.20.0.10/32\"]\n"
@@ -1123,7 +1038,7 @@ fn reload_under_load(
     report.agent_start_ms = Some(b.start_agent(&path)?);
     b.gate = Gate::ZoneAgent;
     let mut r = ReloadUnderLoad {
-        rules: generated::rule_count(&BASE, Variant::Rules, args.reload_rules),
+        rules: generated::rule_count(&base(), Variant::Rules, args.reload_rules),
         seconds: args.reload_seconds,
         ..Default::default()
     };

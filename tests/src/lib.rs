@@ -18,6 +18,7 @@ pub mod agent;
 pub mod bench;
 mod child;
 pub mod craft;
+pub mod fixture;
 mod lab;
 pub mod oracle;
 pub mod scrape;
@@ -27,6 +28,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub use child::ChildGuard;
+pub use fixture::{PolicyText, ThreeZones};
 pub use lab::{Host, HostSpec, Lab, vlan_supported};
 pub use nix::sys::signal::Signal;
 pub use traffic::{
@@ -42,14 +44,22 @@ pub const AGENT_BIN_ENV: &str = "ZONE_AGENT_BIN";
 /// Polls `f` every 50 ms until it returns true; panics with `what` after `timeout`.
 ///
 /// This is the only way tests here wait for something to happen: never a blind sleep.
-pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+pub fn wait_until(timeout: Duration, what: &str, f: impl FnMut() -> bool) {
+    if !poll_until(timeout, f) {
+        panic!("timed out after {timeout:?} waiting until {what}");
+    }
+}
+
+/// Polls `f` every 50 ms for up to `timeout`; whether it became true. For a wait whose
+/// failure the caller explains itself (with captures, counters, logs); else [`wait_until`].
+pub fn poll_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         if f() {
-            return;
+            return true;
         }
         if Instant::now() >= deadline {
-            panic!("timed out after {timeout:?} waiting until {what}");
+            return false;
         }
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -14,14 +14,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use zone_agent_lab::agent::{self, METRICS_ADDR, write_policy};
+use zone_agent_lab::fixture::{LGWAN, MYNUMBER};
 use zone_agent_lab::{
-    ChildGuard, Host, HostSpec, Lab, Signal, agent_bin, python, scrape, tcp_connect, tcp_listen,
-    wait_until,
+    ChildGuard, Host, HostSpec, Lab, Signal, ThreeZones, agent_bin, python, scrape, tcp_connect,
+    tcp_listen, wait_until,
 };
 
-const METRICS_ADDR: &str = "127.0.0.1:9750";
 const METRICS_PORT: &str = "9750";
-const AGENT_READY: Duration = Duration::from_secs(30);
 /// Per attempt that should succeed / fail (no SYN retransmit inside the latter).
 const T: Duration = Duration::from_secs(3);
 const T_FAIL: Duration = Duration::from_millis(700);
@@ -35,33 +35,22 @@ const DEFAULT_SOFT_NOFILE: u32 = 1024;
 const IDLE_CONNECTIONS: u32 = 1200;
 const SCRAPERS: u32 = 220;
 
-const POLICY: &str = r#"version = 1
-mode = "enforce"
-
-[defaults]
-intra_zone = "allow"
-unknown = "deny"
-fragments = "deny"
-
-[[zones]]
-name = "mynumber"
-interfaces = ["zmyn"]
-networks = ["10.10.0.0/16"]
-criticality = "critical"
-
-[[zones]]
-name = "lgwan"
-interfaces = ["zlgw"]
-networks = ["10.20.0.0/16"]
-criticality = "high"
-
-[[rules]]
+const RULES: &str = r#"[[rules]]
 name = "relay-https"
 from = "lgwan"
 to = "mynumber"
 protocol = "tcp"
 ports = ["443"]
 "#;
+
+/// Two of the lab's zones, mynumber and lgwan, IPv4 only, and [`RULES`].
+fn policy_text() -> String {
+    ThreeZones::policy()
+        .only(&["mynumber", "lgwan"])
+        .v4_only()
+        .rules(RULES)
+        .build()
+}
 
 /// A rule the operator revokes in the tests.
 const REVOCABLE: &str = r#"
@@ -73,31 +62,19 @@ protocol = "tcp"
 ports = ["8443"]
 "#;
 
+/// The fixture's mynumber host, IPv4 only, the gateway end's MAC pinned.
 fn mynumber(lab: &mut Lab) -> Host {
     lab.add_host(HostSpec {
-        zone: "mynumber".into(),
-        gw_iface: "zmyn".into(),
-        v4: "10.10.0.10/16".into(),
-        gw_v4: "10.10.0.1/16".into(),
-        v6: String::new(),
-        gw_v6: String::new(),
-        mac: "02:00:00:00:10:10".into(),
-        gw_mac: "02:00:00:00:10:01".into(),
-        vlan: None,
+        gw_mac: MYNUMBER.gw_mac.into(),
+        ..MYNUMBER.host_v4()
     })
 }
 
+/// The fixture's lgwan host, IPv4 only, the gateway end's MAC pinned.
 fn lgwan(lab: &mut Lab) -> Host {
     lab.add_host(HostSpec {
-        zone: "lgwan".into(),
-        gw_iface: "zlgw".into(),
-        v4: "10.20.0.10/16".into(),
-        gw_v4: "10.20.0.1/16".into(),
-        v6: String::new(),
-        gw_v6: String::new(),
-        mac: "02:00:00:00:20:10".into(),
-        gw_mac: "02:00:00:00:20:01".into(),
-        vlan: None,
+        gw_mac: LGWAN.gw_mac.into(),
+        ..LGWAN.host_v4()
     })
 }
 
@@ -107,13 +84,6 @@ fn ip(s: &str) -> IpAddr {
 
 fn s(p: &Path) -> String {
     p.to_str().expect("UTF-8 path").to_owned()
-}
-
-/// Writes `text` to `path` as an editor does: a new file renamed over the old one.
-fn write_policy(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    fs::write(&tmp, text).unwrap();
-    fs::rename(&tmp, path).unwrap();
 }
 
 /// How an agent is started.
@@ -127,9 +97,9 @@ struct Start<'a> {
     log: &'a str,
 }
 
-/// The argv of `zone-agent run` as systemd would start it without `LimitNOFILE=` (soft limit
-/// 1024, hard limit ours), with the watchdog environment when asked.
-fn argv(st: &Start<'_>) -> Vec<String> {
+/// What runs in front of `zone-agent run` as systemd would start it without `LimitNOFILE=`
+/// (soft limit 1024, hard limit ours), with the watchdog environment when asked.
+fn wrapper(st: &Start<'_>) -> Vec<String> {
     // sd_notify only believes WATCHDOG_USEC with WATCHDOG_PID = its own pid: the shell's,
     // which every exec below keeps.
     let mut argv: Vec<String> = vec![
@@ -157,53 +127,35 @@ fn argv(st: &Start<'_>) -> Vec<String> {
         "prlimit".into(),
         format!("--nofile={DEFAULT_SOFT_NOFILE}:{hard}"),
         "--".into(),
-        s(&agent_bin()),
-        "run".into(),
-        "--policy".into(),
-        s(st.policy),
-        "--metrics-addr".into(),
-        st.metrics.into(),
-        "--state-dir".into(),
-        s(&st.state),
-        "--pin-dir".into(),
-        s(&st.pins),
     ]);
     argv
 }
 
+/// The crate's starter for `st`.
+fn starter<'a>(lab: &'a Lab, st: &Start<'_>) -> agent::Start<'a> {
+    let mut a = agent::Start::new(lab, st.policy);
+    a.state = st.state.clone();
+    a.pins = st.pins.clone();
+    a.metrics = st.metrics.into();
+    a.log = st.log.into();
+    a.wrapper = wrapper(st);
+    a
+}
+
 fn spawn(lab: &Lab, st: &Start<'_>) -> ChildGuard {
-    fs::create_dir_all(&st.state).unwrap();
-    let argv = argv(st);
-    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    lab.spawn(lab.gateway(), &argv, &lab.log_path(st.log))
+    starter(lab, st).spawn()
 }
 
 /// Starts the agent and returns once /metrics answers.
 fn start(lab: &Lab, st: &Start<'_>) -> ChildGuard {
-    let mut agent = spawn(lab, st);
-    let started = Instant::now();
-    while scrape::metrics(lab, lab.gateway(), st.metrics).is_none() {
-        if let Some(status) = agent.exited() {
-            panic!(
-                "zone-agent exited ({status}) before serving metrics:\n{}",
-                agent.log_text()
-            );
-        }
-        assert!(
-            started.elapsed() < AGENT_READY,
-            "zone-agent not ready:\n{}",
-            agent.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    agent
+    starter(lab, st).run()
 }
 
 fn default_start<'a>(lab: &Lab, policy: &'a Path) -> Start<'a> {
     Start {
         policy,
-        state: lab.dir().join("state"),
-        pins: lab.bpffs().join("zone-agent"),
+        state: agent::state_dir(lab),
+        pins: agent::pin_dir(lab),
         metrics: METRICS_ADDR,
         notify: None,
         log: "zone-agent",
@@ -376,7 +328,7 @@ fn hostile_scrapers_delay_neither_watchdog_nor_reload_nor_status() {
     let my = mynumber(&mut lab);
     let lg = lgwan(&mut lab);
     let policy = lab.dir().join("policy.toml");
-    fs::write(&policy, POLICY).unwrap();
+    fs::write(&policy, policy_text()).unwrap();
     let notify = Notify::bind(&lab);
     let mut st = default_start(&lab, &policy);
     st.notify = Some(&notify.path);
@@ -478,7 +430,7 @@ fn a_failed_reload_is_counted_logged_and_retried() {
     let my = mynumber(&mut lab);
     let lg = lgwan(&mut lab);
     let policy = lab.dir().join("policy.toml");
-    fs::write(&policy, format!("{POLICY}{REVOCABLE}")).unwrap();
+    fs::write(&policy, format!("{}{REVOCABLE}", policy_text())).unwrap();
     let st = default_start(&lab, &policy);
     let agent = start(&lab, &st);
     let _srv = tcp_listen(&lab, &my, 8443, false);
@@ -511,7 +463,7 @@ fn a_failed_reload_is_counted_logged_and_retried() {
     // The previous policy kept enforcing meanwhile.
     assert!(tcp_connect(&lab, &lg, ip("10.10.0.10"), 8443, None, T));
     // The file comes back without old-app: a retry or the change loads it.
-    fs::write(&hidden, POLICY).unwrap();
+    fs::write(&hidden, policy_text()).unwrap();
     fs::rename(&hidden, &policy).unwrap();
     wait_until(Duration::from_secs(5), "the revocation is enforced", || {
         !tcp_connect(&lab, &lg, ip("10.10.0.10"), 8443, None, T_FAIL)
@@ -524,7 +476,7 @@ fn revoked_rule_stops_passing_under_descriptor_pressure() {
     let my = mynumber(&mut lab);
     let lg = lgwan(&mut lab);
     let policy = lab.dir().join("policy.toml");
-    fs::write(&policy, format!("{POLICY}{REVOCABLE}")).unwrap();
+    fs::write(&policy, format!("{}{REVOCABLE}", policy_text())).unwrap();
     let st = default_start(&lab, &policy);
     let agent = start(&lab, &st);
     let _srv = tcp_listen(&lab, &my, 443, false);
@@ -548,7 +500,7 @@ fn revoked_rule_stops_passing_under_descriptor_pressure() {
         },
     );
     // Revoke old-app.
-    write_policy(&policy, POLICY);
+    write_policy(&policy, &policy_text());
     let t0 = Instant::now();
     let mut revoked_after = None;
     while t0.elapsed() < Duration::from_secs(10) {
@@ -595,7 +547,7 @@ fn second_agent_on_the_same_pin_dir_is_refused() {
     let my = mynumber(&mut lab);
     let lg = lgwan(&mut lab);
     let policy = lab.dir().join("policy.toml");
-    fs::write(&policy, POLICY).unwrap();
+    fs::write(&policy, policy_text()).unwrap();
     let st = default_start(&lab, &policy);
     let agent = start(&lab, &st);
     let _srv = tcp_listen(&lab, &my, 443, false);
@@ -605,7 +557,7 @@ fn second_agent_on_the_same_pin_dir_is_refused() {
 
     // An operator starts a second agent: same pin dir, another state dir, a policy of its own.
     let policy2 = lab.dir().join("policy2.toml");
-    fs::write(&policy2, format!("{POLICY}{REVOCABLE}")).unwrap();
+    fs::write(&policy2, format!("{}{REVOCABLE}", policy_text())).unwrap();
     let st2 = Start {
         policy: &policy2,
         state: lab.dir().join("state2"),
@@ -666,7 +618,7 @@ fn fifo_in_place_of_the_policy_wedges_nothing() {
     let my = mynumber(&mut lab);
     let lg = lgwan(&mut lab);
     let policy = lab.dir().join("policy.toml");
-    fs::write(&policy, POLICY).unwrap();
+    fs::write(&policy, policy_text()).unwrap();
     let st = default_start(&lab, &policy);
     let mut agent = start(&lab, &st);
     let _srv = tcp_listen(&lab, &my, 443, false);
@@ -725,7 +677,7 @@ fn state_files_are_private() {
     let _my = mynumber(&mut lab);
     let _lg = lgwan(&mut lab);
     let policy = lab.dir().join("policy.toml");
-    fs::write(&policy, POLICY).unwrap();
+    fs::write(&policy, policy_text()).unwrap();
     let st = default_start(&lab, &policy);
     let agent = start(&lab, &st);
     agent.signal(Signal::SIGHUP);
@@ -751,7 +703,7 @@ fn rss_kib(pid: u32) -> (u64, u64) {
 /// A policy of `n` rules (one port each) between two zones that are not critical (no
 /// warnings per rule).
 fn large_policy(n: u32) -> String {
-    let mut p = POLICY.replace("criticality = \"critical\"", "criticality = \"low\"");
+    let mut p = policy_text().replace("criticality = \"critical\"", "criticality = \"low\"");
     p = p.replace("criticality = \"high\"", "criticality = \"low\"");
     for i in 0..n {
         p.push_str(&format!(
@@ -769,7 +721,7 @@ fn large_policy_reload_blocks_nothing_and_memory_is_given_back() {
     let my = mynumber(&mut lab);
     let lg = lgwan(&mut lab);
     let policy = lab.dir().join("policy.toml");
-    fs::write(&policy, POLICY).unwrap();
+    fs::write(&policy, policy_text()).unwrap();
     let st = default_start(&lab, &policy);
     let agent = start(&lab, &st);
     let _srv = tcp_listen(&lab, &my, 443, false);
@@ -801,7 +753,7 @@ fn large_policy_reload_blocks_nothing_and_memory_is_given_back() {
     let (rss_large, peak) = rss_kib(agent.pid());
     assert!(tcp_connect(&lab, &lg, ip("10.10.0.10"), 443, None, T));
 
-    write_policy(&policy, POLICY);
+    write_policy(&policy, &policy_text());
     wait_until(
         Duration::from_secs(60),
         "the small policy is enforcing again",

@@ -17,49 +17,17 @@ use std::time::Duration;
 
 use zone_agent_lab::agent::{self, Metrics};
 use zone_agent_lab::craft::{self, Capture, ether, ether_from, hping3, scapy};
-use zone_agent_lab::{ChildGuard, Host, HostSpec, Lab, tcp_echo, udp_echo};
+use zone_agent_lab::fixture::{LG_MAC, OTHER_MAC};
+use zone_agent_lab::{ChildGuard, Host, Lab, ThreeZones, poll_until, tcp_echo, udp_echo};
 
 /// Bound for a frame that must cross to arrive, and for counters to move.
 const T: Duration = Duration::from_secs(5);
-
-const MY_MAC: &str = "02:00:00:00:10:10";
-/// The relay host's NIC, the only one `relay-https` accepts.
-const LG_MAC: &str = "02:00:00:00:20:10";
-/// Another NIC on the LGWAN segment.
-const OTHER_MAC: &str = "02:00:00:00:20:99";
-const INET_MAC: &str = "02:00:00:00:30:10";
 
 /// lgwan → mynumber allows TCP 443 from one host's address and NIC to one server, and ICMP
 /// between the same two (a rule without ports: with `fragments = "allow"` such rules are the
 /// only ones that can match a later fragment nothing ties to a first one); lgwan → internet
 /// allows DNS. Nothing else crosses a zone boundary.
-const POLICY: &str = r#"version = 1
-mode = "enforce"
-
-[defaults]
-intra_zone = "allow"
-unknown = "deny"
-fragments = "{FRAGMENTS}"
-
-[[zones]]
-name = "mynumber"
-interfaces = ["zmyn"]
-networks = ["10.10.0.0/16", "fd10::/48"]
-criticality = "critical"
-
-[[zones]]
-name = "lgwan"
-interfaces = ["zlgw"]
-networks = ["10.20.0.0/16", "fd20::/48"]
-criticality = "high"
-
-[[zones]]
-name = "internet"
-interfaces = ["zinet"]
-networks = ["0.0.0.0/0", "::/0"]
-criticality = "medium"
-
-[[rules]]
+const RULES: &str = r#"[[rules]]
 name = "relay-https"
 from = "lgwan"
 to = "mynumber"
@@ -95,13 +63,21 @@ protocol = "udp"
 ports = ["53"]
 "#;
 
+/// The lab's three zones and [`RULES`]; `fragments` is `defaults.fragments`.
+fn policy(fragments: &str) -> String {
+    ThreeZones::policy()
+        .fragments(fragments)
+        .rules(RULES)
+        .build()
+}
+
 const DROPS: &str = "zone_agent_drops_total";
 const PASSES: &str = "zone_agent_passes_total";
 const RULE_PACKETS: &str = "zone_agent_rule_packets_total";
 
 // === the lab ===
 
-/// A lab with one host per zone and the agent enforcing [`POLICY`] in the gateway.
+/// A lab with one host per zone and the agent enforcing [`policy`] in the gateway.
 /// Field order is drop order: the agent stops before the lab goes.
 struct Env {
     agent: ChildGuard,
@@ -114,35 +90,12 @@ struct Env {
     inet: Host,
 }
 
-/// A host `<net>.10` / `<net6>::10` behind gateway interface `gw_iface` (gateway `.1`, `::1`).
-fn spec(zone: &str, gw_iface: &str, net4: &str, len4: u8, net6: &str, mac: &str) -> HostSpec {
-    HostSpec {
-        zone: zone.into(),
-        gw_iface: gw_iface.into(),
-        v4: format!("{net4}.10/{len4}"),
-        gw_v4: format!("{net4}.1/{len4}"),
-        v6: format!("{net6}::10/64"),
-        gw_v6: format!("{net6}::1/64"),
-        mac: mac.into(),
-        ..Default::default()
-    }
-}
-
 impl Env {
     /// `fragments` is the policy's `defaults.fragments` ("deny" or "allow").
     fn new(test: &str, fragments: &str) -> Env {
         let mut lab = Lab::new(test);
-        let my = lab.add_host(spec("mynumber", "zmyn", "10.10.0", 16, "fd10", MY_MAC));
-        let lg = lab.add_host(spec("lgwan", "zlgw", "10.20.0", 16, "fd20", LG_MAC));
-        let inet = lab.add_host(spec(
-            "internet",
-            "zinet",
-            "198.51.100",
-            24,
-            "2001:db8",
-            INET_MAC,
-        ));
-        let agent = agent::start(&lab, &POLICY.replace("{FRAGMENTS}", fragments));
+        let ThreeZones { my, lg, inet } = ThreeZones::add(&mut lab);
+        let agent = agent::start(&lab, &policy(fragments));
         Env {
             agent,
             lab,
@@ -210,7 +163,7 @@ impl Step<'_> {
             )
         };
         for m in crossed {
-            if !wait_for(T, || cap.seen(m)) {
+            if !poll_until(T, || cap.seen(m)) {
                 panic!(
                     "{m:?} (allowed) did not arrive at the receiver;\n{}",
                     explain(&env.metrics())
@@ -218,7 +171,7 @@ impl Step<'_> {
             }
         }
         let mut after = env.metrics();
-        let reached = wait_for(T, || {
+        let reached = poll_until(T, || {
             after = env.metrics();
             drops
                 .iter()
@@ -278,20 +231,6 @@ impl Seen {
 
     fn delta(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.after.delta(&self.before, name, labels)
-    }
-}
-
-/// Polls `f` every 50 ms for up to `timeout`; whether it became true.
-fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if std::time::Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

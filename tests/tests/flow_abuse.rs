@@ -17,42 +17,14 @@ use std::time::{Duration, Instant};
 use zone_agent_common::{CAP_EMBRYOS, CAP_FLOWS, LABEL_EMBRYOS, LABEL_FLOWS};
 use zone_agent_lab::agent::{self, Metrics};
 use zone_agent_lab::craft::{ether, scapy};
-use zone_agent_lab::{ChildGuard, Host, HostSpec, Lab, Signal, wait_until};
+use zone_agent_lab::fixture::{INTERNET, LG_MAC, LGWAN, MYNUMBER};
+use zone_agent_lab::{ChildGuard, Host, HostSpec, Lab, Signal, ThreeZones, wait_until};
 
-const MY_MAC: &str = "02:00:00:00:10:10";
-const LG_MAC: &str = "02:00:00:00:20:10";
 const ATTACKER_MAC: &str = "02:00:00:00:20:20";
-const INET_MAC: &str = "02:00:00:00:30:10";
 
 /// The relay (10.20.0.10, its NIC only) reaches the mynumber server on 443; every LGWAN host
 /// may browse the internet (80, 443). Nothing else crosses.
-const POLICY: &str = r#"version = 1
-mode = "enforce"
-
-[defaults]
-intra_zone = "allow"
-unknown = "deny"
-fragments = "deny"
-
-[[zones]]
-name = "mynumber"
-interfaces = ["zmyn"]
-networks = ["10.10.0.0/16"]
-criticality = "critical"
-
-[[zones]]
-name = "lgwan"
-interfaces = ["zlgw", "zlgw2"]
-networks = ["10.20.0.0/16"]
-criticality = "high"
-
-[[zones]]
-name = "internet"
-interfaces = ["zinet"]
-networks = ["0.0.0.0/0"]
-criticality = "medium"
-
-[[rules]]
+const RULES: &str = r#"[[rules]]
 name = "relay-https"
 from = "lgwan"
 to = "mynumber"
@@ -69,6 +41,16 @@ to = "internet"
 protocol = "tcp"
 ports = ["80", "443"]
 "#;
+
+/// The lab's three zones, IPv4 only, LGWAN on two interfaces (the relay's and the
+/// attacker's), and [`RULES`].
+fn policy() -> String {
+    ThreeZones::policy()
+        .v4_only()
+        .interfaces("lgwan", &["zlgw", "zlgw2"])
+        .rules(RULES)
+        .build()
+}
 
 /// How much later than its interval the server's next line may arrive: anything near this
 /// is a stall, not scheduling noise.
@@ -168,15 +150,14 @@ while not done:
 print(f"sent {sent} {len(tuples)}", flush=True)
 "#;
 
-/// A host `<net4>.<last>` behind `gw_iface` (gateway `.1`).
-fn spec(zone: &str, gw_iface: &str, net4: &str, len4: u8, last: u8, mac: &str) -> HostSpec {
+/// An LGWAN host `<net4>.<last>/24` behind `gw_iface` (gateway `.1`), IPv4 only.
+fn lgwan(gw_iface: &str, net4: &str, last: u8, mac: &str) -> HostSpec {
     HostSpec {
-        zone: zone.into(),
         gw_iface: gw_iface.into(),
-        v4: format!("{net4}.{last}/{len4}"),
-        gw_v4: format!("{net4}.1/{len4}"),
+        v4: format!("{net4}.{last}/24"),
+        gw_v4: format!("{net4}.1/24"),
         mac: mac.into(),
-        ..Default::default()
+        ..LGWAN.host_v4()
     }
 }
 
@@ -202,15 +183,15 @@ impl Env {
     /// `bin`: another agent binary than the one under test.
     fn with_agent(test: &str, bin: Option<&Path>) -> Env {
         let mut lab = Lab::new(test);
-        let my = lab.add_host(spec("mynumber", "zmyn", "10.10.0", 16, 10, MY_MAC));
-        let lg = lab.add_host(spec("lgwan", "zlgw", "10.20.0", 24, 10, LG_MAC));
-        let attacker = lab.add_host(spec("lgwan", "zlgw2", "10.20.1", 24, 20, ATTACKER_MAC));
-        let inet = lab.add_host(spec("internet", "zinet", "198.51.100", 24, 10, INET_MAC));
+        let my = lab.add_host(MYNUMBER.host_v4());
+        let lg = lab.add_host(lgwan("zlgw", "10.20.0", 10, LG_MAC));
+        let attacker = lab.add_host(lgwan("zlgw2", "10.20.1", 20, ATTACKER_MAC));
+        let inet = lab.add_host(INTERNET.host_v4());
         let agent = match bin {
-            None => agent::start(&lab, POLICY),
+            None => agent::start(&lab, &policy()),
             Some(bin) => {
                 let path = lab.dir().join("policy.toml");
-                std::fs::write(&path, POLICY).expect("write the policy");
+                std::fs::write(&path, policy()).expect("write the policy");
                 agent::start_bin(&lab, bin, &path)
             }
         };
@@ -571,7 +552,7 @@ fn upgrade_from_another_flow_abi_keeps_live_flows() {
         .wait_exit(T)
         .expect("the old agent dies on SIGKILL");
     let n = live.gaps().len();
-    env.agent = agent::start(&env.lab, POLICY);
+    env.agent = agent::start(&env.lab, &policy());
     let log = env.agent.log_text();
     assert!(
         log.contains("incompatible"),

@@ -15,9 +15,10 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use zone_agent_lab::agent::{self, METRICS_ADDR};
+use zone_agent_lab::fixture::{LGWAN, MYNUMBER, Zone};
 use zone_agent_lab::{ChildGuard, Host, HostSpec, Lab, agent_bin, scrape, tcp_connect, tcp_listen};
 
-const METRICS_ADDR: &str = "127.0.0.1:9750";
 /// Bound for the agent to load, attach and answer /metrics.
 const AGENT_READY: Duration = Duration::from_secs(30);
 /// Bound for an agent lacking a capability to give up.
@@ -90,21 +91,19 @@ fn setpriv(caps: &[String]) -> Vec<String> {
     ]
 }
 
-fn host(zone: &str, gw_iface: &str, v4: &str, gw_v4: &str) -> HostSpec {
+/// The fixture's host of `zone`: IPv4 only, a random MAC.
+fn host(zone: &Zone) -> HostSpec {
     HostSpec {
-        zone: zone.into(),
-        gw_iface: gw_iface.into(),
-        v4: v4.into(),
-        gw_v4: gw_v4.into(),
-        ..Default::default()
+        mac: String::new(),
+        ..zone.host_v4()
     }
 }
 
 /// A lab with a mynumber and an lgwan host; the policy written to the lab dir.
 fn lab(test: &str) -> (Lab, Host, Host, PathBuf) {
     let mut lab = Lab::new(test);
-    let my = lab.add_host(host("mynumber", "zmyn", "10.10.0.10/16", "10.10.0.1/16"));
-    let lg = lab.add_host(host("lgwan", "zlgw", "10.20.0.10/16", "10.20.0.1/16"));
+    let my = lab.add_host(host(&MYNUMBER));
+    let lg = lab.add_host(host(&LGWAN));
     let policy = lab.dir().join("policy.toml");
     fs::write(&policy, POLICY).expect("write policy");
     (lab, my, lg, policy)
@@ -112,25 +111,12 @@ fn lab(test: &str) -> (Lab, Host, Host, PathBuf) {
 
 /// `zone-agent run` in the gateway with exactly `caps`.
 fn spawn_agent(lab: &Lab, policy: &Path, caps: &[String], log: &str) -> ChildGuard {
-    let state = lab.dir().join(format!("state-{log}"));
-    fs::create_dir_all(&state).expect("state dir");
-    let pins = lab.bpffs().join(log);
-    let s = |p: &Path| p.to_str().expect("UTF-8 path").to_owned();
-    let mut argv = setpriv(caps);
-    argv.extend([
-        s(&agent_bin()),
-        "run".into(),
-        "--policy".into(),
-        s(policy),
-        "--metrics-addr".into(),
-        METRICS_ADDR.into(),
-        "--state-dir".into(),
-        s(&state),
-        "--pin-dir".into(),
-        s(&pins),
-    ]);
-    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    lab.spawn(lab.gateway(), &argv, &lab.log_path(log))
+    let mut start = agent::Start::new(lab, policy);
+    start.state = lab.dir().join(format!("state-{log}"));
+    start.pins = lab.bpffs().join(log);
+    start.log = log.into();
+    start.wrapper = setpriv(caps);
+    start.spawn()
 }
 
 fn xdp_attached(lab: &Lab, iface: &str) -> bool {

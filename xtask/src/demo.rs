@@ -14,21 +14,19 @@ use std::net::IpAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+use zone_agent_lab::agent::{self, METRICS_ADDR};
+use zone_agent_lab::fixture::{INTERNET, LGWAN, MYNUMBER, Zone};
 use zone_agent_lab::{
-    ChildGuard, Host, HostSpec, Lab, add_addr, ping, port_scan, scrape, tcp_connect, tcp_listen,
-    udp_echo, udp_exchange,
+    ChildGuard, Host, HostSpec, Lab, ThreeZones, add_addr, ping, port_scan, scrape, tcp_connect,
+    tcp_listen, udp_echo, udp_exchange,
 };
 
 use crate::{Workspace, build, is_root, setup, step};
 
-/// Where the agent serves metrics, inside the gateway namespace.
-const METRICS_ADDR: &str = "127.0.0.1:9750";
-/// Bound for the agent to load the policy, attach and answer /metrics.
-const AGENT_READY: Duration = Duration::from_secs(30);
 /// Bound for the agent to exit after SIGTERM.
 const AGENT_STOP: Duration = Duration::from_secs(10);
 /// Per attempt: a connection or an echo that has not come back by then is blocked.
@@ -37,38 +35,8 @@ const ATTEMPT: Duration = Duration::from_secs(2);
 const SCAN_PORTS: std::ops::RangeInclusive<u16> = 1..=1024;
 const LGWAN_LISTENERS: [u16; 4] = [22, 25, 80, 445];
 
-/// The policy the demo enforces (SPEC §3); interface names are the gateway's veth ends.
-const POLICY: &str = r#"# zone-agent demo policy: three segments of 三層の対策 behind one gateway.
-version = 1
-mode = "enforce"
-
-[defaults]
-intra_zone = "allow"
-unknown = "deny"
-fragments = "deny"
-
-[[zones]]
-name = "mynumber"
-label = "マイナンバー利用事務系"
-interfaces = ["zmyn"]
-networks = ["10.10.0.0/16", "fd10::/48"]
-criticality = "critical"
-
-[[zones]]
-name = "lgwan"
-label = "LGWAN接続系"
-interfaces = ["zlgw"]
-networks = ["10.20.0.0/16", "fd20::/48"]
-criticality = "high"
-
-[[zones]]
-name = "internet"
-label = "インターネット接続系"
-interfaces = ["zinet"]
-networks = ["198.51.100.0/24", "2001:db8:100::/48"]
-criticality = "medium"
-
-[[rules]]
+/// The demo's rules (SPEC §3).
+const RULES: &str = r#"[[rules]]
 name = "lgwan-relay-to-mynumber"
 description = "LGWAN relay host -> マイナンバー系 import over HTTPS, from the relay only"
 from = "lgwan"
@@ -101,6 +69,20 @@ to = "internet"
 protocol = "udp"
 ports = ["53"]
 "#;
+
+/// The internet zone of the demo: its own prefixes (everything else is in no zone).
+const INTERNET_NETWORKS: [&str; 2] = ["198.51.100.0/24", "2001:db8:100::/48"];
+
+/// The policy the demo enforces: the lab's three zones (SPEC §3), with labels, and [`RULES`];
+/// interface names are the gateway's veth ends.
+fn policy_text() -> String {
+    ThreeZones::policy()
+        .comment("zone-agent demo policy: three segments of 三層の対策 behind one gateway.")
+        .labels()
+        .networks("internet", &INTERNET_NETWORKS)
+        .rules(RULES)
+        .build()
+}
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -144,18 +126,12 @@ pub fn run(ws: &Workspace, args: &Args) -> Result<()> {
 fn demo(args: &Args, agent_bin: Option<&Path>) -> Result<()> {
     step("demo: building the lab (a gateway namespace and one host namespace per zone)");
     let mut lab = Lab::new("demo");
-    let my = lab.add_host(spec("mynumber", "zmyn", "10.10", "fd10", "10"));
-    let lg = lab.add_host(spec("lgwan", "zlgw", "10.20", "fd20", "20"));
+    let my = lab.add_host(spec(&MYNUMBER));
+    let lg = lab.add_host(spec(&LGWAN));
     let inet = lab.add_host(HostSpec {
-        zone: "internet".into(),
-        gw_iface: "zinet".into(),
-        v4: "198.51.100.10/24".into(),
-        gw_v4: "198.51.100.1/24".into(),
         v6: "2001:db8:100::10/64".into(),
         gw_v6: "2001:db8:100::1/64".into(),
-        mac: "02:00:00:00:30:10".into(),
-        gw_mac: "02:00:00:00:30:01".into(),
-        vlan: None,
+        ..spec(&INTERNET)
     });
     // A second LGWAN address that the relay rule does not list.
     let lg_other = add_addr(&lab, &lg, "10.20.0.11/16");
@@ -169,7 +145,8 @@ fn demo(args: &Args, agent_bin: Option<&Path>) -> Result<()> {
 
     let servers = start_servers(&lab, &my, &lg, &inet);
     let policy = lab.dir().join("policy.toml");
-    fs::write(&policy, POLICY).with_context(|| format!("cannot write {}", policy.display()))?;
+    fs::write(&policy, policy_text())
+        .with_context(|| format!("cannot write {}", policy.display()))?;
     println!("    policy    {}", policy.display());
     check_interrupt()?;
 
@@ -392,17 +369,11 @@ fn demo(args: &Args, agent_bin: Option<&Path>) -> Result<()> {
     }
 }
 
-fn spec(zone: &str, gw_iface: &str, v4_net: &str, v6_net: &str, mac_byte: &str) -> HostSpec {
+/// The fixture's host of `zone`, the gateway end's MAC pinned.
+fn spec(zone: &Zone) -> HostSpec {
     HostSpec {
-        zone: zone.into(),
-        gw_iface: gw_iface.into(),
-        v4: format!("{v4_net}.0.10/16"),
-        gw_v4: format!("{v4_net}.0.1/16"),
-        v6: format!("{v6_net}::10/64"),
-        gw_v6: format!("{v6_net}::1/64"),
-        mac: format!("02:00:00:00:{mac_byte}:10"),
-        gw_mac: format!("02:00:00:00:{mac_byte}:01"),
-        vlan: None,
+        gw_mac: zone.gw_mac.into(),
+        ..zone.host()
     }
 }
 
@@ -445,56 +416,33 @@ fn start_agent(lab: &Lab, bin: &Path, policy: &Path) -> Result<ChildGuard> {
     }
 
     step("demo: starting zone-agent in the gateway namespace");
-    let state = lab.dir().join("state");
-    fs::create_dir_all(&state).with_context(|| format!("cannot create {}", state.display()))?;
     // `ip netns exec` remounts /sys, so /sys/fs/bpf is no bpffs in there: pin in the lab's own.
-    let pins = lab.bpffs().join("zone-agent");
+    let pins = agent::pin_dir(lab);
     fs::create_dir_all(&pins).with_context(|| format!("cannot create {}", pins.display()))?;
-    let argv = [
-        s(bin),
-        "run",
-        "--policy",
-        s(policy),
-        "--metrics-addr",
-        METRICS_ADDR,
-        "--state-dir",
-        s(&state),
-        "--pin-dir",
-        s(&pins),
-    ];
-    println!("    ip netns exec {gw} {}", argv.join(" "));
-    let mut agent = lab.spawn(gw, &argv, &lab.log_path("zone-agent"));
-    let started = Instant::now();
-    loop {
-        let failure = if let Some(status) = agent.exited() {
-            format!("zone-agent exited ({status}) before serving metrics")
-        } else if scrape::metrics(lab, gw, METRICS_ADDR).is_some() {
-            break;
-        } else if started.elapsed() > AGENT_READY {
-            format!(
-                "zone-agent did not answer http://{METRICS_ADDR}/metrics within {AGENT_READY:?}"
-            )
-        } else {
-            check_interrupt()?;
-            std::thread::sleep(Duration::from_millis(100));
-            continue;
-        };
-        // The lab dir goes with the lab: keep the whole log where the user can read it.
-        let saved = std::env::temp_dir().join("zone-agent-demo-agent.log");
-        let kept = fs::copy(agent.log(), &saved).is_ok();
-        bail!(
-            "{failure}; its log{}:\n{}",
-            if kept {
-                format!(" (all of it in {})", saved.display())
-            } else {
-                String::new()
-            },
-            excerpt(&agent.log_text(), 8, 12)
-        );
-    }
+    let start = agent::Start::new(lab, policy).bin(bin);
+    println!("    ip netns exec {gw} {}", start.argv().join(" "));
+    let mut agent = start.spawn();
+    let ready = start.wait_ready(&mut agent, check_interrupt)?;
+    let took = match ready {
+        Ok(took) => took,
+        Err(failure) => {
+            // The lab dir goes with the lab: keep the whole log where the user can read it.
+            let saved = std::env::temp_dir().join("zone-agent-demo-agent.log");
+            let kept = fs::copy(agent.log(), &saved).is_ok();
+            bail!(
+                "{failure}; its log{}:\n{}",
+                if kept {
+                    format!(" (all of it in {})", saved.display())
+                } else {
+                    String::new()
+                },
+                excerpt(&agent.log_text(), 8, 12)
+            );
+        }
+    };
     println!(
         "    zone-agent is up after {:.1} s (pid {}, log {})",
-        started.elapsed().as_secs_f64(),
+        took.as_secs_f64(),
         agent.pid(),
         agent.log().display()
     );
@@ -774,7 +722,7 @@ mod tests {
 
     #[test]
     fn demo_policy_is_consistent() {
-        let policy: toml::Table = POLICY.parse().expect("the demo policy is TOML");
+        let policy: toml::Table = policy_text().parse().expect("the demo policy is TOML");
         let zones = policy["zones"].as_array().unwrap();
         let names: Vec<&str> = zones.iter().map(|z| z["name"].as_str().unwrap()).collect();
         assert_eq!(names, ["mynumber", "lgwan", "internet"]);

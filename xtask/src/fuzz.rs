@@ -7,7 +7,7 @@
 //!   corpus under the target directory, so the committed corpus only changes by hand (see
 //!   fuzz/README.md). A crash or hang is copied into `fuzz/regressions/<target>/`, where
 //!   `zone-agent/tests/fuzz_corpus.rs` replays it with the corpus.
-//! - The differential tests (`tests/tests/differential.rs`, root) run in batches, each with a
+//! - The differential tests (`tests/tests/differential/`, root) run in batches, each with a
 //!   fresh `ZA_DIFF_SEED`, until the budget is spent; every seed is printed so a failure can
 //!   be rerun exactly.
 //!
@@ -37,7 +37,7 @@ const DIFF_GROWTH: u64 = 10;
 /// Below this much time left, no further differential batch is started.
 const DIFF_MIN_BATCH: Duration = Duration::from_secs(30);
 
-const DIFF_TEST: &str = "tests/tests/differential.rs";
+const DIFF_TEST: &str = "tests/tests/differential/main.rs";
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -3,9 +3,12 @@
 //!    fuzz), `cargo clippy --workspace --all-targets -- -D warnings` and the same for the XDP
 //!    program (nightly, bpfel-unknown-none), then
 //! 1. `cargo test --workspace --exclude zone-agent-lab` (unit and no-root tests), then
-//! 2. the privileged suites, `cargo test -p zone-agent-lab --release`, run as root under
-//!    `unshare --mount --net` as a second safety net: whatever a test creates or forgets
-//!    lives in a network namespace that dies with the run, never in the host's.
+//! 2. the privileged suites of zone-agent-lab: built with `cargo test --release --no-run`,
+//!    then each test binary run as root in a sandbox of its own (`unshare --mount --net`) as
+//!    a second safety net: whatever a test creates or forgets lives in a network namespace
+//!    that dies with the binary, never in the host's. Labs have unique names, so binaries run
+//!    concurrently (`ZA_LAB_JOBS`, default the CPU count, at least 2); each one's output
+//!    is printed whole after the last has ended, then a summary with each binary's wall time.
 //!
 //! Every phase runs even when an earlier one failed (except setup); all failures are
 //! reported at the end and make the exit status non-zero.
@@ -150,6 +153,43 @@ fn ebpf_clippy(ws: &Workspace) -> Result<()> {
     exec(&mut cmd)
 }
 
+/// Test binaries known to take longest, started first so the pool ends together (the rest
+/// follow in name order).
+const LONGEST_FIRST: [&str; 6] = [
+    "differential",
+    "enforcement",
+    "flow_abuse",
+    "agent_abuse",
+    "nft_oracle",
+    "evasion",
+];
+
+/// Environment variable bounding how many lab test binaries run at once (default: the number
+/// of CPUs, at least 2; more makes the timing-bound suites — watchdog gaps, revocation
+/// within 2 s — share too little CPU; `1` runs them one after another).
+const LAB_JOBS_ENV: &str = "ZA_LAB_JOBS";
+
+/// One test binary of zone-agent-lab, as `cargo test --no-run` reports it.
+struct TestBinary {
+    /// The target's name (`enforcement`, or `zone_agent_lab` for the library's unit tests).
+    name: String,
+    path: std::path::PathBuf,
+}
+
+/// What one test binary did.
+struct Outcome {
+    name: String,
+    status: Result<std::process::ExitStatus, String>,
+    wall: std::time::Duration,
+    output: String,
+}
+
+impl Outcome {
+    fn passed(&self) -> bool {
+        matches!(&self.status, Ok(s) if s.success())
+    }
+}
+
 fn lab_phase(ws: &Workspace, extra: &[String]) -> Result<()> {
     if !is_root() {
         bail!(
@@ -158,41 +198,213 @@ fn lab_phase(ws: &Workspace, extra: &[String]) -> Result<()> {
         );
     }
     // Compile outside the sandbox (network for crates.io, normal output); only run inside.
-    let cargo_args = extra.split(|a| a == "--").next().unwrap_or_default();
-    let mut build = ws.command("cargo");
-    build
-        .args(["test", "-p", "zone-agent-lab", "--release", "--no-run"])
-        .args(cargo_args);
-    exec(&mut build)?;
+    // `extra` is `<cargo test args> [-- <test binary args>]`: the first part selects what is
+    // built, the second goes to every binary.
+    let mut parts = extra.splitn(2, |a| a == "--");
+    let cargo_args = parts.next().unwrap_or_default();
+    let binary_args = parts.next().unwrap_or_default();
+    let binaries = build_lab_tests(ws, cargo_args)?;
+    if binaries.is_empty() {
+        bail!("`cargo test --no-run` reported no test binary for zone-agent-lab");
+    }
 
     let agent = ws.release_agent();
-    let mut cmd = ws.command("unshare");
-    cmd.args([
-        "--mount",
-        "--net",
-        "--propagation",
-        "private",
-        "--",
-        "sh",
-        "-c",
-        SANDBOX_SH,
-    ])
-    .arg("xtask-sandbox")
-    .args([
-        "cargo",
-        "test",
-        "-p",
-        "zone-agent-lab",
-        "--release",
-        "--offline",
-    ])
-    .args(extra)
-    .env(zone_agent_lab::AGENT_BIN_ENV, &agent);
     if !agent.is_file() {
         eprintln!(
             "    note: {} does not exist; tests that need the agent will fail",
             agent.display()
         );
     }
-    exec(&mut cmd)
+    let jobs = lab_jobs().min(binaries.len());
+    println!(
+        "    {} test binaries, {jobs} at a time, each in its own sandbox \
+         (unshare --mount --net; {LAB_JOBS_ENV}=N to change)",
+        binaries.len()
+    );
+    let started = std::time::Instant::now();
+    let outcomes = run_pool(binaries, jobs, |bin| {
+        run_lab_binary(ws, &agent, bin, binary_args)
+    });
+    let wall = started.elapsed();
+
+    // Every binary's output, whole, one after another; then the summary.
+    for o in &outcomes {
+        step(&format!("test: output of {}", o.name));
+        print!("{}", o.output);
+        if let Err(e) = &o.status {
+            eprintln!("    cannot run {}: {e}", o.name);
+        }
+    }
+    step("test: lab binaries");
+    for o in &outcomes {
+        let status = match &o.status {
+            Ok(s) if s.success() => "ok".to_owned(),
+            Ok(s) => format!("FAILED ({s})"),
+            Err(_) => "FAILED (not started)".to_owned(),
+        };
+        println!(
+            "    {:<16} {:>7.1} s  {status}",
+            o.name,
+            o.wall.as_secs_f64()
+        );
+    }
+    let serial: f64 = outcomes.iter().map(|o| o.wall.as_secs_f64()).sum();
+    println!(
+        "    wall time {:.1} s ({serial:.1} s of test binaries, {jobs} at a time)",
+        wall.as_secs_f64()
+    );
+    let failed: Vec<&str> = outcomes
+        .iter()
+        .filter(|o| !o.passed())
+        .map(|o| o.name.as_str())
+        .collect();
+    if failed.is_empty() {
+        return Ok(());
+    }
+    bail!("lab test binaries failed: {}", failed.join(", "))
+}
+
+/// `cargo test -p zone-agent-lab --release --no-run` with `cargo_args`; the test binaries it
+/// built, longest-running first.
+fn build_lab_tests(ws: &Workspace, cargo_args: &[String]) -> Result<Vec<TestBinary>> {
+    use anyhow::Context as _;
+    let mut build = ws.command("cargo");
+    build
+        .args(["test", "-p", "zone-agent-lab", "--release", "--no-run"])
+        .args(["--message-format", "json-render-diagnostics"])
+        .args(cargo_args)
+        .stdout(std::process::Stdio::piped());
+    let line = crate::show(&build);
+    println!("+ {line}");
+    let out = build
+        .output()
+        .with_context(|| format!("cannot start `{line}`"))?;
+    if !out.status.success() {
+        bail!("`{line}` failed ({})", out.status);
+    }
+    let mut binaries = Vec::new();
+    for msg in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(msg) else {
+            continue;
+        };
+        if v["reason"] != "compiler-artifact" || v["profile"]["test"] != true {
+            continue;
+        }
+        let (Some(name), Some(path)) = (v["target"]["name"].as_str(), v["executable"].as_str())
+        else {
+            continue;
+        };
+        binaries.push(TestBinary {
+            name: name.to_owned(),
+            path: path.into(),
+        });
+    }
+    let rank = |b: &TestBinary| {
+        LONGEST_FIRST
+            .iter()
+            .position(|n| *n == b.name)
+            .unwrap_or(LONGEST_FIRST.len())
+    };
+    binaries.sort_by(|a, b| rank(a).cmp(&rank(b)).then_with(|| a.name.cmp(&b.name)));
+    Ok(binaries)
+}
+
+fn lab_jobs() -> usize {
+    match std::env::var(LAB_JOBS_ENV) {
+        Ok(v) => v.trim().parse().ok().filter(|n| *n > 0).unwrap_or(1),
+        Err(_) => std::thread::available_parallelism().map_or(2, |n| n.get().max(2)),
+    }
+}
+
+/// Runs `run` over `items` on `jobs` threads; the outcomes in the order of `items`. Prints a
+/// line as each one ends.
+fn run_pool<T: Send, R: Send>(items: Vec<T>, jobs: usize, run: impl Fn(T) -> R + Sync) -> Vec<R> {
+    let n = items.len();
+    let queue = std::sync::Mutex::new(items.into_iter().enumerate().collect::<Vec<_>>());
+    let results = std::sync::Mutex::new((0..n).map(|_| None).collect::<Vec<Option<R>>>());
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.max(1) {
+            scope.spawn(|| {
+                loop {
+                    // Take the next item (the queue is consumed from its front).
+                    let next = {
+                        let mut q = queue.lock().expect("queue");
+                        if q.is_empty() {
+                            None
+                        } else {
+                            Some(q.remove(0))
+                        }
+                    };
+                    let Some((i, item)) = next else { break };
+                    let r = run(item);
+                    results.lock().expect("results")[i] = Some(r);
+                }
+            });
+        }
+    });
+    results
+        .into_inner()
+        .expect("results")
+        .into_iter()
+        .map(|r| r.expect("every item ran"))
+        .collect()
+}
+
+/// Runs one test binary as root in a sandbox of its own: `unshare --mount --net` with a
+/// private bpffs and `/run/netns` ([`SANDBOX_SH`]), so whatever it creates or forgets dies
+/// with it. Its cwd is the package dir, as under `cargo test`; stdout and stderr go to one
+/// buffer, returned whole.
+fn run_lab_binary(
+    ws: &Workspace,
+    agent: &std::path::Path,
+    bin: TestBinary,
+    args: &[String],
+) -> Outcome {
+    let started = std::time::Instant::now();
+    let log =
+        std::env::temp_dir().join(format!("xtask-lab-{}-{}.log", std::process::id(), bin.name));
+    let status = (|| -> std::result::Result<std::process::ExitStatus, String> {
+        let file = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let err = file.try_clone().map_err(|e| e.to_string())?;
+        let mut cmd = ws.command("unshare");
+        cmd.current_dir(ws.root.join("tests"))
+            .args([
+                "--mount",
+                "--net",
+                "--propagation",
+                "private",
+                "--",
+                "sh",
+                "-c",
+                SANDBOX_SH,
+            ])
+            .arg("xtask-sandbox")
+            .arg(&bin.path)
+            .args(args)
+            .env(zone_agent_lab::AGENT_BIN_ENV, agent)
+            .stdin(std::process::Stdio::null())
+            .stdout(file)
+            .stderr(err);
+        cmd.status()
+            .map_err(|e| format!("cannot start unshare: {e}"))
+    })();
+    let wall = started.elapsed();
+    let mut output = format!("+ {} {}\n", bin.path.display(), args.join(" "));
+    output.push_str(&String::from_utf8_lossy(
+        &std::fs::read(&log).unwrap_or_default(),
+    ));
+    let _ = std::fs::remove_file(&log);
+    let ok = matches!(&status, Ok(s) if s.success());
+    println!(
+        "    {:<16} {:>7.1} s  {}",
+        bin.name,
+        wall.as_secs_f64(),
+        if ok { "ok" } else { "FAILED" }
+    );
+    Outcome {
+        name: bin.name,
+        status,
+        wall,
+        output,
+    }
 }

@@ -1,372 +1,36 @@
-//! nftables as a second, independent oracle: `zone-agent policy export --format nft` run by
-//! the kernel's own firewall must let through exactly the packets the agent's XDP program lets
-//! through, packet by packet, over a seeded random sequence of crafted traffic.
-//!
-//! Each sequence is sent twice, each time into a fresh lab (three zone hosts behind a
-//! gateway): once with only the exported ruleset loaded in the gateway (nftables and
-//! conntrack), once with only `zone-agent run`. The sequence has four phases: policy A, a
-//! pause (a timeout runs out), a reload to policy B, a reload back to A. The test compares,
-//! per packet, whether it reached the far side.
-//!
-//! The sequence mixes whole exchanges (TCP handshake, data, FIN or RST; UDP request and
-//! response; ICMP echo) interleaved with one another, reply-shaped packets with no flow behind
-//! them, ICMP errors quoting earlier packets (from the right side, the wrong side, or to the
-//! wrong address), other protocols, spoofed and unknown sources, RSTs forged from another
-//! zone for a live flow, the wrong MAC for a MAC-bound
-//! rule, and destinations in every zone, in the nested prefixes and in no zone. The reference
-//! model (`policy::model`) tracks the state while generating, to steer clear of the intended
-//! differences listed at [`Gen::emit`]; its verdicts are reported beside the two runs, and
-//! both runs must agree with them too.
-//!
-//! `ZA_NFT_SEED` picks the first seed, `ZA_NFT_SEQUENCES` how many sequences (default 2),
-//! `ZA_NFT_PACKETS` how many packets per phase (default 400); `ZA_NFT_DUMP=FILE` writes
-//! every packet with its verdicts there, for reading a failure.
+//! A deterministic generator: the seeded sequence of crafted packets both runs send, in
+//! phases separated by a reload or a pause.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::net::IpAddr;
-use std::path::Path;
-use std::time::Instant;
-
-use zone_agent::policy::model::{
-    self, Decision, Model, Outcome, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Packet,
-    TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Tuple,
-};
-use zone_agent::policy::types::{Policy, Protocol};
-use zone_agent::policy::validate;
-use zone_agent_common::{DropReason, FLOW_TCP_CLOSING_NS, PassReason};
-use zone_agent_lab::oracle::{self, Body, Crafted};
-use zone_agent_lab::{Host, HostSpec, Lab};
-
-const TCP_PSH: u8 = 0x08;
-const TCP_URG: u8 = 0x20;
-
-// === the lab ===
-
-/// The three hosts, in zone order (host index = zone index): gateway veth, addresses, MAC.
-const HOSTS: [(&str, &str, &str, &str, &str, &str, &str); 3] = [
-    (
-        "mynumber",
-        "zmyn",
-        "10.10.0.10/16",
-        "10.10.0.1/16",
-        "fd10::10/64",
-        "fd10::1/64",
-        "02:00:00:00:10:10",
-    ),
-    (
-        "lgwan",
-        "zlgw",
-        "10.20.0.10/16",
-        "10.20.0.1/16",
-        "fd20::10/64",
-        "fd20::1/64",
-        "02:00:00:00:20:10",
-    ),
-    (
-        "internet",
-        "zinet",
-        "198.51.100.10/24",
-        "198.51.100.1/24",
-        "2001:db8::10/64",
-        "2001:db8::1/64",
-        "02:00:00:00:30:10",
-    ),
-];
-const MY: usize = 0;
-const LG: usize = 1;
-const INET: usize = 2;
-
-/// A MAC the lgwan host sometimes sends with: the MAC-bound rule must not match it.
-const OTHER_MAC: &str = "02:00:00:00:20:99";
-
-/// Every address the sequence uses, with the host the gateway sends it to. Besides the hosts'
-/// own: a second address in each zone, the マイナンバー island nested in LGWAN's prefixes, an
-/// internet address outside the internet host's subnet, and addresses in no zone.
-const PLACES: [(&str, usize); 20] = [
-    ("10.10.0.10", MY),
-    ("10.10.0.20", MY),
-    ("10.20.99.5", MY),
-    ("fd10::10", MY),
-    ("fd10::20", MY),
-    ("fd20:0:0:99::5", MY),
-    ("10.20.0.10", LG),
-    ("10.20.0.20", LG),
-    ("fd20::10", LG),
-    ("fd20::20", LG),
-    ("198.51.100.10", INET),
-    ("198.51.100.20", INET),
-    ("10.30.0.5", INET),
-    ("2001:db8::10", INET),
-    ("2001:db8::20", INET),
-    ("2001:db9::5", INET),
-    ("192.0.2.5", INET),
-    ("192.0.2.6", INET),
-    ("fd99::5", INET),
-    ("fd99::6", INET),
-];
-
-/// Routes the gateway needs for the places that are not on a host's own subnet.
-const ROUTES: [(&str, usize); 6] = [
-    ("10.20.99.0/24", MY),
-    ("fd20:0:0:99::/64", MY),
-    ("10.30.0.0/16", INET),
-    ("2001:db9::/64", INET),
-    ("192.0.2.0/24", INET),
-    ("fd99::/64", INET),
-];
-
-// === the policies ===
-
-const ZONES: &str = r#"
-[[zones]]
-name = "mynumber"
-interfaces = ["zmyn"]
-# An island of the マイナンバー系 inside LGWAN's prefixes: the longest prefix decides.
-networks = ["10.10.0.0/16", "fd10::/48", "10.20.99.0/24", "fd20:0:0:99::/64"]
-criticality = "critical"
-
-[[zones]]
-name = "lgwan"
-interfaces = ["zlgw"]
-networks = ["10.20.0.0/16", "fd20::/48"]
-criticality = "high"
-
-[[zones]]
-name = "internet"
-interfaces = ["zinet"]
-# 0.0.0.0/1 holds the other zones' prefixes; 192.0.2.0/24 and fd99::/16 are in no zone.
-networks = ["0.0.0.0/1", "198.51.100.0/24", "2000::/3"]
-segment = "internet"
-criticality = "medium"
-"#;
-
-/// Rules both policies have, the same.
-const SHARED: &str = r#"
-[[rules]]
-name = "ping6-lgwan"
-from = "mynumber"
-to = "lgwan"
-protocol = "icmpv6"
-
-[[rules]]
-name = "dns-out"
-from = "lgwan"
-to = "internet"
-protocol = "udp"
-ports = ["53"]
-
-[[rules]]
-name = "proxy-any"
-from = "lgwan"
-to = "internet"
-protocol = "any"
-destinations = ["198.51.100.20/32", "2001:db8::20/128"]
-"#;
-
-/// Before the reload.
-const POLICY_A: &str = r#"version = 1
-mode = "enforce"
-
-[defaults]
-intra_zone = "allow"
-unknown = "deny"
-fragments = "deny"
-{ZONES}{SHARED}
-[[rules]]
-name = "relay-https"
-from = "lgwan"
-to = "mynumber"
-protocol = "tcp"
-ports = ["443"]
-sources = ["10.20.0.10/32", "fd20::10/128"]
-destinations = ["10.10.0.10/32", "fd10::10/128"]
-
-[[rules]]
-name = "admin-ssh"
-from = "lgwan"
-to = "mynumber"
-protocol = "tcp"
-ports = ["22"]
-source_macs = ["02:00:00:00:20:10"]
-
-[[rules]]
-name = "island-files"
-from = "lgwan"
-to = "mynumber"
-protocol = "tcp"
-ports = ["8000-8010"]
-destinations = ["10.20.99.0/24", "fd20:0:0:99::/64"]
-
-[[rules]]
-name = "island-db"
-from = "mynumber"
-to = "lgwan"
-protocol = "tcp"
-ports = ["3306", "5432"]
-sources = ["10.20.99.0/24", "fd20:0:0:99::/64"]
-
-[[rules]]
-name = "syslog"
-from = "mynumber"
-to = "lgwan"
-protocol = "udp"
-ports = ["514", "5140-5149"]
-
-[[rules]]
-name = "ping-lgwan"
-from = "mynumber"
-to = "lgwan"
-protocol = "icmp"
-
-[[rules]]
-name = "web-out"
-from = "lgwan"
-to = "internet"
-protocol = "tcp"
-ports = ["80", "443"]
-
-[[rules]]
-name = "ntp-trial"
-from = "lgwan"
-to = "internet"
-protocol = "udp"
-ports = ["123"]
-mode = "audit"
-
-[[rules]]
-name = "inbound-web"
-from = "internet"
-to = "lgwan"
-protocol = "tcp"
-ports = ["8080"]
-destinations = ["10.20.0.20/32", "fd20::20/128"]
-
-[[rules]]
-name = "inbound-ping"
-from = "internet"
-to = "lgwan"
-protocol = "icmp"
-mode = "audit"
-"#;
-
-/// After the reload: the defaults turned round, rules widened, narrowed, removed and added.
-const POLICY_B: &str = r#"version = 1
-mode = "enforce"
-
-[defaults]
-intra_zone = "deny"
-unknown = "allow"
-fragments = "deny"
-{ZONES}{SHARED}
-[[rules]]
-name = "relay-https"
-from = "lgwan"
-to = "mynumber"
-protocol = "tcp"
-ports = ["443"]
-destinations = ["10.10.0.10/32", "fd10::10/128"]
-
-[[rules]]
-name = "island-files"
-from = "lgwan"
-to = "mynumber"
-protocol = "tcp"
-ports = ["8000-8005"]
-destinations = ["10.20.99.0/24", "fd20:0:0:99::/64"]
-
-[[rules]]
-name = "island-db"
-from = "mynumber"
-to = "lgwan"
-protocol = "tcp"
-ports = ["3306", "5000-5005"]
-sources = ["10.20.99.0/24", "fd20:0:0:99::/64"]
-
-[[rules]]
-name = "syslog"
-from = "mynumber"
-to = "lgwan"
-protocol = "udp"
-ports = ["514"]
-
-[[rules]]
-name = "ping-mynumber"
-from = "lgwan"
-to = "mynumber"
-protocol = "icmp"
-sources = ["10.20.0.10/32"]
-
-[[rules]]
-name = "web-out"
-from = "lgwan"
-to = "internet"
-protocol = "tcp"
-ports = ["443"]
-
-[[rules]]
-name = "ntp"
-from = "lgwan"
-to = "internet"
-protocol = "udp"
-ports = ["123"]
-
-[[rules]]
-name = "inbound-udp"
-from = "internet"
-to = "lgwan"
-protocol = "udp"
-ports = ["9000-9009"]
-mode = "audit"
-"#;
-
-fn policy_text(template: &str) -> String {
-    template
-        .replace("{ZONES}", ZONES)
-        .replace("{SHARED}", SHARED)
-}
-
-fn parse_policy(text: &str) -> Policy {
-    validate::parse_str(Path::new("policy.toml"), text)
-        .map(|(p, _)| p)
-        .unwrap_or_else(|d| panic!("{d}"))
-}
-
-/// Destination ports tried besides the rules' own: edges of the ranges, neighbours, others.
-const PORTS: [u16; 24] = [
-    22, 23, 25, 53, 80, 123, 443, 514, 3306, 3389, 5000, 5005, 5006, 5139, 5140, 5149, 5150, 5432,
-    7999, 8000, 8006, 8010, 8011, 8080,
-];
-
-// === a deterministic generator ===
+use super::*;
 
 /// splitmix64: small, seedable, the same on every platform.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
     }
-    fn below(&mut self, n: usize) -> usize {
+    pub(crate) fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
     }
-    fn chance(&mut self, percent: u64) -> bool {
+    pub(crate) fn chance(&mut self, percent: u64) -> bool {
         self.next() % 100 < percent
     }
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+    pub(crate) fn pick<T: Copy>(&mut self, items: &[T]) -> T {
         items[self.below(items.len())]
     }
 }
 
-fn ip(s: &str) -> IpAddr {
+pub(crate) fn ip(s: &str) -> IpAddr {
     s.parse().expect("address literal")
 }
 
 /// The host the gateway sends `a` to.
-fn host_of(a: IpAddr) -> usize {
+pub(crate) fn host_of(a: IpAddr) -> usize {
     PLACES
         .iter()
         .find(|(p, _)| ip(p) == a)
@@ -374,7 +38,7 @@ fn host_of(a: IpAddr) -> usize {
         .expect("a lab place")
 }
 
-fn places(v6: bool) -> Vec<IpAddr> {
+pub(crate) fn places(v6: bool) -> Vec<IpAddr> {
     PLACES
         .iter()
         .map(|(p, _)| ip(p))
@@ -382,7 +46,7 @@ fn places(v6: bool) -> Vec<IpAddr> {
         .collect()
 }
 
-fn mac_bytes(mac: &str) -> [u8; 6] {
+pub(crate) fn mac_bytes(mac: &str) -> [u8; 6] {
     let mut out = [0u8; 6];
     for (o, part) in out.iter_mut().zip(mac.split(':')) {
         *o = u8::from_str_radix(part, 16).expect("MAC literal");
@@ -391,57 +55,57 @@ fn mac_bytes(mac: &str) -> [u8; 6] {
 }
 
 /// Undirected flow identity (both directions of an exchange give the same key).
-type Key = (u8, (IpAddr, u16), (IpAddr, u16));
+pub(crate) type Key = (u8, (IpAddr, u16), (IpAddr, u16));
 
-fn key(proto: u8, a: (IpAddr, u16), b: (IpAddr, u16)) -> Key {
+pub(crate) fn key(proto: u8, a: (IpAddr, u16), b: (IpAddr, u16)) -> Key {
     if a <= b { (proto, a, b) } else { (proto, b, a) }
 }
 
 /// One planned packet with what the model decided for it.
-struct Planned {
-    c: Crafted,
-    phase: u8,
-    what: String,
-    model: Decision,
+pub(crate) struct Planned {
+    pub(crate) c: Crafted,
+    pub(crate) phase: u8,
+    pub(crate) what: String,
+    pub(crate) model: Decision,
 }
 
 /// A packet of an exchange, from its initiator or its responder.
-struct Step {
-    initiator: bool,
-    c: Crafted,
-    what: &'static str,
+pub(crate) struct Step {
+    pub(crate) initiator: bool,
+    pub(crate) c: Crafted,
+    pub(crate) what: &'static str,
 }
 
 /// An exchange in progress: what is left to send.
-struct Exchange {
-    steps: VecDeque<Step>,
-    label: String,
+pub(crate) struct Exchange {
+    pub(crate) steps: VecDeque<Step>,
+    pub(crate) label: String,
 }
 
-struct Gen {
-    rng: Rng,
-    model: Model,
-    policy: Policy,
-    phase: u8,
-    now: u64,
-    out: Vec<Planned>,
-    active: Vec<Exchange>,
-    next_port: u16,
-    next_id: u16,
+pub(crate) struct Gen {
+    pub(crate) rng: Rng,
+    pub(crate) model: Model,
+    pub(crate) policy: Policy,
+    pub(crate) phase: u8,
+    pub(crate) now: u64,
+    pub(crate) out: Vec<Planned>,
+    pub(crate) active: Vec<Exchange>,
+    pub(crate) next_port: u16,
+    pub(crate) next_id: u16,
     /// Flows where conntrack and the XDP flow table no longer hold the same state (see
     /// [`Gen::emit`]): nothing more is sent on them, nor quoted.
-    tainted: HashSet<Key>,
+    pub(crate) tainted: HashSet<Key>,
     /// Packets an ICMP error may quote: TCP, UDP, ICMP echo.
-    quotable: Vec<usize>,
+    pub(crate) quotable: Vec<usize>,
     /// The policy text of each load (index 0: the first), the last one in force.
-    loads: Vec<&'static str>,
+    pub(crate) loads: Vec<&'static str>,
     /// The load under which a packet of a flow last passed: both sides' state of that flow
     /// belongs to it.
-    validated: HashMap<Key, usize>,
+    pub(crate) validated: HashMap<Key, usize>,
 }
 
 impl Gen {
-    fn new(seed: u64, text: &'static str) -> Gen {
+    pub(crate) fn new(seed: u64, text: &'static str) -> Gen {
         let policy = parse_policy(&policy_text(text));
         Gen {
             rng: Rng(seed),
@@ -460,19 +124,19 @@ impl Gen {
         }
     }
 
-    fn ephemeral(&mut self) -> u16 {
+    pub(crate) fn ephemeral(&mut self) -> u16 {
         self.next_port += 1;
         self.next_port
     }
 
-    fn icmp_id(&mut self) -> u16 {
+    pub(crate) fn icmp_id(&mut self) -> u16 {
         self.next_id += 1;
         self.next_id
     }
 
     /// The addresses host `h` may send from without spoofing (the places the gateway
     /// routes to it that are in its own zone), of one family.
-    fn own_addrs(&self, h: usize, v6: bool) -> Vec<IpAddr> {
+    pub(crate) fn own_addrs(&self, h: usize, v6: bool) -> Vec<IpAddr> {
         places(v6)
             .into_iter()
             .filter(|a| {
@@ -481,13 +145,13 @@ impl Gen {
             .collect()
     }
 
-    fn host_mac(h: usize) -> String {
-        HOSTS[h].6.to_string()
+    pub(crate) fn host_mac(h: usize) -> String {
+        HOSTS[h].mac.to_string()
     }
 
     /// A pause of [`WAIT`] between two phases, nothing reloaded. Most TCP exchanges still
     /// open get a forged RST just before it, and go on after it.
-    fn wait(&mut self) {
+    pub(crate) fn wait(&mut self) {
         for i in self.forgeable() {
             if self.rng.chance(70) {
                 self.forge_reset(i);
@@ -498,7 +162,7 @@ impl Gen {
     }
 
     /// Plans `n` more packets.
-    fn run(&mut self, n: usize) {
+    pub(crate) fn run(&mut self, n: usize) {
         let target = self.out.len() + n;
         while self.out.len() < target {
             let roll = self.rng.below(100);
@@ -523,7 +187,7 @@ impl Gen {
 
     /// The reload: the model takes policy B; an exchange goes on only if its next packet is
     /// from the initiator (see [`Gen::emit`], reload).
-    fn reload(&mut self, text: &'static str) {
+    pub(crate) fn reload(&mut self, text: &'static str) {
         let policy = parse_policy(&policy_text(text));
         self.loads.push(text);
         self.model.reload(policy.clone());
@@ -537,7 +201,7 @@ impl Gen {
 
     /// A new exchange: shaped after a rule of the current policy (then perhaps one field
     /// changed), or drawn at random.
-    fn start_exchange(&mut self) {
+    pub(crate) fn start_exchange(&mut self) {
         let v6 = self.rng.chance(40);
         let (sender, mut src, mut dst, mut proto, mut dport, mut mac);
         if self.rng.chance(60) {
@@ -777,7 +441,7 @@ impl Gen {
     }
 
     /// The next packet of a random exchange in progress.
-    fn advance(&mut self) {
+    pub(crate) fn advance(&mut self) {
         if self.active.is_empty() {
             return;
         }
@@ -807,7 +471,7 @@ impl Gen {
     }
 
     /// A reply-shaped packet with no flow: from a service port to a fresh ephemeral one.
-    fn orphan(&mut self) {
+    pub(crate) fn orphan(&mut self) {
         let v6 = self.rng.chance(40);
         let sender = self.rng.below(HOSTS.len());
         let src = self.rng.pick(&self.own_addrs(sender, v6));
@@ -869,7 +533,7 @@ impl Gen {
 
     /// An ICMP error quoting an earlier TCP, UDP or echo packet: from the side it went to, from
     /// another host, or to an address other than the quoted packet's source.
-    fn icmp_error(&mut self) {
+    pub(crate) fn icmp_error(&mut self) {
         let candidates: Vec<usize> = self
             .quotable
             .iter()
@@ -951,7 +615,7 @@ impl Gen {
     /// next sequence number of one side, that side's address, sent from elsewhere. Spoofed,
     /// so dropped; it must change no state either (conntrack runs before the ruleset: the
     /// export has to drop it first).
-    fn forged_reset(&mut self) {
+    pub(crate) fn forged_reset(&mut self) {
         let candidates = self.forgeable();
         if !candidates.is_empty() {
             let i = self.rng.pick(&candidates);
@@ -960,7 +624,7 @@ impl Gen {
     }
 
     /// The exchanges a RST can be forged for: TCP past the handshake, next sender in a zone.
-    fn forgeable(&self) -> Vec<usize> {
+    pub(crate) fn forgeable(&self) -> Vec<usize> {
         (0..self.active.len())
             .filter(|&i| {
                 self.active[i].steps.front().is_some_and(|s| {
@@ -971,7 +635,7 @@ impl Gen {
             .collect()
     }
 
-    fn forge_reset(&mut self, i: usize) {
+    pub(crate) fn forge_reset(&mut self, i: usize) {
         let next = &self.active[i].steps[0].c;
         let Body::Tcp {
             sport,
@@ -1008,7 +672,7 @@ impl Gen {
     }
 
     /// Another IP protocol, or an ICMP message that is neither echo nor error.
-    fn other_protocol(&mut self) {
+    pub(crate) fn other_protocol(&mut self) {
         let v6 = self.rng.chance(40);
         let sender = self.rng.below(HOSTS.len());
         let src = self.rng.pick(&self.own_addrs(sender, v6));
@@ -1043,7 +707,7 @@ impl Gen {
     /// Whether an ICMP error quoting flow `k` is related on one side exactly when on the other
     /// (see [`Gen::emit`], reload): not when a packet of the flow last passed under an earlier
     /// load of the current policy's text.
-    fn relatable(&self, k: &Key) -> bool {
+    pub(crate) fn relatable(&self, k: &Key) -> bool {
         let now = self.loads.len() - 1;
         self.validated
             .get(k)
@@ -1079,7 +743,7 @@ impl Gen {
     ///   content: after going back to a policy loaded before (phase 3 is policy A again), a
     ///   flow marked under it is related at once. Errors quote no such flow
     ///   ([`Gen::relatable`]).
-    fn emit(&mut self, mut c: Crafted, what: String) -> Option<bool> {
+    pub(crate) fn emit(&mut self, mut c: Crafted, what: String) -> Option<bool> {
         let fk = flow_key(&c);
         if fk.is_some_and(|k| self.tainted.contains(&k)) {
             return None;
@@ -1116,10 +780,10 @@ impl Gen {
     }
 
     /// The model's view of a crafted packet (what `policy::frame` makes of its frame).
-    fn model_packet(&self, c: &Crafted) -> Packet {
+    pub(crate) fn model_packet(&self, c: &Crafted) -> Packet {
         let v6 = c.src.is_ipv6();
         let icmp = if v6 { PROTO_ICMPV6 } else { PROTO_ICMP };
-        let ifname = HOSTS[c.sender].1;
+        let ifname = HOSTS[c.sender].iface;
         let mut p = match &c.body {
             Body::Tcp {
                 sport,
@@ -1180,7 +844,7 @@ impl Gen {
     }
 }
 
-fn proto_of(c: &Crafted) -> u8 {
+pub(crate) fn proto_of(c: &Crafted) -> u8 {
     match &c.body {
         Body::Tcp { .. } => PROTO_TCP,
         Body::Udp { .. } => PROTO_UDP,
@@ -1195,7 +859,7 @@ fn proto_of(c: &Crafted) -> u8 {
 }
 
 /// Ports as the data path keys flows: TCP/UDP ports, echo request (id, 0), reply (0, id).
-fn ports(c: &Crafted) -> (u16, u16) {
+pub(crate) fn ports(c: &Crafted) -> (u16, u16) {
     match &c.body {
         Body::Tcp { sport, dport, .. } | Body::Udp { sport, dport, .. } => (*sport, *dport),
         Body::Echo {
@@ -1209,7 +873,7 @@ fn ports(c: &Crafted) -> (u16, u16) {
 }
 
 /// The flow a TCP, UDP or echo packet belongs to (as both sides key it); `None` for others.
-fn flow_key(c: &Crafted) -> Option<Key> {
+pub(crate) fn flow_key(c: &Crafted) -> Option<Key> {
     match c.body {
         Body::Tcp { .. } | Body::Udp { .. } | Body::Echo { .. } => {
             let (sport, dport) = ports(c);
@@ -1221,7 +885,7 @@ fn flow_key(c: &Crafted) -> Option<Key> {
 
 /// Whether conntrack makes a connection for this packet when it has none: a TCP SYN or a
 /// bare ACK (mid-stream pickup, `nf_conntrack_tcp_loose`), any UDP datagram, an echo request.
-fn conntrack_opens(c: &Crafted) -> bool {
+pub(crate) fn conntrack_opens(c: &Crafted) -> bool {
     match c.body {
         Body::Tcp { flags, .. } => matches!(
             flags & (TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST),
@@ -1234,14 +898,14 @@ fn conntrack_opens(c: &Crafted) -> bool {
 }
 
 /// A sequence: phase 1 under policy A, the reload, phase 2 under policy B.
-struct Sequence {
-    seed: u64,
-    packets: Vec<Planned>,
+pub(crate) struct Sequence {
+    pub(crate) seed: u64,
+    pub(crate) packets: Vec<Planned>,
 }
 
 /// What happens between two phases.
 #[derive(Clone, Copy)]
-enum Boundary {
+pub(crate) enum Boundary {
     /// A pause of [`WAIT`]: conntrack's close timeout (shortened to 1 s in the nftables run)
     /// runs out, so a connection that a forged RST closed is gone by the next phase.
     Wait,
@@ -1250,15 +914,15 @@ enum Boundary {
 }
 
 /// Phase 1 runs policy A; then these boundaries, each followed by a phase.
-const PLAN: [Boundary; 3] = [
+pub(crate) const PLAN: [Boundary; 3] = [
     Boundary::Wait,
     Boundary::Reload(POLICY_B),
     Boundary::Reload(POLICY_A),
 ];
 
-const WAIT: std::time::Duration = std::time::Duration::from_millis(1500);
+pub(crate) const WAIT: std::time::Duration = std::time::Duration::from_millis(1500);
 
-fn generate(seed: u64, per_phase: usize) -> Sequence {
+pub(crate) fn generate(seed: u64, per_phase: usize) -> Sequence {
     let mut g = Gen::new(seed, POLICY_A);
     g.run(per_phase);
     for b in PLAN {
@@ -1272,240 +936,4 @@ fn generate(seed: u64, per_phase: usize) -> Sequence {
         seed,
         packets: g.out,
     }
-}
-
-// === the two runs ===
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Enforcer {
-    Nft,
-    Agent,
-}
-
-/// A fresh lab: the hosts silent receivers, the gateway routing every place to its host.
-fn lab(name: &str) -> (Lab, Vec<Host>) {
-    let mut lab = Lab::new(name);
-    let hosts: Vec<Host> = HOSTS
-        .iter()
-        .map(|(zone, gw_iface, v4, gw_v4, v6, gw_v6, mac)| {
-            lab.add_host(HostSpec {
-                zone: (*zone).into(),
-                gw_iface: (*gw_iface).into(),
-                v4: (*v4).into(),
-                gw_v4: (*gw_v4).into(),
-                v6: (*v6).into(),
-                gw_v6: (*gw_v6).into(),
-                mac: (*mac).into(),
-                ..Default::default()
-            })
-        })
-        .collect();
-    for h in &hosts {
-        oracle::sink(&lab, h);
-    }
-    for (cidr, h) in ROUTES {
-        oracle::route_to(&lab, &hosts[h], cidr);
-    }
-    for (a, h) in PLACES {
-        oracle::pin_neighbour(&lab, &hosts[h], ip(a));
-    }
-    (lab, hosts)
-}
-
-/// Sends `seq` through a fresh lab under `enforcer`, reloading between the phases.
-fn run(seq: &Sequence, enforcer: Enforcer) -> oracle::Run {
-    let name = format!("nft_oracle_{enforcer:?}_{}", seq.seed).to_lowercase();
-    let (lab, hosts) = lab(&name);
-    let policy = lab.dir().join("policy.toml");
-    std::fs::write(&policy, policy_text(POLICY_A)).expect("write policy");
-    let gw = lab.gateway().to_string();
-    let mut _agent = None;
-    match enforcer {
-        Enforcer::Nft => {
-            let ruleset = oracle::export_nft(&lab, &policy);
-            oracle::nft_file(&lab, &gw, "policy", &ruleset, true);
-            oracle::nft_file(&lab, &gw, "policy", &ruleset, false);
-            // Conntrack is loaded now. A closed connection lingers 10 s by default; 1 s lets
-            // the test see, after a short wait, whether a forged RST closed one.
-            lab.sysctls(
-                &gw,
-                &[("net.netfilter.nf_conntrack_tcp_timeout_close", "1")],
-            );
-        }
-        Enforcer::Agent => _agent = Some(zone_agent_lab::agent::start_file(&lab, &policy)),
-    }
-    let phases: Vec<Vec<Crafted>> = (1..=PLAN.len() + 1)
-        .map(|k| {
-            seq.packets
-                .iter()
-                .filter(|p| usize::from(p.phase) == k)
-                .map(|p| p.c.clone())
-                .collect()
-        })
-        .collect();
-    let run = oracle::send_and_capture(&lab, &hosts, &phases, |k| match PLAN[k - 1] {
-        // The wait is the point here: a timeout has to run out.
-        Boundary::Wait => std::thread::sleep(WAIT),
-        Boundary::Reload(text) => {
-            // Renamed into place: the agent's file watcher never reads half a file.
-            let tmp = policy.with_extension("tmp");
-            std::fs::write(&tmp, policy_text(text)).expect("write the next policy");
-            std::fs::rename(&tmp, &policy).expect("next policy in place");
-            match enforcer {
-                Enforcer::Nft => {
-                    let ruleset = oracle::export_nft(&lab, &policy);
-                    oracle::nft_file(&lab, &gw, "policy", &ruleset, true);
-                    oracle::nft_file(&lab, &gw, "policy", &ruleset, false);
-                }
-                Enforcer::Agent => oracle::reload_agent(&lab),
-            }
-        }
-    });
-    // Each packet can only have arrived where the gateway routes its destination.
-    for p in phases.iter().flatten() {
-        for h in &run.seen[&p.marker] {
-            assert_eq!(
-                *h,
-                host_of(p.dst),
-                "#{} arrived at host {h}, not where it is routed",
-                p.marker
-            );
-        }
-    }
-    // The shortest idle timeout on either side is a closed TCP flow's (zone-agent): a
-    // sequence that took longer could see flows expire in one run and not in the other.
-    eprintln!(
-        "nft_oracle: {enforcer:?} run of seed {}: sent in {:.1?}",
-        seq.seed, run.span
-    );
-    assert!(
-        run.span.as_nanos() < u128::from(FLOW_TCP_CLOSING_NS),
-        "{enforcer:?} run of seed {} took {:?}: flows may have expired",
-        seq.seed,
-        run.span
-    );
-    if enforcer == Enforcer::Nft {
-        // The counters show the ruleset itself decided (a broken ruleset would drop all).
-        let counters = lab.run_ok(&gw, &["nft", "list", "table", "inet", "zone_agent"]);
-        assert!(
-            counters.contains("counter packets"),
-            "nft ruleset has no counters:\n{counters}"
-        );
-    }
-    run
-}
-
-fn outcome_label(d: &Decision) -> String {
-    match d.outcome {
-        Outcome::Pass(r) => format!("pass {}", r.label()),
-        Outcome::Drop(r) => format!("drop {}", r.label()),
-    }
-}
-
-fn env_num(name: &str, default: u64) -> u64 {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
-        Err(_) => default,
-    }
-}
-
-/// The two enforcers agree on every packet of every sequence.
-#[test]
-fn nftables_export_and_xdp_pass_the_same_packets() {
-    zone_agent_lab::require_root();
-    let started = Instant::now();
-    let first_seed = env_num("ZA_NFT_SEED", 0x7a6f_6e65);
-    let sequences = env_num("ZA_NFT_SEQUENCES", 2);
-    let per_phase = usize::try_from(env_num("ZA_NFT_PACKETS", 400)).expect("count");
-    let (mut total, mut crossed, mut model_off) = (0usize, 0usize, Vec::new());
-    let mut mismatches = Vec::new();
-    // (model verdict, kind of packet) -> (crossed, blocked) under nftables.
-    let mut tally: std::collections::BTreeMap<(String, String), (usize, usize)> =
-        Default::default();
-    // ZA_NFT_DUMP=FILE: every packet with both outcomes, for reading a failure.
-    let mut dump =
-        std::env::var_os("ZA_NFT_DUMP").map(|p| std::fs::File::create(p).expect("dump file"));
-    for seed in first_seed..first_seed + sequences {
-        let seq = generate(seed, per_phase);
-        let nft = run(&seq, Enforcer::Nft);
-        let agent = run(&seq, Enforcer::Agent);
-        let (mut n_crossed, mut n_blocked) = (0, 0);
-        for p in &seq.packets {
-            let (by_nft, by_agent) = (nft.crossed(p.c.marker), agent.crossed(p.c.marker));
-            let by_model = p.model.xdp_pass(false);
-            if by_nft {
-                n_crossed += 1
-            } else {
-                n_blocked += 1
-            }
-            let kind = p.what.split_whitespace().next().unwrap_or("").to_string();
-            let t = tally.entry((outcome_label(&p.model), kind)).or_default();
-            if by_nft {
-                t.0 += 1
-            } else {
-                t.1 += 1
-            }
-            let line = format!(
-                "seed {seed} #{} phase {} from {}: {} [model: {}] nft {} agent {}",
-                p.c.marker,
-                p.phase,
-                HOSTS[p.c.sender].0,
-                p.what,
-                outcome_label(&p.model),
-                if by_nft { "crossed" } else { "blocked" },
-                if by_agent { "crossed" } else { "blocked" },
-            );
-            if let Some(f) = dump.as_mut() {
-                use std::io::Write as _;
-                let _ = writeln!(f, "{line}");
-            }
-            if by_nft != by_agent {
-                mismatches.push(line);
-            } else if by_nft != by_model {
-                model_off.push(line);
-            }
-        }
-        eprintln!(
-            "nft_oracle: seed {seed}: {} packets, {n_crossed} crossed, {n_blocked} blocked under nftables; \
-             hosts' own frames captured: nft {}, agent {}",
-            seq.packets.len(),
-            nft.other,
-            agent.other,
-        );
-        // A lab where nothing (or everything) crosses would agree trivially.
-        let min = seq.packets.len() / 5;
-        assert!(
-            n_crossed >= min && n_blocked >= min,
-            "seed {seed}: {n_crossed} crossed, {n_blocked} blocked"
-        );
-        total += seq.packets.len();
-        crossed += n_crossed;
-    }
-    eprintln!(
-        "nft_oracle: {sequences} sequence(s), {total} packets compared, {crossed} crossed, {} blocked, \
-         {} mismatches, {} where both differ from the model, {:.1} s",
-        total - crossed,
-        mismatches.len(),
-        model_off.len(),
-        started.elapsed().as_secs_f64()
-    );
-    for ((verdict, kind), (c, b)) in &tally {
-        eprintln!("  {verdict:<24} {kind:<8} crossed {c:>4} blocked {b:>4}");
-    }
-    for l in &model_off {
-        eprintln!("  both differ from the model: {l}");
-    }
-    assert!(
-        mismatches.is_empty(),
-        "nftables and zone-agent disagree on {} packet(s):\n{}",
-        mismatches.len(),
-        mismatches.join("\n")
-    );
-    assert!(
-        model_off.is_empty(),
-        "{} packet(s) crossed differently from the model's verdict",
-        model_off.len()
-    );
 }
