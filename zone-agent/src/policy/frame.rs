@@ -33,27 +33,17 @@ use super::model::{
 };
 use zone_agent_common::PassReason;
 
-/// VLAN tags walked.
-pub const VLAN_MAX_DEPTH: usize = 2;
-/// IPv6 extension headers walked.
-pub const IPV6_EXT_MAX: usize = 6;
-/// Largest offset (from the frame start) of an upper-layer header.
-pub const MAX_L4_OFF: usize = 512;
-/// No read starts beyond this offset (the data path's verifier bound).
-const MAX_READ_OFF: usize = MAX_L4_OFF + 128;
+// The parser's limits, ethertypes and extension-header numbers are the data path's own
+// (zone-agent-common), so the model cannot drift from it.
+use zone_agent_common::{
+    ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, ICMPV6_NEIGHBOR_ADVERT,
+    ICMPV6_ROUTER_SOLICIT, MAX_READ_OFF, ND_HOP_LIMIT, PROTO_AH as NH_AH,
+    PROTO_IPV6_DSTOPTS as NH_DSTOPTS, PROTO_IPV6_FRAGMENT as NH_FRAGMENT,
+    PROTO_IPV6_HOPOPTS as NH_HOP, PROTO_IPV6_ROUTING as NH_ROUTING, nd_link_scoped_dst,
+};
+pub use zone_agent_common::{IPV6_EXT_MAX, MAX_L4_OFF, VLAN_MAX_DEPTH};
 
 const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86DD;
-const ETH_P_ARP: u16 = 0x0806;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88A8;
-
-const NH_HOP: u8 = 0;
-const NH_ROUTING: u8 = 43;
-const NH_FRAGMENT: u8 = 44;
-const NH_AH: u8 = 51;
-const NH_DSTOPTS: u8 = 60;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Parsed {
@@ -270,11 +260,9 @@ fn ipv6(f: &Frame, l3: usize, p: &mut Packet) -> Result<bool, DropReason> {
         IpAddr::V6(a) => a.octets(),
         IpAddr::V4(_) => unreachable!(),
     };
-    let link_scoped =
-        (dst[0] == 0xfe && dst[1] & 0xc0 == 0x80) || (dst[0] == 0xff && dst[1] & 0x0f == 0x02);
-    if nh == PROTO_ICMPV6 && hop_limit == 255 && link_scoped {
+    if nh == PROTO_ICMPV6 && hop_limit == ND_HOP_LIMIT && nd_link_scoped_dst(&dst) {
         let ty = f.get(off, 1)?[0];
-        if (133..=136).contains(&ty) {
+        if (ICMPV6_ROUTER_SOLICIT..=ICMPV6_NEIGHBOR_ADVERT).contains(&ty) {
             return Ok(true);
         }
     }
