@@ -62,6 +62,17 @@ protocol = "tcp"
 ports = ["8443"]
 "#;
 
+/// A lab with a mynumber and an lgwan host and `text` written as its policy file: the
+/// prologue every test here shares.
+fn lab_with_policy(name: &str, text: &str) -> (Lab, Host, Host, PathBuf) {
+    let mut lab = Lab::new(name);
+    let my = mynumber(&mut lab);
+    let lg = lgwan(&mut lab);
+    let policy = lab.dir().join("policy.toml");
+    fs::write(&policy, text).unwrap();
+    (lab, my, lg, policy)
+}
+
 /// The fixture's mynumber host, IPv4 only, the gateway end's MAC pinned.
 fn mynumber(lab: &mut Lab) -> Host {
     lab.add_host(HostSpec {
@@ -324,11 +335,7 @@ fn longest_gap(pings: &[Instant], from: Instant, to: Instant) -> Duration {
 
 #[test]
 fn hostile_scrapers_delay_neither_watchdog_nor_reload_nor_status() {
-    let mut lab = Lab::new("abuse_scrapers");
-    let my = mynumber(&mut lab);
-    let lg = lgwan(&mut lab);
-    let policy = lab.dir().join("policy.toml");
-    fs::write(&policy, policy_text()).unwrap();
+    let (lab, my, lg, policy) = lab_with_policy("abuse_scrapers", &policy_text());
     let notify = Notify::bind(&lab);
     let mut st = default_start(&lab, &policy);
     st.notify = Some(&notify.path);
@@ -426,11 +433,8 @@ fn hostile_scrapers_delay_neither_watchdog_nor_reload_nor_status() {
 
 #[test]
 fn a_failed_reload_is_counted_logged_and_retried() {
-    let mut lab = Lab::new("abuse_retry");
-    let my = mynumber(&mut lab);
-    let lg = lgwan(&mut lab);
-    let policy = lab.dir().join("policy.toml");
-    fs::write(&policy, format!("{}{REVOCABLE}", policy_text())).unwrap();
+    let (lab, my, lg, policy) =
+        lab_with_policy("abuse_retry", &format!("{}{REVOCABLE}", policy_text()));
     let st = default_start(&lab, &policy);
     let agent = start(&lab, &st);
     let _srv = tcp_listen(&lab, &my, 8443, false);
@@ -472,11 +476,8 @@ fn a_failed_reload_is_counted_logged_and_retried() {
 
 #[test]
 fn revoked_rule_stops_passing_under_descriptor_pressure() {
-    let mut lab = Lab::new("abuse_revoke");
-    let my = mynumber(&mut lab);
-    let lg = lgwan(&mut lab);
-    let policy = lab.dir().join("policy.toml");
-    fs::write(&policy, format!("{}{REVOCABLE}", policy_text())).unwrap();
+    let (lab, my, lg, policy) =
+        lab_with_policy("abuse_revoke", &format!("{}{REVOCABLE}", policy_text()));
     let st = default_start(&lab, &policy);
     let agent = start(&lab, &st);
     let _srv = tcp_listen(&lab, &my, 443, false);
@@ -543,11 +544,7 @@ fn revoked_rule_stops_passing_under_descriptor_pressure() {
 
 #[test]
 fn second_agent_on_the_same_pin_dir_is_refused() {
-    let mut lab = Lab::new("abuse_two_agents");
-    let my = mynumber(&mut lab);
-    let lg = lgwan(&mut lab);
-    let policy = lab.dir().join("policy.toml");
-    fs::write(&policy, policy_text()).unwrap();
+    let (lab, my, lg, policy) = lab_with_policy("abuse_two_agents", &policy_text());
     let st = default_start(&lab, &policy);
     let agent = start(&lab, &st);
     let _srv = tcp_listen(&lab, &my, 443, false);
@@ -614,11 +611,7 @@ fn second_agent_on_the_same_pin_dir_is_refused() {
 
 #[test]
 fn fifo_in_place_of_the_policy_wedges_nothing() {
-    let mut lab = Lab::new("abuse_fifo");
-    let my = mynumber(&mut lab);
-    let lg = lgwan(&mut lab);
-    let policy = lab.dir().join("policy.toml");
-    fs::write(&policy, policy_text()).unwrap();
+    let (lab, my, lg, policy) = lab_with_policy("abuse_fifo", &policy_text());
     let st = default_start(&lab, &policy);
     let mut agent = start(&lab, &st);
     let _srv = tcp_listen(&lab, &my, 443, false);
@@ -673,11 +666,7 @@ fn fifo_in_place_of_the_policy_wedges_nothing() {
 
 #[test]
 fn state_files_are_private() {
-    let mut lab = Lab::new("abuse_state_files");
-    let _my = mynumber(&mut lab);
-    let _lg = lgwan(&mut lab);
-    let policy = lab.dir().join("policy.toml");
-    fs::write(&policy, policy_text()).unwrap();
+    let (lab, _my, _lg, policy) = lab_with_policy("abuse_state_files", &policy_text());
     let st = default_start(&lab, &policy);
     let agent = start(&lab, &st);
     agent.signal(Signal::SIGHUP);
@@ -717,11 +706,7 @@ fn large_policy(n: u32) -> String {
 #[test]
 fn large_policy_reload_blocks_nothing_and_memory_is_given_back() {
     const RULES: u32 = 50_000;
-    let mut lab = Lab::new("abuse_large_policy");
-    let my = mynumber(&mut lab);
-    let lg = lgwan(&mut lab);
-    let policy = lab.dir().join("policy.toml");
-    fs::write(&policy, policy_text()).unwrap();
+    let (lab, my, lg, policy) = lab_with_policy("abuse_large_policy", &policy_text());
     let st = default_start(&lab, &policy);
     let agent = start(&lab, &st);
     let _srv = tcp_listen(&lab, &my, 443, false);
