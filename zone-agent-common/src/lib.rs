@@ -7,11 +7,13 @@
 //! time.
 #![no_std]
 
+pub mod events;
 pub mod maps;
 pub mod policy_file;
 pub mod scope;
 pub mod verdict;
 
+pub use events::*;
 pub use maps::*;
 pub use policy_file::*;
 pub use scope::*;

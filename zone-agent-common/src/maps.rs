@@ -297,6 +297,15 @@ pub struct FlowState {
     pub orig_is_a: u8,
     /// `FLOW_*` flags.
     pub flags: u8,
+    /// When the flow opened (same clock as `last_seen_ns`).
+    pub start_ns: u64,
+    /// Packets and bytes from the opener (`orig_*`) and from the responder (`reply_*`),
+    /// counted by the data path (atomic adds: a flow's two directions may be handled on
+    /// two CPUs) and reported when the flow ends.
+    pub orig_packets: u64,
+    pub orig_bytes: u64,
+    pub reply_packets: u64,
+    pub reply_bytes: u64,
 }
 pub const FLOW_AUDIT: u8 = 1;
 pub const FLOW_FIN_ORIG: u8 = 1 << 1;
@@ -457,7 +466,7 @@ const _: () = assert!(core::mem::size_of::<RuleKey>() == 12);
 const _: () = assert!(core::mem::size_of::<RuleCands>() == 16);
 const _: () = assert!(core::mem::size_of::<MacKey>() == 12);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
-const _: () = assert!(core::mem::size_of::<FlowState>() == 32);
+const _: () = assert!(core::mem::size_of::<FlowState>() == 72);
 const _: () = assert!(core::mem::size_of::<FragKey>() == 40);
 const _: () = assert!(core::mem::size_of::<FragState>() == 32);
 const _: () = assert!(core::mem::size_of::<Counter>() == 16);

@@ -362,6 +362,7 @@ pub fn open(
         to_zone: z.to,
         orig_is_a: src_is_a as u8,
         flags: if m.audit { FLOW_AUDIT } else { 0 },
+        ..FlowState::default()
     };
     if found == FOUND_FLOWS {
         let _ = FLOWS.remove(&k);

@@ -29,6 +29,9 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("service", &["service"]),
     // detect, alert, contain: empty until the XDR work.
     ("detect/alert/contain", &["detect", "alert", "contain"]),
+    // Events from the data path: the ring reader, decoding, fan-out (observe, flow log,
+    // the page's recent denials).
+    ("events", &["events"]),
     // Settings and defaults (with the failsafe host binding); counters and their names.
     ("config/telemetry", &["config", "telemetry"]),
     // The reference model (semantics, frame parsing, failsafe matching, explain); authoring

@@ -48,6 +48,8 @@ pub const EXPIRE_EVERY: Duration = Duration::from_secs(10);
 /// policy itself (descriptors or memory exhausted, a map update refused...).
 pub const RETRY_FIRST: Duration = Duration::from_secs(1);
 pub const RETRY_MAX: Duration = Duration::from_secs(30);
+/// Denied attempts kept for the page.
+pub const RECENT_EVENTS: usize = 200;
 /// Requests that may wait for the control task.
 const QUEUE: usize = 8;
 
@@ -65,6 +67,8 @@ pub struct Snapshot {
 pub struct Shared {
     snapshot: RwLock<Arc<Snapshot>>,
     pub maps: Maps,
+    /// The last denied and audited attempts (filled by the event reader).
+    pub recent: crate::events::Recent,
 }
 
 impl Shared {
@@ -72,6 +76,7 @@ impl Shared {
         Shared {
             snapshot: RwLock::new(Arc::new(first)),
             maps,
+            recent: crate::events::Recent::new(RECENT_EVENTS),
         }
     }
 

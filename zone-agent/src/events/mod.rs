@@ -1,0 +1,74 @@
+//! Events from the data path, decoded for people and tools: the ring reader, the fan-out to
+//! `observe` clients, the flow log and the page's recent denials (and, later, detection).
+//!
+//! A kernel `zone_agent_common::Event` becomes a [`Record`]: addresses, names of zones,
+//! rule and interface resolved against the policy generation it was decided under.
+
+use std::{collections::VecDeque, sync::Mutex};
+
+use serde::{Deserialize, Serialize};
+
+/// One decoded event. `kind` is an `EventKind` label (`deny`, `audit`, `flow_open`,
+/// `flow_end`); `reason` a drop reason's label (deny/audit) or a `FlowEnd` label
+/// (flow_end).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Wall-clock time, milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    pub kind: String,
+    pub reason: Option<String>,
+    pub from_zone: String,
+    pub to_zone: String,
+    pub rule: Option<String>,
+    pub interface: String,
+    pub vlan: Option<u16>,
+    pub protocol: u8,
+    pub src_ip: std::net::IpAddr,
+    pub src_port: Option<u16>,
+    pub dst_ip: std::net::IpAddr,
+    pub dst_port: Option<u16>,
+    pub src_mac: String,
+    pub tcp_flags: Option<u8>,
+    /// flow_end only: counters per direction and the flow's duration.
+    pub flow: Option<FlowTotals>,
+    /// Events the kernel could not deliver on this CPU just before this one.
+    pub lost_before: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowTotals {
+    pub orig_packets: u64,
+    pub orig_bytes: u64,
+    pub reply_packets: u64,
+    pub reply_bytes: u64,
+    pub duration_ms: u64,
+}
+
+/// The last denied (and audited) attempts, newest last, for the page.
+pub struct Recent {
+    cap: usize,
+    records: Mutex<VecDeque<Record>>,
+}
+
+impl Recent {
+    pub fn new(cap: usize) -> Recent {
+        Recent {
+            cap,
+            records: Mutex::new(VecDeque::with_capacity(cap)),
+        }
+    }
+
+    pub fn push(&self, r: Record) {
+        let mut q = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        if q.len() == self.cap {
+            q.pop_front();
+        }
+        q.push_back(r);
+    }
+
+    /// Up to `n` records, newest first.
+    pub fn latest(&self, n: usize) -> Vec<Record> {
+        let q = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        q.iter().rev().take(n).cloned().collect()
+    }
+}
