@@ -7,12 +7,14 @@
 //! time.
 #![no_std]
 
+pub mod alerts;
 pub mod events;
 pub mod maps;
 pub mod policy_file;
 pub mod scope;
 pub mod verdict;
 
+pub use alerts::*;
 pub use events::*;
 pub use maps::*;
 pub use policy_file::*;

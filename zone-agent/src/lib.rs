@@ -12,6 +12,7 @@
 pub mod cli;
 pub mod config;
 pub mod datapath;
+pub mod detect;
 pub mod events;
 /// The failsafe host binding lives in config; the old path stays.
 pub use config::failsafe;
