@@ -9,6 +9,7 @@
 //! validate → compile) → `zone_agent_common`. `fuzzing` (cargo feature `fuzzing`) holds the
 //! checks the fuzz targets and their regression replay run.
 
+pub mod alert;
 pub mod cli;
 pub mod config;
 pub mod datapath;
