@@ -8,6 +8,7 @@
 //! receiver de-duplicates on `id`. An update of an aggregated alert (a scan that went on)
 //! is a new alert with its own `id`, the same `aggregate` and a higher `update`.
 
+pub mod deliver;
 pub mod ocsf;
 pub mod spool;
 
