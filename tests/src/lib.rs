@@ -22,6 +22,7 @@ pub mod fixture;
 mod lab;
 pub mod oracle;
 pub mod scrape;
+pub mod soc;
 pub mod traffic;
 
 use std::path::{Path, PathBuf};
