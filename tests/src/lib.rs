@@ -18,9 +18,11 @@ pub mod agent;
 pub mod bench;
 mod child;
 pub mod craft;
+pub mod deploy;
 pub mod fixture;
 mod lab;
 pub mod oracle;
+pub mod prometheus;
 pub mod scrape;
 pub mod traffic;
 
