@@ -295,7 +295,9 @@ fn every_dashboard_expression_parses() {
     let mut names = Vec::new();
     for q in dash.queries() {
         assert!(!q.expr.trim().is_empty(), "{q}: empty expression");
-        let expr = values.substitute(&q.expr).unwrap_or_else(|e| panic!("{q}: {e}"));
+        let expr = values
+            .substitute(&q.expr)
+            .unwrap_or_else(|e| panic!("{q}: {e}"));
         names.push(format!("{} = {q}", q.record_name()));
         rules.push(Rule {
             record: Some(q.record_name()),
