@@ -6,19 +6,27 @@
 //! - the dashboard's variables find the agent's job and instance;
 //! - every query of the dashboard (Grafana's variables replaced as Grafana would) returns
 //!   data, and the zone matrix shows the test's allowed and denied connections in their cells;
+//! - every series the alert rules watch is exported from the start (at 0 for counters);
 //! - the alert rules are loaded and evaluate without error, and none fires for a healthy
-//!   agent; once the agent is stopped, ZoneAgentDown becomes pending.
+//!   agent; a refused reload fires ZoneAgentReloadFailing, and once the agent is stopped,
+//!   ZoneAgentDown becomes pending.
 //!
 //! Needs root; `cargo xtask test` runs it under `unshare --mount --net`.
 
 use std::time::Duration;
 
 use serde_json::Value;
-use zone_agent_lab::agent::{self, METRICS_ADDR};
+use zone_agent_common::{
+    DropReason, LABEL_EMBRYOS, LABEL_FLOWS, LOST_AGENT_QUEUE, LOST_FLOW_LOG, LOST_RATE_LIMITED,
+    LOST_RING_FULL, LOST_UNDECODABLE,
+};
+use zone_agent_lab::agent::{self, METRICS_ADDR, write_policy};
 use zone_agent_lab::deploy::{self, Dashboard, JOB, LabelValues, Query, Values};
+use zone_agent_lab::fixture::ZONES;
 use zone_agent_lab::prometheus::{self, Prometheus, sample_label, sample_value};
 use zone_agent_lab::{
-    Lab, ThreeZones, poll_until, tcp_connect, tcp_listen, udp_echo, udp_exchange, wait_until,
+    Lab, Signal, ThreeZones, poll_until, tcp_connect, tcp_listen, udp_echo, udp_exchange,
+    wait_until,
 };
 
 /// Scrape and rule-evaluation interval of the lab's Prometheus.
@@ -27,6 +35,8 @@ const SCRAPE: Duration = Duration::from_secs(1);
 const RANGE: Duration = Duration::from_secs(300);
 /// Bound for a few scrapes and rule evaluations to happen.
 const SCRAPES: Duration = Duration::from_secs(15);
+/// Bound for a refused reload to be counted, scraped and fire ZoneAgentReloadFailing.
+const RELOAD_NOTICED: Duration = Duration::from_secs(10);
 /// Bound for ZoneAgentDown to be pending after the agent stops (a scrape fails, then a rule
 /// evaluation sees `up == 0`).
 const DOWN_NOTICED: Duration = Duration::from_secs(10);
@@ -108,16 +118,14 @@ fn prometheus_scrapes_the_agent_and_every_dashboard_query_has_data() {
         matrix_cell(&prom, &dash, &values, ALLOWED_MATRIX, "lgwan", "mynumber") >= 1.0
             && matrix_cell(&prom, &dash, &values, DENIED_MATRIX, "internet", "mynumber") >= 1.0
     });
-    let empty = queries_without_data(&prom, &dash, &values);
-    if !empty.is_empty() {
-        eprintln!(
-            "dashboard queries without data:\n{}",
-            empty
-                .iter()
-                .map(|q| format!("  {q}"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
+    // Reported together at the end, so one run lists everything that is missing.
+    let mut missing: Vec<String> = queries_without_data(&prom, &dash, &values)
+        .iter()
+        .map(|q| format!("no data: {q}"))
+        .collect();
+    missing.extend(alert_inputs_missing(&prom));
+    for m in &missing {
+        eprintln!("MISSING {m}");
     }
 
     rules_are_loaded_and_healthy(&prom);
@@ -126,26 +134,78 @@ fn prometheus_scrapes_the_agent_and_every_dashboard_query_has_data() {
         active.is_empty(),
         "a healthy agent with a little traffic raised alerts: {active:#?}"
     );
+
+    // A policy the agent refuses: the real counter's label fires the real rule.
+    write_policy(&lab.dir().join("policy.toml"), "version = 1\nzones = 7\n");
+    agent.signal(Signal::SIGHUP);
+    wait_for_alert(&prom, "ZoneAgentReloadFailing", "firing", RELOAD_NOTICED);
+
     agent.stop();
-    let down = poll_until(DOWN_NOTICED, || {
+    wait_for_alert(&prom, "ZoneAgentDown", "pending", DOWN_NOTICED);
+
+    assert!(
+        missing.is_empty(),
+        "{} things the dashboard or the alerts need were missing (listed above); the first: {}",
+        missing.len(),
+        missing[0]
+    );
+}
+
+/// Polls `/api/v1/alerts` until `alert` of the lab's agent is in `state`; panics after `within`.
+fn wait_for_alert(prom: &Prometheus, alert: &str, state: &str, within: Duration) {
+    let seen = poll_until(within, || {
         prom.alerts().iter().any(|a| {
-            a["labels"]["alertname"] == "ZoneAgentDown"
+            a["labels"]["alertname"] == alert
                 && a["labels"]["instance"] == METRICS_ADDR
-                && a["state"] == "pending"
+                && a["state"] == state
         })
     });
     assert!(
-        down,
-        "ZoneAgentDown is not pending {DOWN_NOTICED:?} after the agent stopped; alerts: {:#?}",
+        seen,
+        "{alert} is not {state} after {within:?}; alerts: {:#?}",
         prom.alerts()
     );
+}
 
-    assert!(
-        empty.is_empty(),
-        "{} dashboard queries returned no data (listed above); the first: {}",
-        empty.len(),
-        empty[0]
-    );
+/// The series the alert rules watch that the agent does not export yet. An `increase()`
+/// cannot count the sample a series is born with, so a counter that only appears with its
+/// first event would never fire its alert for that event: every label value an alert
+/// watches must be exported (at 0) from the start, and the gauges must be there.
+fn alert_inputs_missing(prom: &Prometheus) -> Vec<String> {
+    let mut wanted = vec![
+        // ZoneAgentReloadFailing; the label value is the agent's (telemetry/metrics.rs).
+        r#"zone_agent_policy_reloads_total{result="error"}"#.to_owned(),
+        format!(
+            r#"zone_agent_drops_total{{reason="{}"}}"#,
+            DropReason::TableFull.label()
+        ),
+    ];
+    for stage in [
+        LOST_RATE_LIMITED,
+        LOST_RING_FULL,
+        LOST_AGENT_QUEUE,
+        LOST_FLOW_LOG,
+        LOST_UNDECODABLE,
+    ] {
+        wanted.push(format!(
+            r#"zone_agent_events_lost_total{{stage="{stage}"}}"#
+        ));
+    }
+    for map in [LABEL_FLOWS, LABEL_EMBRYOS] {
+        wanted.push(format!(r#"zone_agent_map_entries{{map="{map}"}}"#));
+        wanted.push(format!(r#"zone_agent_map_capacity{{map="{map}"}} > 0"#));
+    }
+    for zone in ZONES {
+        wanted.push(format!(
+            r#"zone_agent_interface_attached{{interface="{}"}} == 1"#,
+            zone.iface
+        ));
+    }
+    wanted
+        .into_iter()
+        .filter(|expr| prom.query(expr).is_empty())
+        .map(|expr| format!("alert input: {expr}"))
+        .collect()
 }
 
 /// `label_values(selector, label)` of each query variable, as Grafana asks it
