@@ -6,7 +6,9 @@
 //! parallel; dropping the lab kills what still runs in its namespaces and deletes them, even
 //! while a test panics. Traffic is sent with real tools and real sockets ([`traffic`]), crafted
 //! frames with scapy and hping3 and seen in raw captures at the receiver ([`craft`]), and
-//! metrics are scraped over real HTTP from inside a namespace ([`scrape`], [`agent`]).
+//! metrics are scraped over real HTTP from inside a namespace ([`scrape`], [`agent`]). The
+//! monitoring files under `deploy/` are read by [`deploy`], and [`prometheus`] runs a real
+//! Prometheus on them in a lab namespace.
 //!
 //! Habits (see STYLE.md "Namespace tests"): waits are bounded polls ([`wait_until`]), tests
 //! `panic!` instead of returning errors, `ZA_KEEP_LAB=1` keeps the lab for inspection, and
@@ -18,9 +20,11 @@ pub mod agent;
 pub mod bench;
 mod child;
 pub mod craft;
+pub mod deploy;
 pub mod fixture;
 mod lab;
 pub mod oracle;
+pub mod prometheus;
 pub mod scrape;
 pub mod soc;
 pub mod traffic;

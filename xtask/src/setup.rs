@@ -76,6 +76,12 @@ const TOOLS: &[Tool] = &[
         check: Check::Command("promtool"),
         package: "prometheus",
     },
+    // The lab test of deploy/ (tests/tests/prometheus.rs) runs a real Prometheus.
+    Tool {
+        what: "prometheus",
+        check: Check::Command("prometheus"),
+        package: "prometheus",
+    },
     Tool {
         what: "bpftool",
         check: Check::Command("bpftool"),
