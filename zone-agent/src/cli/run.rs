@@ -87,6 +87,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .context("starting the runtime")?;
     let metrics_addr = settings.metrics_addr;
     let state_dir = settings.state_dir.clone();
+    let flow_log = settings.flow_log.clone();
     let mut agent = Agent::start(settings)?;
     let open_maps = |agent: &Agent| {
         agent
@@ -97,6 +98,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let shared = Arc::new(Shared::new(open_maps(&agent)?, agent.snapshot()));
     agent.shared = Some(shared.clone());
+    // TODO(ev-kernel merge): the ZA_EVENTS ring.
+    let mut swept = service::events::start(&shared, flow_log, None)?;
     let mut expire_maps = open_maps(&agent)?;
     std::thread::Builder::new()
         .name("za-expire".into())
@@ -104,6 +107,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             loop {
                 std::thread::sleep(service::EXPIRE_EVERY);
                 expire_maps.expire();
+                swept.ended(&[]);
             }
         })
         .context("starting the flow expiry task")?;

@@ -20,6 +20,12 @@ pub const DEFAULT_POLICY: &str = "/etc/zone-agent/policy.toml";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/zone-agent";
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/zone-agent";
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9750";
+/// Defaults of `flow_log_max_bytes` and `flow_log_keep`.
+pub const DEFAULT_FLOW_LOG_MAX_BYTES: u64 = 100 << 20;
+pub const DEFAULT_FLOW_LOG_KEEP: u32 = 5;
+/// Bounds of `flow_log_max_bytes` (a few records at least) and `flow_log_keep`.
+pub const MIN_FLOW_LOG_MAX_BYTES: u64 = 4096;
+pub const MAX_FLOW_LOG_KEEP: u32 = 1000;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,6 +36,9 @@ struct File {
     pin_dir: Option<PathBuf>,
     xdp_mode: Option<Spanned<String>>,
     fail_open_on_exit: Option<bool>,
+    flow_log: Option<PathBuf>,
+    flow_log_max_bytes: Option<Spanned<u64>>,
+    flow_log_keep: Option<Spanned<u32>>,
     #[serde(default)]
     failsafe: Vec<Spanned<FailsafeFile>>,
 }
@@ -62,6 +71,17 @@ pub struct Failsafe {
     pub destinations: Vec<std::net::IpAddr>,
 }
 
+/// The flow log (`--flow-log FILE`, `flow_log`): JSON lines, rotated by size.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlowLog {
+    pub path: PathBuf,
+    /// Size at which the file is rotated (`flow_log_max_bytes`).
+    pub max_bytes: u64,
+    /// Rotated files kept, `FILE.1` … `FILE.<keep>` (`flow_log_keep`); 0: the full file is
+    /// removed instead.
+    pub keep: u32,
+}
+
 /// The effective settings of `run`.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -72,6 +92,8 @@ pub struct Settings {
     pub xdp_mode: XdpMode,
     pub fail_open_on_exit: bool,
     pub failsafe: Vec<Failsafe>,
+    /// `None`: no flow log.
+    pub flow_log: Option<FlowLog>,
 }
 
 /// What the command line of `run` gives: each option, if given, wins over the config file.
@@ -86,6 +108,7 @@ pub struct Overrides {
     pub pin_dir: Option<PathBuf>,
     pub xdp_mode: Option<XdpMode>,
     pub fail_open_on_exit: bool,
+    pub flow_log: Option<PathBuf>,
 }
 
 /// What is wrong with a config file. Every variant but `Read` starts with the place
@@ -103,6 +126,13 @@ pub enum ConfigError {
     Syntax { at: String, message: String },
     #[error("{at}: metrics_addr {value:?} is not an address:port (e.g. \"127.0.0.1:9750\")")]
     MetricsAddr { at: String, value: String },
+    #[error("{at}: {key} = {value} is out of range ({range})")]
+    OutOfRange {
+        at: String,
+        key: &'static str,
+        value: u64,
+        range: String,
+    },
     #[error("{at}: xdp_mode {value:?} is not one of auto, native, generic")]
     XdpMode { at: String, value: String },
     /// One `[[failsafe]]` entry is incomplete or wrong (`message` says which key and why).
@@ -153,6 +183,13 @@ pub fn settings(args: &Overrides) -> Result<Settings, ConfigError> {
         xdp_mode: args.xdp_mode.or(file.xdp_mode).unwrap_or_default(),
         fail_open_on_exit: args.fail_open_on_exit || file.fail_open_on_exit.unwrap_or(false),
         failsafe: file.failsafe,
+        flow_log: args.flow_log.clone().or(file.flow_log).map(|path| FlowLog {
+            path,
+            max_bytes: file
+                .flow_log_max_bytes
+                .unwrap_or(DEFAULT_FLOW_LOG_MAX_BYTES),
+            keep: file.flow_log_keep.unwrap_or(DEFAULT_FLOW_LOG_KEEP),
+        }),
     })
 }
 
@@ -166,6 +203,9 @@ pub struct Parsed {
     pub xdp_mode: Option<XdpMode>,
     pub fail_open_on_exit: Option<bool>,
     pub failsafe: Vec<Failsafe>,
+    pub flow_log: Option<PathBuf>,
+    pub flow_log_max_bytes: Option<u64>,
+    pub flow_log_keep: Option<u32>,
 }
 
 /// Parses and checks a config file; every error says file:line:column.
@@ -212,6 +252,30 @@ pub fn parse(path: &Path, text: &str) -> Result<Parsed, ConfigError> {
         }),
         None => None,
     };
+    let in_range = |v: Option<Spanned<u64>>, key: &'static str, lo: u64, hi: u64| match v {
+        Some(s) if !(lo..=hi).contains(s.get_ref()) => Err(ConfigError::OutOfRange {
+            at: at(s.span()),
+            key,
+            value: *s.get_ref(),
+            range: format!("{lo} to {hi}"),
+        }),
+        Some(s) => Ok(Some(s.into_inner())),
+        None => Ok(None),
+    };
+    let flow_log_max_bytes = in_range(
+        f.flow_log_max_bytes,
+        "flow_log_max_bytes",
+        MIN_FLOW_LOG_MAX_BYTES,
+        u64::MAX,
+    )?;
+    let flow_log_keep = in_range(
+        f.flow_log_keep
+            .map(|s| Spanned::new(s.span(), u64::from(*s.get_ref()))),
+        "flow_log_keep",
+        0,
+        u64::from(MAX_FLOW_LOG_KEEP),
+    )?
+    .map(|k| k as u32);
     let mut failsafe = Vec::new();
     for entry in f.failsafe {
         let pos = at(entry.span());
@@ -243,6 +307,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Parsed, ConfigError> {
         xdp_mode,
         fail_open_on_exit: f.fail_open_on_exit,
         failsafe,
+        flow_log: f.flow_log,
+        flow_log_max_bytes,
+        flow_log_keep,
     })
 }
 

@@ -182,9 +182,7 @@ mod tests {
             rule: Some("relay".into()),
             interface: "zlgw".into(),
             vlan: Some(20),
-            protocol: PROTO_TCP,
             src_ip: "10.20.0.10".parse().unwrap(),
-            src_port: Some(40000),
             dst_ip: "198.51.100.10".parse().unwrap(),
             dst_port: Some(443),
             src_mac: "02:00:00:00:20:10".into(),
@@ -196,7 +194,7 @@ mod tests {
                 reply_bytes: 4000,
                 duration_ms: 1500,
             }),
-            lost_before: 0,
+            ..crate::events::sample_record()
         }
     }
 

@@ -109,27 +109,12 @@ pub fn spawn(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{FlowTotals, observe::Filter};
+    use crate::events::observe::Filter;
 
     fn record(kind: &str) -> Record {
         Record {
-            time_ms: 1,
             kind: kind.into(),
-            reason: None,
-            from_zone: "a".into(),
-            to_zone: "b".into(),
-            rule: None,
-            interface: "x".into(),
-            vlan: None,
-            protocol: 17,
-            src_ip: "10.0.0.1".parse().unwrap(),
-            src_port: Some(1),
-            dst_ip: "10.0.0.2".parse().unwrap(),
-            dst_port: Some(2),
-            src_mac: String::new(),
-            tcp_flags: None,
-            flow: None::<FlowTotals>,
-            lost_before: 0,
+            ..crate::events::sample_record()
         }
     }
 

@@ -23,19 +23,8 @@ use crate::telemetry::{EVENTS, EventCounters};
 
 /// Buffered lines reach the file at least this often.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
-/// Defaults of `flow_log_max_bytes` and `flow_log_keep`.
-pub const DEFAULT_MAX_BYTES: u64 = 100 << 20;
-pub const DEFAULT_KEEP: u32 = 5;
-
-/// Where and how much.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Settings {
-    pub path: PathBuf,
-    /// Size at which the file is rotated.
-    pub max_bytes: u64,
-    /// Rotated files kept (`FILE.1` … `FILE.<keep>`); 0: the file is truncated instead.
-    pub keep: u32,
-}
+/// Where and how much (`flow_log`, `flow_log_max_bytes`, `flow_log_keep`).
+pub type Settings = crate::config::FlowLog;
 
 pub struct FlowLog {
     settings: Settings,
@@ -179,27 +168,11 @@ impl Drop for FlowLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::FlowTotals;
 
     fn record(i: u64) -> Record {
         Record {
             time_ms: 1_000 + i,
-            kind: "deny".into(),
-            reason: Some("no_rule".into()),
-            from_zone: "internet".into(),
-            to_zone: "mynumber".into(),
-            rule: None,
-            interface: "zinet".into(),
-            vlan: None,
-            protocol: 6,
-            src_ip: "198.51.100.10".parse().unwrap(),
-            src_port: Some(40000),
-            dst_ip: "10.10.0.10".parse().unwrap(),
-            dst_port: Some(22),
-            src_mac: "02:00:00:00:30:10".into(),
-            tcp_flags: Some(2),
-            flow: None::<FlowTotals>,
-            lost_before: 0,
+            ..crate::events::sample_record()
         }
     }
 

@@ -106,3 +106,28 @@ impl Recent {
         q.iter().rev().take(n).cloned().collect()
     }
 }
+
+/// A record for unit tests: a denied TCP SYN from the internet host to the mynumber host's
+/// port 22; tests change the fields they care about.
+#[cfg(test)]
+pub(crate) fn sample_record() -> Record {
+    Record {
+        time_ms: 0,
+        kind: "deny".into(),
+        reason: Some("no_rule".into()),
+        from_zone: "internet".into(),
+        to_zone: "mynumber".into(),
+        rule: None,
+        interface: "zinet".into(),
+        vlan: None,
+        protocol: zone_agent_common::PROTO_TCP,
+        src_ip: std::net::IpAddr::from([198, 51, 100, 10]),
+        src_port: Some(40000),
+        dst_ip: std::net::IpAddr::from([10, 10, 0, 10]),
+        dst_port: Some(22),
+        src_mac: "02:00:00:00:30:10".into(),
+        tcp_flags: Some(2),
+        flow: None,
+        lost_before: 0,
+    }
+}

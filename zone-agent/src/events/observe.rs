@@ -179,27 +179,13 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::FlowTotals;
 
     fn record(kind: &str, src: &str) -> Record {
         Record {
-            time_ms: 1,
             kind: kind.into(),
-            reason: None,
-            from_zone: "internet".into(),
-            to_zone: "mynumber".into(),
             rule: Some("web".into()),
-            interface: "zinet".into(),
-            vlan: None,
-            protocol: 6,
             src_ip: src.parse().unwrap(),
-            src_port: Some(1),
-            dst_ip: "10.10.0.10".parse().unwrap(),
-            dst_port: Some(2),
-            src_mac: String::new(),
-            tcp_flags: None,
-            flow: None::<FlowTotals>,
-            lost_before: 0,
+            ..crate::events::sample_record()
         }
     }
 
