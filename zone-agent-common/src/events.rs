@@ -5,7 +5,7 @@
 //! bucket (`ZA_EVBUDGET`, refilled at `EventConfig::rate` per second up to
 //! `EventConfig::burst`), so a flood of denied packets costs the ring and the agent at most
 //! `rate` events per second per CPU; the ring reservation never forces a wakeup per packet
-//! (`BPF_RB_NO_WAKEUP` below `EVENT_WAKEUP_BATCH` pending records). What the bucket refuses
+//! (see `EVENT_WAKEUP_BYTES`). What the bucket refuses
 //! and what a full ring refuses is counted per CPU in `ZA_EVSTATS` ([`EventStat`]), so the
 //! agent can say exactly how many events were not delivered (`events_lost_total{stage}`),
 //! and each delivered event carries how many this CPU lost before it (`Event::lost_before`).
@@ -26,7 +26,10 @@ pub const MAP_EVENT_CONFIG: &str = "ZA_EVCONF";
 /// events, i.e. several seconds of the default budget on every CPU at once.
 pub const EVENTS_RING_BYTES: u32 = 4 << 20;
 /// The kernel wakes the reader only once this many bytes are pending (else the reader's
-/// poll interval picks them up): no wakeup per packet in a flood.
+/// poll interval picks them up): no wakeup per packet in a flood. Precisely: every record is
+/// submitted with `BPF_RB_NO_WAKEUP` except the one whose reservation makes the pending data
+/// cross this threshold, which forces a wakeup; so at most one wakeup per this many bytes
+/// produced. (Two CPUs crossing at once may both wake or neither: the poll covers a miss.)
 pub const EVENT_WAKEUP_BYTES: u64 = 64 * core::mem::size_of::<Event>() as u64;
 /// The agent reads the ring at least this often (milliseconds) when no wakeup came.
 pub const EVENT_POLL_MS: u64 = 100;
@@ -54,7 +57,10 @@ pub struct EventConfig {
 }
 
 /// `ZA_EVBUDGET[0]` (per CPU): a token bucket. Tokens are kept in units of 1/`NS` so that
-/// refilling needs no division: `tokens += elapsed_ns * rate`, capped at `burst * NS`.
+/// refilling needs no division: `tokens += elapsed_ns * rate`, capped at `burst * NS`; one
+/// event takes `NS`. `elapsed_ns` is capped at `EVENT_REFILL_MAX_NS` first (so the product
+/// fits in a u64 for any u32 rate). A bucket that was never used (`last_ns == 0`, the map's
+/// initial content, or one the agent reset) starts full.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EventBudget {
@@ -64,6 +70,11 @@ pub struct EventBudget {
     /// `Event::lost_before` and reset when one is emitted).
     pub lost: u64,
 }
+
+/// Longest refill interval counted at once: 2^32 ns (about 4.3 s), so that
+/// `elapsed * rate` fits in a u64 for every u32 `rate`. A bucket whose `burst` exceeds
+/// 4.3 s of `rate` refills over several events instead of at once.
+pub const EVENT_REFILL_MAX_NS: u64 = 1 << 32;
 
 /// What one event reports.
 #[repr(u8)]
@@ -133,6 +144,19 @@ impl FlowEnd {
             FlowEnd::Closed => "closed",
             FlowEnd::Reset => "reset",
             FlowEnd::Revoked => "revoked",
+        }
+    }
+    /// Why a flow that is found past its lifetime ended, from its `FLOW_*` flags (the same
+    /// in the data path and in the agent's sweep): a RST last, FIN both ways, or neither.
+    pub const fn of_expired(flags: u8) -> FlowEnd {
+        if flags & crate::maps::FLOW_RST != 0 {
+            FlowEnd::Reset
+        } else if flags & crate::maps::FLOW_FIN_ORIG != 0
+            && flags & crate::maps::FLOW_FIN_REPLY != 0
+        {
+            FlowEnd::Closed
+        } else {
+            FlowEnd::Idle
         }
     }
     pub const fn from_u8(v: u8) -> Option<FlowEnd> {
@@ -219,8 +243,9 @@ pub struct Event {
     pub rule: u32,
     /// Policy generation the decision was made under.
     pub generation: u32,
+    /// Source port; ICMP: the echo identifier of a request (else 0).
     pub src_port: u16,
-    /// Destination port; ICMP: `type << 8 | code`.
+    /// Destination port; ICMP: `type << 8 | code` (for a flow: of its opening packet).
     pub dst_port: u16,
     pub vlan: u16,
     pub src_mac: [u8; 6],

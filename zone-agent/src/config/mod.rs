@@ -41,6 +41,48 @@ struct File {
     flow_log_keep: Option<Spanned<u32>>,
     #[serde(default)]
     failsafe: Vec<Spanned<FailsafeFile>>,
+    #[serde(default)]
+    events: Events,
+}
+
+/// `[events]`: what the data path reports through its event ring, and its budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Events {
+    /// `events.rate`: events per second each CPU may emit (a token bucket in the kernel;
+    /// what it refuses is counted as lost, `stage="rate_limited"`).
+    pub rate: u32,
+    /// `events.burst`: events a quiet CPU may emit at once.
+    pub burst: u32,
+    /// `events.deny`: an event for every denied or audited packet (within the budget).
+    pub deny: bool,
+    /// `events.flows`: an event when a flow opens and when the data path ends one.
+    pub flows: bool,
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Events {
+            rate: zone_agent_common::EVENT_RATE_DEFAULT,
+            burst: zone_agent_common::EVENT_BURST_DEFAULT,
+            deny: true,
+            flows: true,
+        }
+    }
+}
+
+impl Events {
+    /// What the agent writes into the data path (`ZA_EVCONF`) at start.
+    pub fn kernel(&self) -> zone_agent_common::EventConfig {
+        use zone_agent_common::{EVENTS_DENY, EVENTS_FLOW};
+        zone_agent_common::EventConfig {
+            rate: self.rate,
+            burst: self.burst,
+            flags: if self.deny { EVENTS_DENY } else { 0 }
+                | if self.flows { EVENTS_FLOW } else { 0 },
+            _pad: 0,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -94,6 +136,7 @@ pub struct Settings {
     pub failsafe: Vec<Failsafe>,
     /// `None`: no flow log.
     pub flow_log: Option<FlowLog>,
+    pub events: Events,
 }
 
 /// What the command line of `run` gives: each option, if given, wins over the config file.
@@ -190,6 +233,7 @@ pub fn settings(args: &Overrides) -> Result<Settings, ConfigError> {
                 .unwrap_or(DEFAULT_FLOW_LOG_MAX_BYTES),
             keep: file.flow_log_keep.unwrap_or(DEFAULT_FLOW_LOG_KEEP),
         }),
+        events: file.events,
     })
 }
 
@@ -206,6 +250,7 @@ pub struct Parsed {
     pub flow_log: Option<PathBuf>,
     pub flow_log_max_bytes: Option<u64>,
     pub flow_log_keep: Option<u32>,
+    pub events: Events,
 }
 
 /// Parses and checks a config file; every error says file:line:column.
@@ -310,6 +355,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Parsed, ConfigError> {
         flow_log: f.flow_log,
         flow_log_max_bytes,
         flow_log_keep,
+        events: f.events,
     })
 }
 
@@ -450,6 +496,32 @@ interfaces = ["eth1"]
         let c = parse(Path::new("x.toml"), &uncommented).unwrap();
         assert_eq!(c.failsafe.len(), 1);
         assert_eq!(c.failsafe[0].ports, vec![(22, 22)]);
+    }
+
+    #[test]
+    fn events_default_on_and_configurable() {
+        let c = p("").unwrap();
+        assert_eq!(c.events, Events::default());
+        let k = c.events.kernel();
+        assert_eq!(
+            (k.rate, k.burst, k.flags),
+            (
+                zone_agent_common::EVENT_RATE_DEFAULT,
+                zone_agent_common::EVENT_BURST_DEFAULT,
+                zone_agent_common::EVENTS_DENY | zone_agent_common::EVENTS_FLOW
+            )
+        );
+        let c = p("[events]\nrate = 10\nburst = 3\nflows = false\n").unwrap();
+        let k = c.events.kernel();
+        assert_eq!(
+            (k.rate, k.burst, k.flags),
+            (10, 3, zone_agent_common::EVENTS_DENY)
+        );
+        let e = p("[events]\nrat = 1\n").unwrap_err().to_string();
+        assert!(
+            e.starts_with("za.toml:2:1:") && e.contains("unknown field"),
+            "{e}"
+        );
     }
 
     #[test]

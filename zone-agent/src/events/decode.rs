@@ -13,8 +13,8 @@ use std::{
 };
 
 use zone_agent_common::{
-    DropReason, EVENT_V6, EVENT_VLAN, Event, EventKind, FAMILY_V4, FLOW_FIN_ORIG, FLOW_FIN_REPLY,
-    FLOW_RST, FlowEnd, FlowKey, FlowState, NO_RULE, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+    DropReason, EVENT_V6, EVENT_VLAN, Event, EventKind, FAMILY_V4, FlowEnd, FlowKey, FlowState,
+    NO_RULE, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
 };
 
 use super::{FlowTotals, Record};
@@ -81,17 +81,6 @@ fn ports(proto: u8, src: u16, dst: u16) -> (Option<u16>, Option<u16>) {
         PROTO_TCP | PROTO_UDP => (Some(src), Some(dst)),
         PROTO_ICMP | PROTO_ICMPV6 => (None, Some(dst)),
         _ => (None, None),
-    }
-}
-
-/// Why a flow the sweep removed ended, from its `FLOW_*` flags.
-pub fn flow_end_reason(flags: u8) -> FlowEnd {
-    if flags & FLOW_RST != 0 {
-        FlowEnd::Reset
-    } else if flags & FLOW_FIN_ORIG != 0 && flags & FLOW_FIN_REPLY != 0 {
-        FlowEnd::Closed
-    } else {
-        FlowEnd::Idle
     }
 }
 
@@ -236,7 +225,7 @@ impl Decoder {
         Record {
             time_ms: self.wall_ms(now_ns),
             kind: EventKind::FlowEnd.label().to_string(),
-            reason: Some(flow_end_reason(st.flags).label().to_string()),
+            reason: Some(FlowEnd::of_expired(st.flags).label().to_string()),
             from_zone: self.zone(st.generation, st.from_zone),
             to_zone: self.zone(st.generation, st.to_zone),
             rule: self.rule(st.generation, st.rule),
@@ -264,6 +253,7 @@ impl Decoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use zone_agent_common::{FLOW_FIN_ORIG, FLOW_FIN_REPLY};
 
     fn names() -> SetNames {
         SetNames {
@@ -381,7 +371,5 @@ mod tests {
             (f.orig_bytes, f.reply_bytes, f.duration_ms),
             (200, 90, 2500)
         );
-        assert_eq!(flow_end_reason(FLOW_RST), FlowEnd::Reset);
-        assert_eq!(flow_end_reason(0), FlowEnd::Idle);
     }
 }

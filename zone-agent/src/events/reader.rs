@@ -30,6 +30,22 @@ pub trait Ring: Send {
     fn wait(&mut self, timeout: Duration);
 }
 
+/// The data path's ring (`ZA_EVENTS`).
+impl Ring for aya::maps::RingBuf<aya::maps::MapData> {
+    fn drain(&mut self, f: &mut dyn FnMut(&[u8])) -> usize {
+        let mut n = 0;
+        while let Some(item) = self.next() {
+            f(&item);
+            n += 1;
+        }
+        n
+    }
+    fn wait(&mut self, timeout: Duration) {
+        use std::os::fd::AsFd as _;
+        poll_readable(self.as_fd(), timeout);
+    }
+}
+
 /// Waits for `fd` to become readable (a ring buffer's fd polls readable when the kernel
 /// woke it), at most `timeout`.
 pub fn poll_readable(fd: BorrowedFd<'_>, timeout: Duration) {
@@ -86,11 +102,13 @@ pub fn spawn(
 pub struct SweptFlows {
     pub decoder: Decoder,
     pub queue: Queue,
+    /// `events.flows`: flow events wanted at all.
+    pub enabled: bool,
 }
 
 impl SweptFlows {
     pub fn ended(&mut self, flows: &[(FlowKey, FlowState)]) {
-        if flows.is_empty() {
+        if flows.is_empty() || !self.enabled {
             return;
         }
         self.decoder.sync_clock();

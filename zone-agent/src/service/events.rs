@@ -32,11 +32,13 @@ fn names_of(shared: &Arc<Shared>) -> NamesOf {
 }
 
 /// Starts the fan-out (and the ring reader, given the ring) and returns what the expiry
-/// sweep hands its removed flows to. Fails only if the flow log cannot be opened.
+/// sweep hands its removed flows to (`flows`: `events.flows`, else the sweep reports none).
+/// Fails only if the flow log cannot be opened.
 pub fn start(
     shared: &Arc<Shared>,
     flow_log: Option<FlowLogSettings>,
     ring: Option<Box<dyn Ring>>,
+    flows: bool,
 ) -> anyhow::Result<SweptFlows> {
     let mut sinks: Vec<Box<dyn Sink>> = vec![
         Box::new(shared.recent.clone()),
@@ -58,5 +60,6 @@ pub fn start(
     Ok(SweptFlows {
         decoder: Decoder::new(names_of(shared)),
         queue,
+        enabled: flows,
     })
 }

@@ -193,8 +193,8 @@ pub fn render(dp: &View<'_>, t: &Telemetry) -> Result<String, DatapathError> {
         refused.with_label_values(&[listener]).inc_by(n);
     }
 
-    // TODO(ev-kernel merge): the kernel's ZA_EVSTATS, summed over CPUs.
-    event_metrics(&reg, &|_| 0);
+    let kernel_events = dp.event_stats()?;
+    event_metrics(&reg, &|s| kernel_events[s as usize]);
 
     let mut buf = Vec::new();
     TextEncoder::new()
