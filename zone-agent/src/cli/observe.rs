@@ -105,6 +105,8 @@ pub fn observe(args: ObserveArgs) -> anyhow::Result<ExitCode> {
     if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
         anyhow::bail!("the agent answered: {e}");
     }
+    // On standard error, so that `--json` output stays pure JSON lines.
+    eprintln!("observing {} (until interrupted)", v["observing"]);
     let out = std::io::stdout();
     for line in lines {
         let line = line.context("reading from the agent")?;
