@@ -525,6 +525,35 @@ interfaces = ["eth1"]
     }
 
     #[test]
+    fn flow_log_keys_defaults_and_the_command_line() {
+        let c = p("flow_log = \"/var/log/za.json\"\nflow_log_keep = 2\n").unwrap();
+        assert_eq!(c.flow_log_keep, Some(2));
+        assert_eq!(c.flow_log_max_bytes, None);
+        let e = p("flow_log_max_bytes = 100\n").unwrap_err().to_string();
+        assert!(
+            e.starts_with("za.toml:1:22:") && e.contains("4096 to"),
+            "{e}"
+        );
+        let e = p("flow_log_keep = 5000\n").unwrap_err().to_string();
+        assert!(e.contains("0 to 1000"), "{e}");
+        // No flow log unless asked for; the flag alone takes the defaults.
+        assert_eq!(settings(&Overrides::default()).unwrap().flow_log, None);
+        let s = settings(&Overrides {
+            flow_log: Some("/tmp/f.json".into()),
+            ..Overrides::default()
+        })
+        .unwrap();
+        assert_eq!(
+            s.flow_log,
+            Some(FlowLog {
+                path: "/tmp/f.json".into(),
+                max_bytes: DEFAULT_FLOW_LOG_MAX_BYTES,
+                keep: DEFAULT_FLOW_LOG_KEEP,
+            })
+        );
+    }
+
+    #[test]
     fn errors_name_the_place_and_the_fix() {
         let e = p("policy = \"x\"\nmetrcs_addr = \"1\"\n")
             .unwrap_err()

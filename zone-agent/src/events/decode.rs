@@ -6,11 +6,7 @@
 //! names never change), so an event of a just-replaced generation still gets its names. An
 //! event of a generation the agent no longer knows decodes with ids (`#3`).
 
-use std::{
-    collections::HashMap,
-    net::IpAddr,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, net::IpAddr};
 
 use zone_agent_common::{
     DropReason, EVENT_V6, EVENT_VLAN, Event, EventKind, FAMILY_V4, FlowEnd, FlowKey, FlowState,
@@ -24,15 +20,14 @@ use crate::{datapath::stats::monotonic_coarse_ns, telemetry::SetNames};
 pub type NamesOf = Box<dyn Fn(u32) -> Option<SetNames> + Send>;
 
 /// Generations whose names are kept (a reload adds one; events of older ones are rare).
+/// A generation not known is asked for again at its next event (cheap: the lookup clones
+/// an `Arc` and finds nothing), so a reload's names are used as soon as they are published.
 const NAMES_KEPT: usize = 8;
-/// How long a generation the agent did not know is not asked for again.
-const MISS_RETRY: Duration = Duration::from_secs(1);
 
 /// Turns kernel events (and flows the expiry sweep removed) into [`Record`]s.
 pub struct Decoder {
     names_of: NamesOf,
     names: HashMap<u32, SetNames>,
-    misses: HashMap<u32, Instant>,
     ifnames: HashMap<u32, String>,
     /// Wall-clock minus coarse-monotonic time, in ns (see [`Decoder::sync_clock`]).
     offset_ns: i128,
@@ -99,7 +94,6 @@ impl Decoder {
         let mut d = Decoder {
             names_of,
             names: HashMap::new(),
-            misses: HashMap::new(),
             ifnames: HashMap::new(),
             offset_ns: 0,
         };
@@ -121,27 +115,12 @@ impl Decoder {
 
     fn names(&mut self, generation: u32) -> Option<&SetNames> {
         if !self.names.contains_key(&generation) {
-            if self
-                .misses
-                .get(&generation)
-                .is_some_and(|t| t.elapsed() < MISS_RETRY)
-            {
-                return None;
+            let n = (self.names_of)(generation)?;
+            if self.names.len() >= NAMES_KEPT {
+                let oldest = *self.names.keys().min().expect("not empty");
+                self.names.remove(&oldest);
             }
-            match (self.names_of)(generation) {
-                Some(n) => {
-                    if self.names.len() >= NAMES_KEPT {
-                        let oldest = *self.names.keys().min().expect("not empty");
-                        self.names.remove(&oldest);
-                    }
-                    self.names.insert(generation, n);
-                    self.misses.remove(&generation);
-                }
-                None => {
-                    self.misses.insert(generation, Instant::now());
-                    return None;
-                }
-            }
+            self.names.insert(generation, n);
         }
         self.names.get(&generation)
     }
@@ -332,6 +311,18 @@ mod tests {
         assert!(event_of(&[0u8; 10]).is_none());
         let bytes = [0u8; std::mem::size_of::<Event>()];
         assert_eq!(event_of(&bytes), Some(Event::default()));
+    }
+
+    /// A reload's names are used as soon as they are published, even if an event of the
+    /// new generation came first.
+    #[test]
+    fn names_published_after_the_first_event_are_picked_up() {
+        let published = std::sync::Arc::new(std::sync::Mutex::new(None::<SetNames>));
+        let p = published.clone();
+        let mut d = Decoder::new(Box::new(move |_| p.lock().unwrap().clone()));
+        assert_eq!(d.decode(&deny()).unwrap().from_zone, "#2");
+        *published.lock().unwrap() = Some(names());
+        assert_eq!(d.decode(&deny()).unwrap().from_zone, "internet");
     }
 
     #[test]
