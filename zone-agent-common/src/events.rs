@@ -40,7 +40,10 @@ pub const EVENT_BURST_DEFAULT: u32 = 500;
 
 /// `EventConfig.flags`: which events the data path emits. 0 (the map's initial content,
 /// and what an agent that does not want events writes): none.
+/// `Deny` and `Audit` events (denied and audited packets, an audit rule's pass).
 pub const EVENTS_DENY: u32 = 1;
+/// `FlowOpen` and `FlowEnd` events (the ends the data path sees: expired on lookup,
+/// revoked after a reload; the agent's sweep reports the flows it removes).
 pub const EVENTS_FLOW: u32 = 1 << 1;
 
 /// `ZA_EVCONF[0]`, written by the agent at start.

@@ -74,8 +74,8 @@ fn take_token(cfg: &EventConfig, b: &mut EventBudget, now: u64) -> bool {
     true
 }
 
-/// A record in the ring for an event of `kind`, with `time_ns` and `lost_before` written, or
-/// `None` (refused by the bucket or by the full ring: counted, and added to `lost`).
+/// A record in the ring, with `time_ns` and `lost_before` written, or `None` (refused by
+/// the bucket or by the full ring: counted, and added to `lost`).
 #[inline(always)]
 fn reserve(cfg: &EventConfig, now: u64) -> Option<RingBufEntry<Event>> {
     // SAFETY: per-CPU slot, this CPU only (XDP does not nest).
