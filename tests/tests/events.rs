@@ -178,15 +178,14 @@ assert got == n, f"echoed {got} of {n}"
         .unwrap_or_else(|_| panic!("no local port: {out}"))
 }
 
-/// `zone-agent observe --json <filter>` in the gateway, its output in the lab log `name`;
-/// returns once it is subscribed.
+/// `zone-agent observe <args>` in the gateway, its output in the lab log `name`; returns
+/// once it is subscribed.
 fn observe(s: &Setup, filter: &[&str], name: &str) -> ChildGuard {
     let bin = zone_agent_lab::agent_bin();
     let state = agent::state_dir(&s.lab);
     let mut argv = vec![
         bin.to_str().unwrap(),
         "observe",
-        "--json",
         "--state-dir",
         state.to_str().unwrap(),
     ];
@@ -390,8 +389,14 @@ fn observe_shows_a_denial_at_once_and_drops_a_stalled_client() {
     let attacker = format!("{}/32", s.inet.v4);
     let deny = observe(
         &s,
-        &["--verdict", "deny", "--host", &attacker],
+        &["--json", "--verdict", "deny", "--host", &attacker],
         "observe-deny",
+    );
+    let human = observe(&s, &["--zone", "mynumber"], "observe-human");
+    let flows = observe(
+        &s,
+        &["--json", "--verdict", "allow", "--rule", "relay-https"],
+        "observe-flows",
     );
     let _tcp_server = tcp_echo(&s.lab, &s.my, 443, false);
     tcp_echo_once(&s.lab, &s.lg, s.my.v4, 443, 10);
@@ -427,6 +432,30 @@ fn observe_shows_a_denial_at_once_and_drops_a_stalled_client() {
         "the deny filter let another kind through:\n{}",
         deny.log_text()
     );
+    // The human line, and the allowed flow under its rule (not the denial).
+    let line = format!(
+        "internet -> mynumber tcp {}:{} -> {}:22 reason=no_rule iface=zinet",
+        s.inet.v4, r["src_port"], s.my.v4
+    );
+    wait_until(T, "the human client shows the denial", || {
+        human
+            .log_text()
+            .lines()
+            .any(|l| l.contains(" deny ") && l.contains(&line))
+    });
+    wait_until(T, "the allow/rule client shows the flow", || {
+        observed(&flows)
+            .iter()
+            .any(|r| r["kind"] == "flow_open" && r["dst_port"] == 443)
+    });
+    assert!(
+        observed(&flows)
+            .iter()
+            .all(|r| r["rule"] == "relay-https" && r["kind"] != "deny"),
+        "{}",
+        flows.log_text()
+    );
+    drop((human, flows));
 
     // A client that asks for everything and never reads.
     let sock = agent::state_dir(&s.lab).join("admin.sock");
@@ -549,7 +578,7 @@ fn counters_and_the_event_budget_are_exact() {
     let attacker = format!("{}/32", s.inet.v4);
     let watcher = observe(
         &s,
-        &["--verdict", "deny", "--host", &attacker],
+        &["--json", "--verdict", "deny", "--host", &attacker],
         "observe-exact",
     );
     let before = settled(&s.lab);

@@ -59,7 +59,7 @@ pub struct AdminArgs {
 #[derive(clap::Args, Debug)]
 pub struct ObserveArgs {
     /// Only this verdict: allow (flows opened and ended), deny or audit.
-    #[arg(long, value_parser = ["allow", "deny", "audit"])]
+    #[arg(long, value_parser = crate::events::observe::VERDICTS)]
     pub verdict: Option<String>,
     /// Only traffic from or to this zone.
     #[arg(long)]

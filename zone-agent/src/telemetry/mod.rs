@@ -52,10 +52,56 @@ pub static EVENTS: EventCounters = EventCounters {
     observe_dropped: AtomicU64::new(0),
 };
 
+/// The counters of [`EventCounters`] that a restarted agent continues (saved in
+/// `telemetry.json` like the other totals; the kernel's own are pinned).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EventTotals {
+    pub flow_end_swept: u64,
+    pub lost_agent_queue: u64,
+    pub lost_flow_log: u64,
+    pub lost_undecodable: u64,
+    pub observe_dropped: u64,
+}
+
 impl EventCounters {
     /// Adds one to `c` (relaxed: a counter read by scrapes only).
     pub fn inc(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn counters(&self) -> [&AtomicU64; 5] {
+        [
+            &self.flow_end_swept,
+            &self.lost_agent_queue,
+            &self.lost_flow_log,
+            &self.lost_undecodable,
+            &self.observe_dropped,
+        ]
+    }
+
+    pub fn totals(&self) -> EventTotals {
+        let [a, b, c, d, e] = self.counters().map(|x| x.load(Ordering::Relaxed));
+        EventTotals {
+            flow_end_swept: a,
+            lost_agent_queue: b,
+            lost_flow_log: c,
+            lost_undecodable: d,
+            observe_dropped: e,
+        }
+    }
+
+    /// Adds what a previous run counted (once, at start).
+    pub fn restore(&self, t: &EventTotals) {
+        let saved = [
+            t.flow_end_swept,
+            t.lost_agent_queue,
+            t.lost_flow_log,
+            t.lost_undecodable,
+            t.observe_dropped,
+        ];
+        for (c, n) in self.counters().into_iter().zip(saved) {
+            c.fetch_add(n, Ordering::Relaxed);
+        }
     }
 }
 
