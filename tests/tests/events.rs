@@ -57,6 +57,17 @@ struct Setup {
     inet: Host,
     agent: ChildGuard,
     flow_log: PathBuf,
+    policy: PathBuf,
+    config: PathBuf,
+}
+
+impl Setup {
+    /// Starts the agent (again) with the lab's policy and config.
+    fn start(&self) -> ChildGuard {
+        Start::new(&self.lab, &self.policy)
+            .config(Some(&self.config))
+            .run()
+    }
 }
 
 /// A three-zone IPv4 lab (IPv6 off on the hosts: no link-local chatter takes event tokens)
@@ -82,6 +93,8 @@ fn setup(name: &str, config: &str) -> Setup {
         inet,
         agent,
         flow_log,
+        policy,
+        config: cfg,
     }
 }
 
@@ -333,11 +346,12 @@ fn flow_log_reports_tcp_and_udp_flows_with_exact_counts() {
 }
 
 /// A small `flow_log_max_bytes` with `flow_log_keep = 2`: FILE, FILE.1 and FILE.2, each
-/// within the bound and whole JSON lines, and never a FILE.3.
+/// within the bound and whole JSON lines, and never a FILE.3. A restarted agent appends to
+/// FILE and its event counters continue.
 #[test]
 fn flow_log_rotates_keeping_the_configured_count() {
     const MAX: u64 = 4096;
-    let s = setup(
+    let mut s = setup(
         "ev_rotate",
         &format!("flow_log_max_bytes = {MAX}\nflow_log_keep = 2\n"),
     );
@@ -377,6 +391,33 @@ fn flow_log_rotates_keeping_the_configured_count() {
             p.display()
         );
     }
+    // Restart: the counters continue (the kernel's are pinned, the agent's saved), and
+    // the next denial is appended to FILE.
+    assert!(s.agent.stop().is_some_and(|st| st.success()));
+    let kept = records(&s.flow_log).len();
+    s.agent = s.start();
+    assert_eq!(
+        records(&s.flow_log).len(),
+        kept,
+        "the restart truncated FILE"
+    );
+    let again = agent::metrics(&s.lab);
+    for (name, labels) in [
+        ("zone_agent_events_total", [("kind", "deny")]),
+        ("zone_agent_events_lost_total", [("stage", "flow_log")]),
+    ] {
+        assert!(
+            again.get(name, &labels) >= m.get(name, &labels),
+            "{name}{labels:?} went back after a restart:\n{}",
+            again.changes(&m)
+        );
+    }
+    hping3(&s.lab, &s.inet, &["-n", "-S", "-p", "22", "-c", "1", &dst]);
+    wait_until(T, "the restarted agent appends to FILE", || {
+        // One more line, or (it did not fit) a rotation and a FILE of that one line.
+        let n = records(&s.flow_log).len();
+        n == kept + 1 || n == 1
+    });
     drop(s.agent);
 }
 
@@ -613,6 +654,30 @@ fn counters_and_the_event_budget_are_exact() {
         "hping3 did not run: {out:?}"
     );
     let after = settled(&s.lab);
+    // Every kind and every stage is exported, also at 0.
+    for (name, label, values) in [
+        (
+            "zone_agent_events_total",
+            "kind",
+            &["deny", "audit", "flow_open", "flow_end"][..],
+        ),
+        (
+            "zone_agent_events_lost_total",
+            "stage",
+            &[
+                "rate_limited",
+                "ring_full",
+                "agent_queue",
+                "undecodable",
+                "flow_log",
+            ][..],
+        ),
+    ] {
+        for v in values {
+            let sample = format!("{name}{{{label}=\"{v}\"}}");
+            assert!(after.0.contains(&sample), "no {sample} in /metrics");
+        }
+    }
     let zone = |from: &str, verdict: &str, what: &str| {
         after.delta(
             &before,
