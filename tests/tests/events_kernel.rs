@@ -457,3 +457,44 @@ fn events_off_means_nothing_in_the_ring_and_no_counts() {
         assert_eq!((st.orig_packets, st.reply_packets), (1, 1));
     });
 }
+
+/// The agent's sweep (`expire`) returns the flows it removes, counters and all, so that
+/// their end is reported the same way as the data path's (`Event::flow_end`).
+#[test]
+fn swept_flows_come_back_with_their_counters() {
+    probe(|| {
+        let mut p = Probe::new(POLICY, Some(on(1000, 100)));
+        let (a, b) = (ip("10.20.5.10"), ip("10.10.9.20"));
+        let syn = Frame::new(a, b).tcp(40000, 443, SYN).mac(MAC);
+        let reply = Frame::new(b, a).tcp(443, 40000, SYN | ACK).payload(10);
+        assert_eq!(p.run("evlg", &syn.bytes()), XDP_PASS);
+        assert_eq!(p.run("evmyn", &reply.bytes()), XDP_PASS);
+        let (key, mut st, _) = p.flow(a, 40000, b, 443);
+        st.last_seen_ns -= flow_lifetime(PROTO_TCP, st.flags) + NS;
+        p.dp.maps.flows.insert(key, st, 0).unwrap();
+
+        let swept = p.dp.expire();
+        assert_eq!(swept, vec![(key, st)]);
+        assert_eq!(p.dp.maps.flow_entries(), (0, 0));
+        let e = Event::flow_end(&key, &st, FlowEnd::of_expired(st.flags), 7, 0);
+        assert_eq!(FlowEnd::from_u8(e.reason), Some(FlowEnd::Idle));
+        assert_eq!((e.src, e.dst), (addr16(a), addr16(b)));
+        assert_eq!((e.src_port, e.dst_port, e.proto), (40000, 443, PROTO_TCP));
+        assert_eq!(
+            (e.orig_packets, e.orig_bytes),
+            (1, syn.bytes().len() as u64)
+        );
+        assert_eq!(
+            (e.reply_packets, e.reply_bytes),
+            (1, reply.bytes().len() as u64)
+        );
+        assert_eq!(
+            (e.src_mac, e.from_zone, e.to_zone),
+            (MAC, lgwan(), mynumber())
+        );
+        assert_eq!(e.flags, EVENT_FLOW_REPLIED);
+        // The sweep is the agent's: the data path reported nothing but the opening.
+        let kinds: Vec<u8> = p.drain().iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, vec![EventKind::FlowOpen as u8]);
+    });
+}

@@ -268,6 +268,95 @@ pub struct Event {
     pub _pad: u8,
 }
 
+/// `(src_port, dst_port)` of an event: the ports, or for ICMP/ICMPv6 the echo identifier as
+/// the flow table keeps it (the source port of a request, else 0) and `type << 8 | code`.
+#[inline(always)]
+pub const fn event_ports(proto: u8, sport: u16, dport: u16, icmp_type: u8, code: u8) -> (u16, u16) {
+    if proto == crate::maps::PROTO_ICMP || proto == crate::maps::PROTO_ICMPV6 {
+        (sport, (icmp_type as u16) << 8 | code as u16)
+    } else {
+        (sport, dport)
+    }
+}
+
+/// `EVENT_V6` and `EVENT_VLAN` of an address family and VLAN id.
+#[inline(always)]
+pub const fn event_flags(family: u8, vlan: u16) -> u8 {
+    (if family == crate::maps::FAMILY_V6 {
+        EVENT_V6
+    } else {
+        0
+    }) | (if vlan != 0 { EVENT_VLAN } else { 0 })
+}
+
+impl Event {
+    /// The `FlowEnd` record of flow `k` (`st` as it was when it ended): its opener's tuple,
+    /// MAC and interface, its counters and start. What the data path writes when it removes
+    /// a flow, and what the agent reports for the flows its sweep removes
+    /// (`Maps::expire`, with `FlowEnd::of_expired`).
+    #[inline(always)]
+    pub fn flow_end(
+        k: &crate::maps::FlowKey,
+        st: &crate::maps::FlowState,
+        end: FlowEnd,
+        time_ns: u64,
+        lost_before: u64,
+    ) -> Event {
+        use crate::maps::*;
+        // The opener is end `a` or `b` of the key.
+        let (src, sport, dst, dport) = if st.orig_is_a != 0 {
+            (k.a, k.a_port, k.b, k.b_port)
+        } else {
+            (k.b, k.b_port, k.a, k.a_port)
+        };
+        // An echo flow keeps no ICMP type: its opener's is the request when the opener's
+        // identifier sits in its source port (see `event_ports`), else the reply.
+        let echo = match (k.family == FAMILY_V4, sport != 0) {
+            (true, true) => ICMP_ECHO_REQUEST,
+            (true, false) => ICMP_ECHO_REPLY,
+            (false, true) => ICMPV6_ECHO_REQUEST,
+            (false, false) => ICMPV6_ECHO_REPLY,
+        };
+        let (src_port, dst_port) = event_ports(k.proto, sport, dport, echo, 0);
+        let audit = if st.flags & FLOW_AUDIT != 0 {
+            EVENT_FLOW_AUDIT
+        } else {
+            0
+        };
+        let replied = if st.flags & FLOW_REPLIED != 0 {
+            EVENT_FLOW_REPLIED
+        } else {
+            0
+        };
+        Event {
+            time_ns,
+            start_ns: st.start_ns,
+            orig_packets: st.orig_packets,
+            orig_bytes: st.orig_bytes,
+            reply_packets: st.reply_packets,
+            reply_bytes: st.reply_bytes,
+            lost_before,
+            src,
+            dst,
+            ifindex: st.orig_ifindex,
+            rule: st.rule,
+            generation: st.generation,
+            src_port,
+            dst_port,
+            vlan: st.orig_vlan,
+            src_mac: st.orig_mac,
+            kind: EventKind::FlowEnd as u8,
+            reason: end as u8,
+            from_zone: st.from_zone,
+            to_zone: st.to_zone,
+            proto: k.proto,
+            tcp_flags: st.flags,
+            flags: event_flags(k.family, st.orig_vlan) | audit | replied,
+            _pad: 0,
+        }
+    }
+}
+
 const _: () = assert!(core::mem::size_of::<Event>() == 120);
 const _: () = assert!(core::mem::size_of::<EventConfig>() == 16);
 const _: () = assert!(core::mem::size_of::<EventBudget>() == 24);

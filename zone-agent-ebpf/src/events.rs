@@ -117,23 +117,6 @@ fn submit(e: RingBufEntry<Event>, kind: EventKind) {
     count(EventStat::emitted(kind));
 }
 
-/// `(src_port, dst_port)` of an event: the ports, or for ICMP the echo identifier (as the
-/// parser keeps it in `sport`) and `type << 8 | code`.
-#[inline(always)]
-fn ports(proto: u8, sport: u16, dport: u16, icmp_type: u8, icmp_code: u8) -> (u16, u16) {
-    if proto == PROTO_ICMP || proto == PROTO_ICMPV6 {
-        (sport, (icmp_type as u16) << 8 | icmp_code as u16)
-    } else {
-        (sport, dport)
-    }
-}
-
-/// `EVENT_V6` and `EVENT_VLAN` of a family and VLAN id.
-#[inline(always)]
-fn base_flags(family: u8, vlan: u16) -> u8 {
-    (if family == FAMILY_V6 { EVENT_V6 } else { 0 }) | (if vlan != 0 { EVENT_VLAN } else { 0 })
-}
-
 /// The packet's part of a record: tuple as it arrived, VLAN, MAC, TCP flags; counters 0.
 ///
 /// # Safety
@@ -141,7 +124,7 @@ fn base_flags(family: u8, vlan: u16) -> u8 {
 #[inline(always)]
 unsafe fn fill_packet(r: *mut Event, p: &Packet) {
     let t = &p.t;
-    let (sport, dport) = ports(t.proto, t.sport, t.dport, p.icmp_type, p.icmp_code);
+    let (sport, dport) = event_ports(t.proto, t.sport, t.dport, p.icmp_type, p.icmp_code);
     // SAFETY: the caller's contract.
     unsafe {
         (*r).start_ns = 0;
@@ -183,7 +166,7 @@ pub fn decision(s: &Scratch) {
         (*r).reason = n.reason;
         (*r).from_zone = n.from;
         (*r).to_zone = n.to;
-        (*r).flags = base_flags(s.packet.t.family, s.packet.vlan);
+        (*r).flags = event_flags(s.packet.t.family, s.packet.vlan);
     }
     let kind = if n.kind == EventKind::Audit as u8 {
         EventKind::Audit
@@ -214,14 +197,14 @@ pub fn flow_open(ifindex: u32, generation: u32, s: &Scratch) {
         (*r).reason = 0;
         (*r).from_zone = s.zones.from;
         (*r).to_zone = s.zones.to;
-        (*r).flags = base_flags(s.packet.t.family, s.packet.vlan)
+        (*r).flags = event_flags(s.packet.t.family, s.packet.vlan)
             | if s.pass.audit { EVENT_FLOW_AUDIT } else { 0 };
     }
     submit(e, EventKind::FlowOpen);
 }
 
-/// The data path removes the flow `k` (`st`, read before the removal): its opener's tuple,
-/// MAC and interface, its counters and start, why it ended.
+/// The data path removes the flow `k` (`st`, read before the removal): see
+/// `Event::flow_end`.
 // Own BPF function, see the module comment.
 #[inline(never)]
 pub fn flow_end(k: &FlowKey, st: &FlowState, end: FlowEnd) {
@@ -231,55 +214,8 @@ pub fn flow_end(k: &FlowKey, st: &FlowState, end: FlowEnd) {
     let Some(mut e) = reserve(&cfg, state::now()) else {
         return;
     };
-    // The opener is end `a` or `b` of the key.
-    let (src, sport, dst, dport) = if st.orig_is_a != 0 {
-        (&k.a, k.a_port, &k.b, k.b_port)
-    } else {
-        (&k.b, k.b_port, &k.a, k.a_port)
-    };
-    // An echo flow keeps no ICMP type: its opener's is the request when the opener's
-    // identifier sits in its source port (see `parse::icmp_ports`), else the reply.
-    let echo = match (k.family == FAMILY_V4, sport != 0) {
-        (true, true) => ICMP_ECHO_REQUEST,
-        (true, false) => ICMP_ECHO_REPLY,
-        (false, true) => ICMPV6_ECHO_REQUEST,
-        (false, false) => ICMPV6_ECHO_REPLY,
-    };
-    let (sport, dport) = ports(k.proto, sport, dport, echo, 0);
-    let flow_flags = (if st.flags & FLOW_AUDIT != 0 {
-        EVENT_FLOW_AUDIT
-    } else {
-        0
-    }) | (if st.flags & FLOW_REPLIED != 0 {
-        EVENT_FLOW_REPLIED
-    } else {
-        0
-    });
     let r = e.as_mut_ptr();
-    // SAFETY: `r` is the reserved record.
-    unsafe {
-        (*r).start_ns = st.start_ns;
-        (*r).orig_packets = st.orig_packets;
-        (*r).orig_bytes = st.orig_bytes;
-        (*r).reply_packets = st.reply_packets;
-        (*r).reply_bytes = st.reply_bytes;
-        (*r).src = *src;
-        (*r).dst = *dst;
-        (*r).ifindex = st.orig_ifindex;
-        (*r).rule = st.rule;
-        (*r).generation = st.generation;
-        (*r).src_port = sport;
-        (*r).dst_port = dport;
-        (*r).vlan = st.orig_vlan;
-        (*r).src_mac = st.orig_mac;
-        (*r).kind = EventKind::FlowEnd as u8;
-        (*r).reason = end as u8;
-        (*r).from_zone = st.from_zone;
-        (*r).to_zone = st.to_zone;
-        (*r).proto = k.proto;
-        (*r).tcp_flags = st.flags;
-        (*r).flags = base_flags(k.family, st.orig_vlan) | flow_flags;
-        (*r)._pad = 0;
-    }
+    // SAFETY: `r` is the reserved record; `reserve` wrote its time and `lost_before`.
+    unsafe { r.write(Event::flow_end(k, st, end, (*r).time_ns, (*r).lost_before)) };
     submit(e, EventKind::FlowEnd);
 }
