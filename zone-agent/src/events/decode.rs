@@ -9,8 +9,8 @@
 use std::{collections::HashMap, net::IpAddr};
 
 use zone_agent_common::{
-    DropReason, EVENT_V6, EVENT_VLAN, Event, EventKind, FAMILY_V4, FlowEnd, FlowKey, FlowState,
-    NO_RULE, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+    DropReason, EVENT_V6, EVENT_VLAN, Event, EventKind, FlowEnd, FlowKey, FlowState, NO_RULE,
+    PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
 };
 
 use super::{FlowTotals, Record};
@@ -87,6 +87,13 @@ pub fn event_of(bytes: &[u8]) -> Option<Event> {
     // SAFETY: the length matches and `Event` is plain data with no invalid bit patterns
     // (repr(C), integers only); the ring gives no alignment guarantee, hence unaligned.
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
+}
+
+/// The `flow_end` event of a flow the agent's expiry sweep removed: the data path's own
+/// record (`Event::flow_end`), why it ended from its flags, and its last packet as the
+/// time, so that its duration is first to last packet (not the idle time after it).
+pub fn swept_flow_end(k: &FlowKey, st: &FlowState) -> Event {
+    Event::flow_end(k, st, FlowEnd::of_expired(st.flags), st.last_seen_ns, 0)
 }
 
 impl Decoder {
@@ -189,50 +196,12 @@ impl Decoder {
             lost_before: e.lost_before,
         })
     }
-
-    /// A flow the expiry sweep removed (`now_ns`: the sweep's kernel-clock time), as a
-    /// `flow_end` record: opener → responder, its counters, why it ended.
-    pub fn flow_end(&mut self, k: &FlowKey, st: &FlowState, now_ns: u64) -> Record {
-        let v6 = k.family != FAMILY_V4;
-        let ends = [(addr(&k.a, v6), k.a_port), (addr(&k.b, v6), k.b_port)];
-        let (orig, resp) = if st.orig_is_a != 0 {
-            (ends[0], ends[1])
-        } else {
-            (ends[1], ends[0])
-        };
-        let (src_port, dst_port) = ports(k.proto, orig.1, resp.1);
-        Record {
-            time_ms: self.wall_ms(now_ns),
-            kind: EventKind::FlowEnd.label().to_string(),
-            reason: Some(FlowEnd::of_expired(st.flags).label().to_string()),
-            from_zone: self.zone(st.generation, st.from_zone),
-            to_zone: self.zone(st.generation, st.to_zone),
-            rule: self.rule(st.generation, st.rule),
-            interface: self.interface(st.orig_ifindex),
-            vlan: (st.orig_vlan != 0).then_some(st.orig_vlan),
-            protocol: k.proto,
-            src_ip: orig.0,
-            src_port,
-            dst_ip: resp.0,
-            dst_port,
-            src_mac: mac(&st.orig_mac),
-            tcp_flags: None,
-            flow: Some(FlowTotals {
-                orig_packets: st.orig_packets,
-                orig_bytes: st.orig_bytes,
-                reply_packets: st.reply_packets,
-                reply_bytes: st.reply_bytes,
-                duration_ms: st.last_seen_ns.saturating_sub(st.start_ns) / 1_000_000,
-            }),
-            lost_before: 0,
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use zone_agent_common::{FLOW_FIN_ORIG, FLOW_FIN_REPLY};
+    use zone_agent_common::{FAMILY_V4, FLOW_FIN_ORIG, FLOW_FIN_REPLY};
 
     fn names() -> SetNames {
         SetNames {
@@ -352,7 +321,7 @@ mod tests {
             flags: FLOW_FIN_ORIG | FLOW_FIN_REPLY,
             ..FlowState::default()
         };
-        let r = d.flow_end(&k, &st, monotonic_coarse_ns());
+        let r = d.decode(&swept_flow_end(&k, &st)).unwrap();
         assert_eq!(r.src_ip, "10.10.0.10".parse::<IpAddr>().unwrap());
         assert_eq!((r.src_port, r.dst_port), (Some(5000), Some(53)));
         assert_eq!(r.rule.as_deref(), Some("web"));

@@ -14,13 +14,10 @@ use tracing::{info, warn};
 use zone_agent_common::{EVENT_POLL_MS, FlowKey, FlowState};
 
 use super::{
-    decode::{Decoder, event_of},
+    decode::{Decoder, event_of, swept_flow_end},
     fanout::Queue,
 };
-use crate::{
-    datapath::stats::monotonic_coarse_ns,
-    telemetry::{EVENTS, EventCounters},
-};
+use crate::telemetry::{EVENTS, EventCounters};
 
 /// A ring of kernel records (the `ZA_EVENTS` ring buffer; a test's fake).
 pub trait Ring: Send {
@@ -112,10 +109,14 @@ impl SweptFlows {
             return;
         }
         self.decoder.sync_clock();
-        let now = monotonic_coarse_ns();
         for (k, st) in flows {
             EventCounters::inc(&EVENTS.flow_end_swept);
-            self.queue.push(self.decoder.flow_end(k, st, now));
+            match self.decoder.decode(&swept_flow_end(k, st)) {
+                Some(r) => {
+                    self.queue.push(r);
+                }
+                None => EventCounters::inc(&EVENTS.lost_undecodable),
+            }
         }
     }
 }
