@@ -28,7 +28,7 @@ use zone_agent::datapath::Datapath;
 use zone_agent::policy::{Policy, Protocol, compile, validate};
 use zone_agent_lab::bench::policy::{self as generated, Base, Variant};
 use zone_agent_lab::bench::{
-    Config, FrameCase, LoadTimes, MapMem, PerPacket, XdpFilter, arg, xdp_tools_object,
+    Config, EventsOff, FrameCase, LoadTimes, MapMem, PerPacket, XdpFilter, arg, xdp_tools_object,
 };
 
 const IFACES: [&str; 4] = ["zmyn", "zlg", "zinet", "ztrunk"];
@@ -349,11 +349,13 @@ struct Loaded {
     xf: Option<aya::Ebpf>,
 }
 
+/// Loads `variant` at `size`; `events`: with the agent's default event settings (else off).
 fn load_config(
     variant: Variant,
     size: usize,
     reloads: usize,
     xdp_filter: Option<(&[u8], &Path)>,
+    events: bool,
 ) -> Loaded {
     let text = generated::generate(&BASE, variant, size);
     let mut cfg = Config {
@@ -394,6 +396,13 @@ fn load_config(
     }
     let apply_ms = ms(t);
     drop(compiled);
+    if events {
+        // What `zone-agent run` writes at start (`[events]` defaults). Nobody reads the ring
+        // here: denied frames spend the burst, then meet the rate limit (a flood's path).
+        dp.maps
+            .set_event_config(zone_agent::config::Events::default().kernel())
+            .expect("writing the event settings");
+    }
     let mut times = LoadTimes {
         check_ms,
         compile_ms,
@@ -623,6 +632,7 @@ fn main() {
                 size,
                 args.reloads,
                 xf_obj.as_deref().map(|o| (o, bpffs.as_path())),
+                true,
             );
             let c = &l.cfg;
             let mem: u64 = c.maps.iter().map(|m| m.bytes).sum();
@@ -650,8 +660,23 @@ fn main() {
         }
     }
 
+    // The first config again, events off.
+    let mut off = args
+        .variants
+        .first()
+        .zip(args.sizes.first())
+        .map(|(&variant, &size)| load_config(variant, size, 0, None, false));
+
     // Flows are opened and paths checked right before measuring: the loads above can take
     // longer than a half-open flow lives.
+    if let Some(l) = &mut off
+        && let Some(dp) = &l.dp
+        && let Err(e) = verify(dp, &cases)
+    {
+        eprintln!("per_packet: events-off config: {e}");
+        l.dp = None;
+    }
+    let mut off_ns: Vec<Vec<f64>> = vec![vec![]; cases.len()];
     for l in &mut loaded {
         if let Some(dp) = &l.dp
             && let Err(e) = verify(dp, &cases)
@@ -679,6 +704,11 @@ fn main() {
     for s in 0..args.samples {
         let f = &cases[0];
         floor_ns.push(run(floor, f.iface, &f.frame, args.repeat).1);
+        if let Some(dp) = off.as_ref().and_then(|l| l.dp.as_ref()) {
+            for (i, c) in cases.iter().enumerate() {
+                off_ns[i].push(run(dp.program(), c.iface, &c.frame, args.repeat).1);
+            }
+        }
         for l in &mut loaded {
             for (i, c) in cases.iter().enumerate() {
                 if let Some(dp) = &l.dp {
@@ -728,6 +758,11 @@ fn main() {
             .xdp_filter
             .map(|p| p.display().to_string())
             .unwrap_or_default(),
+        events_off: off.filter(|l| l.dp.is_some()).map(|l| EventsOff {
+            variant: l.cfg.variant,
+            size: l.cfg.size,
+            ns: off_ns,
+        }),
     };
     print_summary(&report);
     if let Some(path) = &args.json {
@@ -745,6 +780,26 @@ fn print_summary(r: &PerPacket) {
         "\nBPF_PROG_TEST_RUN, repeat {}, median of {} interleaved samples; floor {floor:.0} ns",
         r.repeat, r.samples
     );
+    if let Some(off) = &r.events_off
+        && let Some(c) = r
+            .configs
+            .iter()
+            .find(|c| c.variant == off.variant && c.size == off.size)
+    {
+        println!("{} {}, events on vs off:", c.variant.name(), c.size);
+        for (i, f) in r.frames.iter().enumerate() {
+            let on = c.za_ns.get(i).and_then(|v| median(v));
+            let no = off.ns.get(i).and_then(|v| median(v));
+            println!(
+                "  {:<60} on {:>6}  off {:>6}  on/off {:>5}",
+                f.what,
+                on.map_or("-".into(), |v| format!("{v:.0}")),
+                no.map_or("-".into(), |v| format!("{v:.0}")),
+                on.zip(no)
+                    .map_or("-".into(), |(a, b)| format!("{:.2}", a / b))
+            );
+        }
+    }
     for c in &r.configs {
         println!("{} {}:", c.variant.name(), c.size);
         for (i, f) in r.frames.iter().enumerate() {

@@ -155,8 +155,10 @@ fn ebpf_clippy(ws: &Workspace) -> Result<()> {
 
 /// Test binaries known to take longest, started first so the pool ends together (the rest
 /// follow in name order).
-const LONGEST_FIRST: [&str; 6] = [
+const LONGEST_FIRST: [&str; 7] = [
     "differential",
+    // A UDP flow's end is waited for (120 s idle).
+    "events",
     "enforcement",
     "flow_abuse",
     "agent_abuse",

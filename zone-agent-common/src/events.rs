@@ -5,7 +5,7 @@
 //! bucket (`ZA_EVBUDGET`, refilled at `EventConfig::rate` per second up to
 //! `EventConfig::burst`), so a flood of denied packets costs the ring and the agent at most
 //! `rate` events per second per CPU; the ring reservation never forces a wakeup per packet
-//! (`BPF_RB_NO_WAKEUP` below `EVENT_WAKEUP_BATCH` pending records). What the bucket refuses
+//! (see `EVENT_WAKEUP_BYTES`). What the bucket refuses
 //! and what a full ring refuses is counted per CPU in `ZA_EVSTATS` ([`EventStat`]), so the
 //! agent can say exactly how many events were not delivered (`events_lost_total{stage}`),
 //! and each delivered event carries how many this CPU lost before it (`Event::lost_before`).
@@ -26,7 +26,10 @@ pub const MAP_EVENT_CONFIG: &str = "ZA_EVCONF";
 /// events, i.e. several seconds of the default budget on every CPU at once.
 pub const EVENTS_RING_BYTES: u32 = 4 << 20;
 /// The kernel wakes the reader only once this many bytes are pending (else the reader's
-/// poll interval picks them up): no wakeup per packet in a flood.
+/// poll interval picks them up): no wakeup per packet in a flood. Precisely: every record is
+/// submitted with `BPF_RB_NO_WAKEUP` except the one whose reservation makes the pending data
+/// cross this threshold, which forces a wakeup; so at most one wakeup per this many bytes
+/// produced. (Two CPUs crossing at once may both wake or neither: the poll covers a miss.)
 pub const EVENT_WAKEUP_BYTES: u64 = 64 * core::mem::size_of::<Event>() as u64;
 /// The agent reads the ring at least this often (milliseconds) when no wakeup came.
 pub const EVENT_POLL_MS: u64 = 100;
@@ -37,7 +40,10 @@ pub const EVENT_BURST_DEFAULT: u32 = 500;
 
 /// `EventConfig.flags`: which events the data path emits. 0 (the map's initial content,
 /// and what an agent that does not want events writes): none.
+/// `Deny` and `Audit` events (denied and audited packets, an audit rule's pass).
 pub const EVENTS_DENY: u32 = 1;
+/// `FlowOpen` and `FlowEnd` events (the ends the data path sees: expired on lookup,
+/// revoked after a reload; the agent's sweep reports the flows it removes).
 pub const EVENTS_FLOW: u32 = 1 << 1;
 
 /// `ZA_EVCONF[0]`, written by the agent at start.
@@ -54,7 +60,10 @@ pub struct EventConfig {
 }
 
 /// `ZA_EVBUDGET[0]` (per CPU): a token bucket. Tokens are kept in units of 1/`NS` so that
-/// refilling needs no division: `tokens += elapsed_ns * rate`, capped at `burst * NS`.
+/// refilling needs no division: `tokens += elapsed_ns * rate`, capped at `burst * NS`; one
+/// event takes `NS`. `elapsed_ns` is capped at `EVENT_REFILL_MAX_NS` first (so the product
+/// fits in a u64 for any u32 rate). A bucket that was never used (`last_ns == 0`, the map's
+/// initial content, or one the agent reset) starts full.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EventBudget {
@@ -64,6 +73,11 @@ pub struct EventBudget {
     /// `Event::lost_before` and reset when one is emitted).
     pub lost: u64,
 }
+
+/// Longest refill interval counted at once: 2^32 ns (about 4.3 s), so that
+/// `elapsed * rate` fits in a u64 for every u32 `rate`. A bucket whose `burst` exceeds
+/// 4.3 s of `rate` refills over several events instead of at once.
+pub const EVENT_REFILL_MAX_NS: u64 = 1 << 32;
 
 /// What one event reports.
 #[repr(u8)]
@@ -133,6 +147,19 @@ impl FlowEnd {
             FlowEnd::Closed => "closed",
             FlowEnd::Reset => "reset",
             FlowEnd::Revoked => "revoked",
+        }
+    }
+    /// Why a flow that is found past its lifetime ended, from its `FLOW_*` flags (the same
+    /// in the data path and in the agent's sweep): a RST last, FIN both ways, or neither.
+    pub const fn of_expired(flags: u8) -> FlowEnd {
+        if flags & crate::maps::FLOW_RST != 0 {
+            FlowEnd::Reset
+        } else if flags & crate::maps::FLOW_FIN_ORIG != 0
+            && flags & crate::maps::FLOW_FIN_REPLY != 0
+        {
+            FlowEnd::Closed
+        } else {
+            FlowEnd::Idle
         }
     }
     pub const fn from_u8(v: u8) -> Option<FlowEnd> {
@@ -219,8 +246,9 @@ pub struct Event {
     pub rule: u32,
     /// Policy generation the decision was made under.
     pub generation: u32,
+    /// Source port; ICMP: the echo identifier of a request (else 0).
     pub src_port: u16,
-    /// Destination port; ICMP: `type << 8 | code`.
+    /// Destination port; ICMP: `type << 8 | code` (for a flow: of its opening packet).
     pub dst_port: u16,
     pub vlan: u16,
     pub src_mac: [u8; 6],
@@ -238,6 +266,95 @@ pub struct Event {
     /// `EVENT_*`.
     pub flags: u8,
     pub _pad: u8,
+}
+
+/// `(src_port, dst_port)` of an event: the ports, or for ICMP/ICMPv6 the echo identifier as
+/// the flow table keeps it (the source port of a request, else 0) and `type << 8 | code`.
+#[inline(always)]
+pub const fn event_ports(proto: u8, sport: u16, dport: u16, icmp_type: u8, code: u8) -> (u16, u16) {
+    if proto == crate::maps::PROTO_ICMP || proto == crate::maps::PROTO_ICMPV6 {
+        (sport, (icmp_type as u16) << 8 | code as u16)
+    } else {
+        (sport, dport)
+    }
+}
+
+/// `EVENT_V6` and `EVENT_VLAN` of an address family and VLAN id.
+#[inline(always)]
+pub const fn event_flags(family: u8, vlan: u16) -> u8 {
+    (if family == crate::maps::FAMILY_V6 {
+        EVENT_V6
+    } else {
+        0
+    }) | (if vlan != 0 { EVENT_VLAN } else { 0 })
+}
+
+impl Event {
+    /// The `FlowEnd` record of flow `k` (`st` as it was when it ended): its opener's tuple,
+    /// MAC and interface, its counters and start. What the data path writes when it removes
+    /// a flow, and what the agent reports for the flows its sweep removes
+    /// (`Maps::expire`, with `FlowEnd::of_expired`).
+    #[inline(always)]
+    pub fn flow_end(
+        k: &crate::maps::FlowKey,
+        st: &crate::maps::FlowState,
+        end: FlowEnd,
+        time_ns: u64,
+        lost_before: u64,
+    ) -> Event {
+        use crate::maps::*;
+        // The opener is end `a` or `b` of the key.
+        let (src, sport, dst, dport) = if st.orig_is_a != 0 {
+            (k.a, k.a_port, k.b, k.b_port)
+        } else {
+            (k.b, k.b_port, k.a, k.a_port)
+        };
+        // An echo flow keeps no ICMP type: its opener's is the request when the opener's
+        // identifier sits in its source port (see `event_ports`), else the reply.
+        let echo = match (k.family == FAMILY_V4, sport != 0) {
+            (true, true) => ICMP_ECHO_REQUEST,
+            (true, false) => ICMP_ECHO_REPLY,
+            (false, true) => ICMPV6_ECHO_REQUEST,
+            (false, false) => ICMPV6_ECHO_REPLY,
+        };
+        let (src_port, dst_port) = event_ports(k.proto, sport, dport, echo, 0);
+        let audit = if st.flags & FLOW_AUDIT != 0 {
+            EVENT_FLOW_AUDIT
+        } else {
+            0
+        };
+        let replied = if st.flags & FLOW_REPLIED != 0 {
+            EVENT_FLOW_REPLIED
+        } else {
+            0
+        };
+        Event {
+            time_ns,
+            start_ns: st.start_ns,
+            orig_packets: st.orig_packets,
+            orig_bytes: st.orig_bytes,
+            reply_packets: st.reply_packets,
+            reply_bytes: st.reply_bytes,
+            lost_before,
+            src,
+            dst,
+            ifindex: st.orig_ifindex,
+            rule: st.rule,
+            generation: st.generation,
+            src_port,
+            dst_port,
+            vlan: st.orig_vlan,
+            src_mac: st.orig_mac,
+            kind: EventKind::FlowEnd as u8,
+            reason: end as u8,
+            from_zone: st.from_zone,
+            to_zone: st.to_zone,
+            proto: k.proto,
+            tcp_flags: st.flags,
+            flags: event_flags(k.family, st.orig_vlan) | audit | replied,
+            _pad: 0,
+        }
+    }
 }
 
 const _: () = assert!(core::mem::size_of::<Event>() == 120);

@@ -5,6 +5,10 @@
 //! `ACTIVE[0]`; the program reads the active set once per packet, so a packet sees either the
 //! old or the new policy, never a mixture. The old set is only rewritten by the next reload.
 
+use crate::events::{
+    EVENTS_RING_BYTES, EventBudget, EventConfig, EventStat, MAP_EVENT_BUDGET, MAP_EVENT_CONFIG,
+    MAP_EVENT_STATS, MAP_EVENTS,
+};
 use crate::verdict::{DropReason, PassReason, Verdict};
 
 /// Number of policy sets (double buffering).
@@ -478,7 +482,9 @@ const _: () = assert!(core::mem::size_of::<FailsafeSrcKey>() == 17);
 /// pinned maps of another ABI are never reused (`abi_fingerprint`).
 /// 2: `ZA_FLOWS` became a plain hash of replied flows beside the `ZA_EMBRYOS` LRU, and
 /// `FLOW_RST` was added (the map type is not in `MapLayout`, hence the bump).
-pub const ABI_VERSION: u32 = 2;
+/// 3: events (`ZA_EVENTS` ring, `ZA_EVBUDGET`, `ZA_EVSTATS`, `ZA_EVCONF`) and the per-flow
+/// counters (`FlowState` grew from 32 to 72 bytes; its first 32 bytes kept their meaning).
+pub const ABI_VERSION: u32 = 3;
 
 /// Layout of one map that outlives the agent (pinned).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -508,7 +514,7 @@ const fn lpm_layout<K, V>(name: &'static str, max_entries: u32) -> MapLayout {
 /// Every map that is pinned, with the layout the XDP program was built for. LPM keys carry
 /// a 4-byte prefix length in front of their data. (`ZA_SCRATCH` is per invocation and
 /// not pinned.)
-pub const PINNED_MAPS: [MapLayout; 20] = [
+pub const PINNED_MAPS: [MapLayout; 24] = [
     layout::<u32, u32>(MAP_ACTIVE, 1),
     layout::<u32, SetConfig>(MAP_SETCONF, SETS),
     layout::<IfaceKey, IfaceInfo>(MAP_IFACES, CAP_IFACES),
@@ -529,6 +535,12 @@ pub const PINNED_MAPS: [MapLayout; 20] = [
     layout::<u32, u64>(MAP_FAILSAFE_PORTS, CAP_FAILSAFE_PORTS),
     layout::<FailsafeKey, u32>(MAP_FAILSAFE, CAP_FAILSAFE),
     lpm_layout::<FailsafeSrcKey, u32>(MAP_FAILSAFE_SRC, CAP_FAILSAFE_SRC),
+    // A ring buffer has no keys or values: the kernel reports sizes 0 and its byte size as
+    // `max_entries`.
+    layout::<(), ()>(MAP_EVENTS, EVENTS_RING_BYTES),
+    layout::<u32, EventBudget>(MAP_EVENT_BUDGET, 1),
+    layout::<u32, u64>(MAP_EVENT_STATS, EventStat::SLOTS),
+    layout::<u32, EventConfig>(MAP_EVENT_CONFIG, 1),
 ];
 
 /// FNV-1a over `ABI_VERSION` and `PINNED_MAPS`: pinned state is only adopted by an agent

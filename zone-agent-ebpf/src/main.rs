@@ -3,7 +3,7 @@
 //!
 //! Pipeline: `parse` (headers → `Packet`) → `failsafe` → `zone` (ingress, addresses) →
 //! `state` (flows, related ICMP errors, fragments) → `rule` (特定通信) → `verdict` → `record`
-//! (counters). `verdict.rs` holds the numbered precedence; its `classify` and `decide` are
+//! (counters, and events: `events`). `verdict.rs` holds the numbered precedence; its `classify` and `decide` are
 //! the only places that turn the steps' outcomes into a `Decision`, and `zone_agent` below
 //! is the only place that turns a decision into an XDP action.
 //!
@@ -17,17 +17,21 @@
 //!
 //! Imports point one way (no cycle): `step` uses nothing of the crate, `parse` only `step`;
 //! `scratch` (types only) uses `parse`'s types; `maps` uses `scratch`; `zone`, `rule`,
-//! `failsafe` and `record` use those; `state` also uses `zone`, `rule` and `record` (it
-//! re-decides flows after a reload); `verdict` uses the steps; `main` uses `verdict`, `maps`
-//! and `record`.
+//! `failsafe` and `record` use those; `events` uses those and `state::now`; `state` also
+//! uses `zone`, `rule`, `record` and `events` (it re-decides flows after a reload, and ends
+//! them); `verdict` uses the steps; `main` uses `verdict`, `maps`, `record` and `events`.
 #![no_std]
 #![no_main]
+// `core::intrinsics::atomic_xadd` for the per-flow counters (see `state::count`).
+#![feature(core_intrinsics)]
+#![allow(internal_features, reason = "one intrinsic, see `state::count`")]
 #![allow(
     clippy::needless_borrows_for_generic_args,
     reason = "map keys and values are passed by reference on purpose: by value, each call \
               may take a copy of the key on the 512-byte BPF stack"
 )]
 
+mod events;
 mod failsafe;
 mod maps;
 mod parse;
@@ -48,6 +52,7 @@ use zone_agent_common::*;
 
 use crate::{
     maps::{ACTIVE, SCRATCH, SETCONF},
+    scratch::{Note, Scratch},
     verdict::{Decision, Outcome, classify},
 };
 
@@ -58,14 +63,21 @@ pub fn zone_agent(ctx: XdpContext) -> u32 {
     // this is `& 1`): it indexes `SETCONF` and every policy key.
     let set = ACTIVE.get(0).copied().unwrap_or(0) % SETS;
     let cfg = SETCONF.get(set).copied().unwrap_or_default();
-    let d = match SCRATCH.get_ptr_mut(0) {
-        _ if cfg.flags & SET_VALID == 0 => Decision::drop(DropReason::NoPolicy),
-        // SAFETY: this CPU's slot, used by this invocation only (XDP does not nest).
-        Some(s) => classify(&ctx, set, &cfg, unsafe { &mut *s }),
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
         // Index 0 of a one-slot array always exists; fail closed all the same.
-        None => Decision::drop(DropReason::NoPolicy),
+        record::drop(DropReason::NoPolicy, false, len);
+        return XDP_DROP;
     };
-    record_and_act(set, &cfg, d, len)
+    // SAFETY: this CPU's slot, used by this invocation only (XDP does not nest).
+    let s = unsafe { &mut *s };
+    let d = if cfg.flags & SET_VALID == 0 {
+        // Nothing parsed: the event of this drop reports an all-zero packet, not the last one.
+        s.packet.reset();
+        Decision::drop(DropReason::NoPolicy)
+    } else {
+        classify(&ctx, set, &cfg, s)
+    };
+    record_and_act(&ctx, set, &cfg, d, len, s)
 }
 
 /// The cost floor for benchmarks: an XDP program that does nothing but drop. Never attached.
@@ -74,8 +86,17 @@ pub fn zone_agent_floor(_ctx: XdpContext) -> u32 {
     XDP_DROP
 }
 
+/// Counters, the decision's event (denied and audited packets, an audit rule's pass; never
+/// a packet of a flow), and the XDP action.
 #[inline(always)]
-fn record_and_act(set: u32, cfg: &SetConfig, d: Decision, len: u64) -> u32 {
+fn record_and_act(
+    ctx: &XdpContext,
+    set: u32,
+    cfg: &SetConfig,
+    d: Decision,
+    len: u64,
+    s: &mut Scratch,
+) -> u32 {
     record::rule(set, d.rule, len);
     match d.outcome {
         Outcome::Pass(reason) => {
@@ -86,6 +107,12 @@ fn record_and_act(set: u32, cfg: &SetConfig, d: Decision, len: u64) -> u32 {
                 Verdict::Allow
             };
             record::zone_pair(set, d.from, d.to, v, len);
+            // Only the rule decision itself: later packets of an audit rule's flow pass as
+            // established/reply and report nothing.
+            if d.audit && reason == PassReason::Rule {
+                note(ctx, cfg, &d, EventKind::Audit, 0, s);
+                events::decision(s);
+            }
             XDP_PASS
         }
         Outcome::Drop(reason) => {
@@ -93,6 +120,13 @@ fn record_and_act(set: u32, cfg: &SetConfig, d: Decision, len: u64) -> u32 {
             // decided (fail closed).
             let audited = cfg.flags & SET_AUDIT != 0 && reason.auditable();
             record::drop(reason, audited, len);
+            let kind = if audited {
+                EventKind::Audit
+            } else {
+                EventKind::Deny
+            };
+            note(ctx, cfg, &d, kind, reason as u8, s);
+            events::decision(s);
             if audited {
                 record::zone_pair(set, d.from, d.to, Verdict::Audit, len);
                 XDP_PASS
@@ -102,6 +136,27 @@ fn record_and_act(set: u32, cfg: &SetConfig, d: Decision, len: u64) -> u32 {
             }
         }
     }
+}
+
+/// What `events::decision` reports besides the packet, into `s.note`.
+#[inline(always)]
+fn note(
+    ctx: &XdpContext,
+    cfg: &SetConfig,
+    d: &Decision,
+    kind: EventKind,
+    reason: u8,
+    s: &mut Scratch,
+) {
+    s.note = Note {
+        ifindex: ctx.ingress_ifindex() as u32,
+        generation: cfg.generation,
+        rule: d.rule,
+        kind: kind as u8,
+        reason,
+        from: d.from,
+        to: d.to,
+    };
 }
 
 #[cfg(not(test))]

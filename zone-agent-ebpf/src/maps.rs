@@ -3,7 +3,7 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use zone_agent_common::*;
 
@@ -61,6 +61,16 @@ pub static FAILSAFE: HashMap<FailsafeKey, u32> =
 #[map(name = "ZA_FSSRC")]
 pub static FAILSAFE_SRC: LpmTrie<FailsafeSrcKey, u32> =
     LpmTrie::with_max_entries(CAP_FAILSAFE_SRC, BPF_F_NO_PREALLOC);
+
+// Events (see `events`): the ring, the per-CPU token bucket and counters, the settings.
+#[map(name = "ZA_EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
+#[map(name = "ZA_EVBUDGET")]
+pub static EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::with_max_entries(1, 0);
+#[map(name = "ZA_EVSTATS")]
+pub static EVENT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EventStat::SLOTS, 0);
+#[map(name = "ZA_EVCONF")]
+pub static EVENT_CONFIG: Array<EventConfig> = Array::with_max_entries(1, 0);
 
 /// The per-CPU working memory, see `Scratch`.
 #[map(name = "ZA_SCRATCH")]

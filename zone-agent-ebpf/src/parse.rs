@@ -84,14 +84,17 @@ pub struct Packet {
     pub vlan: u16,
     pub t: Tuple,
     pub tcp_flags: u8,
-    /// ICMP/ICMPv6 type (0 for other protocols).
+    /// ICMP/ICMPv6 type and code (0 for other protocols).
     pub icmp_type: u8,
+    pub icmp_code: u8,
     pub frag: u8,
     pub frag_id: u32,
     /// For an ICMP/ICMPv6 error (`has_inner`): the tuple of the quoted packet. Not an
     /// `Option`: LLVM stores `None` with undefined payload bytes, which the verifier rejects.
     pub inner: Tuple,
     pub has_inner: bool,
+    /// Length of the whole frame (what the counters count).
+    pub len: u32,
 }
 
 #[inline(always)]
@@ -138,6 +141,7 @@ pub const PARSED_NEIGHBOR: u32 = 1;
 fn packet_inner(raw: *mut xdp_md, out: &mut Packet) -> Result<Kind, DropReason> {
     let ctx = &XdpContext::new(raw);
     let len = (ctx.data_end() - ctx.data()) as u64;
+    out.len = len as u32;
     let src_mac = bytes::<6>(ctx, ETH_SRC_MAC_OFF)?;
     let (ethertype, l3, vlan) = l2(ctx)?;
     out.src_mac = src_mac;
@@ -521,6 +525,7 @@ fn l4_inner(ctx: &XdpContext, p: &mut Packet, off: usize, end: usize) -> Result<
             p.t.dport = d;
             p.t.l4 = true;
             p.icmp_type = h[0];
+            p.icmp_code = h[1];
             if icmp_error(p.t.family, h[0]) {
                 p.has_inner = quoted(ctx.ctx, p.t.family, off + UDP_ICMP_HLEN, end, &mut p.inner);
             }

@@ -31,6 +31,21 @@ pub struct Scratch {
     pub found: u32,
     /// Working memory of `state::revalidate`.
     pub revalidation: Revalidation,
+    /// What `events::decision` reports besides the packet (written only when one is due).
+    pub note: Note,
+}
+
+/// The decision an event reports (`events::decision`), beside `Scratch::packet`.
+pub struct Note {
+    pub ifindex: u32,
+    pub generation: u32,
+    pub rule: u32,
+    /// `EventKind` as a byte (map memory holds no Rust enums).
+    pub kind: u8,
+    /// `DropReason`, or 0.
+    pub reason: u8,
+    pub from: u8,
+    pub to: u8,
 }
 
 /// A flow's opening packet re-decided after a reload (`state::revalidate`).

@@ -10,6 +10,7 @@ use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns};
 use zone_agent_common::*;
 
 use crate::{
+    events,
     maps::{EMBRYOS, FLOWS, FRAGS},
     parse::{FRAG_FIRST, Packet, Tuple},
     record, rule,
@@ -202,6 +203,12 @@ fn lookup_inner(
         return Err(LOOKUP_STALE);
     }
     if expired || (st.generation != generation && !revalidate(set, generation, k, st, re)) {
+        let end = if expired {
+            FlowEnd::of_expired(st.flags)
+        } else {
+            FlowEnd::Revoked
+        };
+        events::flow_end(k, st, end);
         remove(k, embryo);
         return Err(LOOKUP_MISS);
     }
@@ -216,6 +223,7 @@ fn lookup_inner(
         return Err(LOOKUP_MISS);
     }
     st.last_seen_ns = t;
+    count(st, orig, p.len);
     let to = if orig { st.to_zone } else { st.from_zone };
     let hit = Hit {
         reason: dir_reason(orig),
@@ -243,6 +251,31 @@ fn lookup_inner(
         }
     }
     Ok((hit, to))
+}
+
+/// Adds the packet to its flow's counters. Atomic adds (`BPF_ATOMIC_ADD`, one locked
+/// instruction each, no lookup): the two directions of a flow, and with RSS the packets of
+/// one direction, are handled on several CPUs at once, and plain `+=` on the shared entry
+/// would lose updates. Relaxed: the agent reads the totals only when the flow ends.
+#[inline(always)]
+fn count(st: &mut FlowState, orig: bool, len: u32) {
+    use core::intrinsics::{AtomicOrdering::Relaxed, atomic_xadd};
+    // The intrinsic, not `AtomicU64::fetch_add`: the bpfel target has no compare-and-swap,
+    // so core leaves the atomic types without read-modify-write methods, while LLVM lowers
+    // an add whose result is unused to BPF's own atomic add.
+    let add = |field: &mut u64, n: u64| {
+        // SAFETY: an aligned u64 of the map entry; every writer of these fields uses atomics
+        // (the entry is initialised before it is inserted).
+        unsafe { atomic_xadd::<u64, u64, { Relaxed }>(field, n) };
+    };
+    // Two branches, not a pointer chosen by `orig`: each add then has a constant offset.
+    if orig {
+        add(&mut st.orig_packets, 1);
+        add(&mut st.orig_bytes, len as u64);
+    } else {
+        add(&mut st.reply_packets, 1);
+        add(&mut st.reply_bytes, len as u64);
+    }
 }
 
 /// Removes an expired or revoked entry from the table it was found in.
@@ -335,9 +368,10 @@ fn related_inner(generation: u32, z: &Zones, p: &Packet) -> Option<Hit> {
     })
 }
 
-/// Record a flow a rule allowed, as embryonic. A TCP RST opens nothing. `found`: an entry
-/// `lookup` found for the key but did not take (another MAC, another zone): the new flow
-/// replaces it, so a key is never in both tables.
+/// Record a flow a rule allowed, as embryonic; `Ok(true)` if a flow was inserted. A TCP
+/// RST opens nothing. `found`: an entry `lookup` found for the key but did not take
+/// (another MAC, another zone): the new flow replaces it, so a key is never in both tables.
+/// The opening packet is the flow's first in its counters.
 #[inline(always)]
 pub fn open(
     generation: u32,
@@ -346,13 +380,17 @@ pub fn open(
     ifindex: u32,
     m: &Match,
     found: u32,
-) -> Result<(), DropReason> {
+) -> Result<bool, DropReason> {
     if !flowable(p) || p.tcp_rst() {
-        return Ok(());
+        return Ok(false);
     }
     let (k, src_is_a) = key(&p.t);
+    let t = now();
     let st = FlowState {
-        last_seen_ns: now(),
+        last_seen_ns: t,
+        start_ns: t,
+        orig_packets: 1,
+        orig_bytes: p.len as u64,
         generation,
         rule: m.rule,
         orig_ifindex: ifindex,
@@ -373,7 +411,7 @@ pub fn open(
             if found != FOUND_EMBRYOS {
                 record::flow_event(FlowEvent::Opened);
             }
-            Ok(())
+            Ok(true)
         }
         Err(_) => {
             record::flow_event(FlowEvent::OpenRefused);

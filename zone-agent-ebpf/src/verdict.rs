@@ -6,7 +6,7 @@ use aya_ebpf::programs::XdpContext;
 use zone_agent_common::*;
 
 use crate::{
-    failsafe, parse,
+    events, failsafe, parse,
     parse::FRAG_LATER,
     rule,
     scratch::{Hit, Scratch, Zones},
@@ -168,11 +168,14 @@ fn decide(set: u32, cfg: &SetConfig, ifindex: u32, s: &mut Scratch) -> Result<()
         }
     }
     rule::find(set, zones, &packet.t, &packet.src_mac, matched).result()?;
-    state::open(generation, zones, packet, ifindex, matched, *found)?;
+    let opened = state::open(generation, zones, packet, ifindex, matched, *found)?;
     *pass = Hit {
         reason: PassReason::Rule,
         rule: matched.rule,
         audit: matched.audit,
     };
+    if opened {
+        events::flow_open(ifindex, generation, s);
+    }
     state::follow_first_fragment(generation, s)
 }

@@ -58,6 +58,19 @@ pub struct PerPacket {
     pub configs: Vec<Config>,
     /// Where the xdp-filter object came from.
     pub xdp_filter_object: String,
+    /// Every config above runs with events on, as the agent does (`[events]` defaults);
+    /// this is the first config again with events off, to show what events cost.
+    #[serde(default)]
+    pub events_off: Option<EventsOff>,
+}
+
+/// The first config of a run measured again with events off (`ZA_EVCONF` flags 0).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EventsOff {
+    pub variant: Variant,
+    pub size: usize,
+    /// ns/packet per frame (corpus order), one per sample.
+    pub ns: Vec<Vec<f64>>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -466,6 +466,12 @@ impl Engine {
                     generation: st.generation.wrapping_sub(gen_base),
                     replied: st.flags & FLOW_REPLIED != 0,
                     embryonic,
+                    counts: FlowCounts {
+                        orig_packets: st.orig_packets,
+                        orig_bytes: st.orig_bytes,
+                        reply_packets: st.reply_packets,
+                        reply_bytes: st.reply_bytes,
+                    },
                 }
             })
             .collect();

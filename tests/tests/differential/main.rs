@@ -59,7 +59,7 @@ use zone_agent::{
     },
     policy::{
         Policy, Protocol, compile, frame as mframe,
-        model::{self, Decision, FlowInfo, Model, ModelCounters},
+        model::{self, Decision, FlowCounts, FlowInfo, Model, ModelCounters},
         validate::{self, OfflineEnvironment},
     },
 };

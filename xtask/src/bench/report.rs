@@ -468,6 +468,41 @@ pass-through gate (an XDP program that passes everything) shows how much of the 
 \"no filter\" is that, before zone-agent does any work.
 ";
 
+/// Events on (every config, as the agent runs) against the first config with events off.
+fn events_on_off(d: &mut String, pp: &PerPacket) {
+    let Some(off) = &pp.events_off else { return };
+    let Some(c) = pp
+        .configs
+        .iter()
+        .find(|c| c.variant == off.variant && c.size == off.size)
+    else {
+        return;
+    };
+    let _ = writeln!(
+        d,
+        "\nEvents: the programs above run with the agent's default event settings (`[events]`: \
+         deny and flow events under a per-CPU budget, see docs/config.md; nobody reads the \
+         ring here, so a denied frame repeated spends the burst and then meets the rate limit, \
+         a flood's path). The same program with events off ({} {}):\n\n\
+         | frame | events on ns | events off ns | on ÷ off |\n|---|---:|---:|---:|",
+        with_commas(off.size),
+        off.variant.name(),
+    );
+    for (i, f) in pp.frames.iter().enumerate() {
+        let on = za(c, i);
+        let no = off.ns.get(i).and_then(|v| median(v));
+        let _ = writeln!(
+            d,
+            "| {} ({}) | {} | {} | {} |",
+            f.what,
+            verdict_name(f.action),
+            c.za_ns.get(i).map_or("–".into(), |v| spread(v)),
+            off.ns.get(i).map_or("–".into(), |v| spread(v)),
+            x(on.zip(no).map(|(a, b)| a / b)),
+        );
+    }
+}
+
 fn per_packet(d: &mut String, pp: &PerPacket) {
     let floor = median(&pp.floor_ns);
     let _ = writeln!(
@@ -528,6 +563,7 @@ fn per_packet(d: &mut String, pp: &PerPacket) {
             x(z.zip(xv).map(|(a, b)| a / b)),
         );
     }
+    events_on_off(d, pp);
 
     let _ = writeln!(d, "\n## 2. Scaling\n");
     for (variant, title) in [
@@ -931,6 +967,7 @@ pub(super) mod tests {
                 })
                 .collect(),
             xdp_filter_object: "xdpfilt_dny_all.o".into(),
+            events_off: None,
         };
         let t = |gate, g: f64| Throughput {
             gate,

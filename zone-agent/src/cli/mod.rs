@@ -1,6 +1,7 @@
 //! Command line (SPEC §4): `args` here, one file per subcommand.
 
 pub mod admin;
+pub mod observe;
 pub mod policy;
 pub mod run;
 
@@ -37,6 +38,9 @@ pub enum Command {
     Flows(AdminArgs),
     /// Ask the running agent to reload its policy file now.
     Reload(AdminArgs),
+    /// Stream the running agent's decisions live (denials, audits, flows opened and ended),
+    /// one line each, until interrupted.
+    Observe(ObserveArgs),
     /// Remove zone-agent from every interface and delete its pinned programs and maps: the
     /// one explicit way to stop enforcement (stopping or killing the agent does not).
     Detach(DetachArgs),
@@ -50,6 +54,24 @@ pub struct AdminArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ObserveArgs {
+    /// Only this verdict: allow (flows opened and ended), deny or audit.
+    #[arg(long, value_parser = crate::events::observe::VERDICTS)]
+    pub verdict: Option<String>,
+    /// Only traffic from or to this zone.
+    #[arg(long)]
+    pub zone: Option<String>,
+    /// Only traffic from or to an address in this network (an address is a /32 or /128).
+    #[arg(long, value_name = "CIDR")]
+    pub host: Option<String>,
+    /// Only traffic of this rule.
+    #[arg(long)]
+    pub rule: Option<String>,
+    #[command(flatten)]
+    pub admin: AdminArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -89,6 +111,10 @@ pub struct RunArgs {
     /// enforcement normally outlives the agent.
     #[arg(long)]
     pub fail_open_on_exit: bool,
+    /// Write every decision event (deny, audit, flow open/end) to FILE as JSON lines with
+    /// ECS field names, rotated by size (config: flow_log_max_bytes, flow_log_keep).
+    #[arg(long, value_name = "FILE")]
+    pub flow_log: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -102,6 +128,7 @@ impl RunArgs {
             pin_dir: self.pin_dir.clone(),
             xdp_mode: self.xdp_mode,
             fail_open_on_exit: self.fail_open_on_exit,
+            flow_log: self.flow_log.clone(),
         }
     }
 }
@@ -157,6 +184,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Status(a) => admin::status(a),
         Command::Flows(a) => admin::flows(a),
         Command::Reload(a) => admin::reload(a),
+        Command::Observe(a) => observe::observe(a),
         Command::Detach(a) => admin::detach(a),
     };
     match result {

@@ -87,6 +87,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .context("starting the runtime")?;
     let metrics_addr = settings.metrics_addr;
     let state_dir = settings.state_dir.clone();
+    let flow_log = settings.flow_log.clone();
+    let flows_events = settings.events.flows;
     let mut agent = Agent::start(settings)?;
     let open_maps = |agent: &Agent| {
         agent
@@ -97,13 +99,24 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let shared = Arc::new(Shared::new(open_maps(&agent)?, agent.snapshot()));
     agent.shared = Some(shared.clone());
+    let ring = agent.dp.maps.take_events_ring();
+    if ring.is_none() {
+        warn!("the data path's event ring is not available: no events from the kernel");
+    }
+    let mut swept = service::events::start(
+        &shared,
+        flow_log,
+        ring.map(|r| Box::new(r) as Box<dyn crate::events::reader::Ring>),
+        flows_events,
+    )?;
     let mut expire_maps = open_maps(&agent)?;
     std::thread::Builder::new()
         .name("za-expire".into())
         .spawn(move || {
             loop {
                 std::thread::sleep(service::EXPIRE_EVERY);
-                expire_maps.expire();
+                let removed = expire_maps.expire();
+                swept.ended(&removed);
             }
         })
         .context("starting the flow expiry task")?;

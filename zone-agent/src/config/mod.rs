@@ -20,6 +20,12 @@ pub const DEFAULT_POLICY: &str = "/etc/zone-agent/policy.toml";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/zone-agent";
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/zone-agent";
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9750";
+/// Defaults of `flow_log_max_bytes` and `flow_log_keep`.
+pub const DEFAULT_FLOW_LOG_MAX_BYTES: u64 = 100 << 20;
+pub const DEFAULT_FLOW_LOG_KEEP: u32 = 5;
+/// Bounds of `flow_log_max_bytes` (a few records at least) and `flow_log_keep`.
+pub const MIN_FLOW_LOG_MAX_BYTES: u64 = 4096;
+pub const MAX_FLOW_LOG_KEEP: u32 = 1000;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,8 +36,53 @@ struct File {
     pin_dir: Option<PathBuf>,
     xdp_mode: Option<Spanned<String>>,
     fail_open_on_exit: Option<bool>,
+    flow_log: Option<PathBuf>,
+    flow_log_max_bytes: Option<Spanned<u64>>,
+    flow_log_keep: Option<Spanned<u32>>,
     #[serde(default)]
     failsafe: Vec<Spanned<FailsafeFile>>,
+    #[serde(default)]
+    events: Events,
+}
+
+/// `[events]`: what the data path reports through its event ring, and its budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Events {
+    /// `events.rate`: events per second each CPU may emit (a token bucket in the kernel;
+    /// what it refuses is counted as lost, `stage="rate_limited"`).
+    pub rate: u32,
+    /// `events.burst`: events a quiet CPU may emit at once.
+    pub burst: u32,
+    /// `events.deny`: an event for every denied or audited packet (within the budget).
+    pub deny: bool,
+    /// `events.flows`: an event when a flow opens and when the data path ends one.
+    pub flows: bool,
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Events {
+            rate: zone_agent_common::EVENT_RATE_DEFAULT,
+            burst: zone_agent_common::EVENT_BURST_DEFAULT,
+            deny: true,
+            flows: true,
+        }
+    }
+}
+
+impl Events {
+    /// What the agent writes into the data path (`ZA_EVCONF`) at start.
+    pub fn kernel(&self) -> zone_agent_common::EventConfig {
+        use zone_agent_common::{EVENTS_DENY, EVENTS_FLOW};
+        zone_agent_common::EventConfig {
+            rate: self.rate,
+            burst: self.burst,
+            flags: if self.deny { EVENTS_DENY } else { 0 }
+                | if self.flows { EVENTS_FLOW } else { 0 },
+            _pad: 0,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -62,6 +113,17 @@ pub struct Failsafe {
     pub destinations: Vec<std::net::IpAddr>,
 }
 
+/// The flow log (`--flow-log FILE`, `flow_log`): JSON lines, rotated by size.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlowLog {
+    pub path: PathBuf,
+    /// Size at which the file is rotated (`flow_log_max_bytes`).
+    pub max_bytes: u64,
+    /// Rotated files kept, `FILE.1` … `FILE.<keep>` (`flow_log_keep`); 0: the full file is
+    /// removed instead.
+    pub keep: u32,
+}
+
 /// The effective settings of `run`.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -72,6 +134,9 @@ pub struct Settings {
     pub xdp_mode: XdpMode,
     pub fail_open_on_exit: bool,
     pub failsafe: Vec<Failsafe>,
+    /// `None`: no flow log.
+    pub flow_log: Option<FlowLog>,
+    pub events: Events,
 }
 
 /// What the command line of `run` gives: each option, if given, wins over the config file.
@@ -86,6 +151,7 @@ pub struct Overrides {
     pub pin_dir: Option<PathBuf>,
     pub xdp_mode: Option<XdpMode>,
     pub fail_open_on_exit: bool,
+    pub flow_log: Option<PathBuf>,
 }
 
 /// What is wrong with a config file. Every variant but `Read` starts with the place
@@ -103,6 +169,13 @@ pub enum ConfigError {
     Syntax { at: String, message: String },
     #[error("{at}: metrics_addr {value:?} is not an address:port (e.g. \"127.0.0.1:9750\")")]
     MetricsAddr { at: String, value: String },
+    #[error("{at}: {key} = {value} is out of range ({range})")]
+    OutOfRange {
+        at: String,
+        key: &'static str,
+        value: u64,
+        range: String,
+    },
     #[error("{at}: xdp_mode {value:?} is not one of auto, native, generic")]
     XdpMode { at: String, value: String },
     /// One `[[failsafe]]` entry is incomplete or wrong (`message` says which key and why).
@@ -153,6 +226,14 @@ pub fn settings(args: &Overrides) -> Result<Settings, ConfigError> {
         xdp_mode: args.xdp_mode.or(file.xdp_mode).unwrap_or_default(),
         fail_open_on_exit: args.fail_open_on_exit || file.fail_open_on_exit.unwrap_or(false),
         failsafe: file.failsafe,
+        flow_log: args.flow_log.clone().or(file.flow_log).map(|path| FlowLog {
+            path,
+            max_bytes: file
+                .flow_log_max_bytes
+                .unwrap_or(DEFAULT_FLOW_LOG_MAX_BYTES),
+            keep: file.flow_log_keep.unwrap_or(DEFAULT_FLOW_LOG_KEEP),
+        }),
+        events: file.events,
     })
 }
 
@@ -166,6 +247,10 @@ pub struct Parsed {
     pub xdp_mode: Option<XdpMode>,
     pub fail_open_on_exit: Option<bool>,
     pub failsafe: Vec<Failsafe>,
+    pub flow_log: Option<PathBuf>,
+    pub flow_log_max_bytes: Option<u64>,
+    pub flow_log_keep: Option<u32>,
+    pub events: Events,
 }
 
 /// Parses and checks a config file; every error says file:line:column.
@@ -212,6 +297,30 @@ pub fn parse(path: &Path, text: &str) -> Result<Parsed, ConfigError> {
         }),
         None => None,
     };
+    let in_range = |v: Option<Spanned<u64>>, key: &'static str, lo: u64, hi: u64| match v {
+        Some(s) if !(lo..=hi).contains(s.get_ref()) => Err(ConfigError::OutOfRange {
+            at: at(s.span()),
+            key,
+            value: *s.get_ref(),
+            range: format!("{lo} to {hi}"),
+        }),
+        Some(s) => Ok(Some(s.into_inner())),
+        None => Ok(None),
+    };
+    let flow_log_max_bytes = in_range(
+        f.flow_log_max_bytes,
+        "flow_log_max_bytes",
+        MIN_FLOW_LOG_MAX_BYTES,
+        u64::MAX,
+    )?;
+    let flow_log_keep = in_range(
+        f.flow_log_keep
+            .map(|s| Spanned::new(s.span(), u64::from(*s.get_ref()))),
+        "flow_log_keep",
+        0,
+        u64::from(MAX_FLOW_LOG_KEEP),
+    )?
+    .map(|k| k as u32);
     let mut failsafe = Vec::new();
     for entry in f.failsafe {
         let pos = at(entry.span());
@@ -243,6 +352,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Parsed, ConfigError> {
         xdp_mode,
         fail_open_on_exit: f.fail_open_on_exit,
         failsafe,
+        flow_log: f.flow_log,
+        flow_log_max_bytes,
+        flow_log_keep,
+        events: f.events,
     })
 }
 
@@ -383,6 +496,61 @@ interfaces = ["eth1"]
         let c = parse(Path::new("x.toml"), &uncommented).unwrap();
         assert_eq!(c.failsafe.len(), 1);
         assert_eq!(c.failsafe[0].ports, vec![(22, 22)]);
+    }
+
+    #[test]
+    fn events_default_on_and_configurable() {
+        let c = p("").unwrap();
+        assert_eq!(c.events, Events::default());
+        let k = c.events.kernel();
+        assert_eq!(
+            (k.rate, k.burst, k.flags),
+            (
+                zone_agent_common::EVENT_RATE_DEFAULT,
+                zone_agent_common::EVENT_BURST_DEFAULT,
+                zone_agent_common::EVENTS_DENY | zone_agent_common::EVENTS_FLOW
+            )
+        );
+        let c = p("[events]\nrate = 10\nburst = 3\nflows = false\n").unwrap();
+        let k = c.events.kernel();
+        assert_eq!(
+            (k.rate, k.burst, k.flags),
+            (10, 3, zone_agent_common::EVENTS_DENY)
+        );
+        let e = p("[events]\nrat = 1\n").unwrap_err().to_string();
+        assert!(
+            e.starts_with("za.toml:2:1:") && e.contains("unknown field"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn flow_log_keys_defaults_and_the_command_line() {
+        let c = p("flow_log = \"/var/log/za.json\"\nflow_log_keep = 2\n").unwrap();
+        assert_eq!(c.flow_log_keep, Some(2));
+        assert_eq!(c.flow_log_max_bytes, None);
+        let e = p("flow_log_max_bytes = 100\n").unwrap_err().to_string();
+        assert!(
+            e.starts_with("za.toml:1:22:") && e.contains("4096 to"),
+            "{e}"
+        );
+        let e = p("flow_log_keep = 5000\n").unwrap_err().to_string();
+        assert!(e.contains("0 to 1000"), "{e}");
+        // No flow log unless asked for; the flag alone takes the defaults.
+        assert_eq!(settings(&Overrides::default()).unwrap().flow_log, None);
+        let s = settings(&Overrides {
+            flow_log: Some("/tmp/f.json".into()),
+            ..Overrides::default()
+        })
+        .unwrap();
+        assert_eq!(
+            s.flow_log,
+            Some(FlowLog {
+                path: "/tmp/f.json".into(),
+                max_bytes: DEFAULT_FLOW_LOG_MAX_BYTES,
+                keep: DEFAULT_FLOW_LOG_KEEP,
+            })
+        );
     }
 
     #[test]

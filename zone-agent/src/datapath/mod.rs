@@ -3,6 +3,7 @@
 
 mod apply;
 mod attach;
+pub mod events;
 mod failsafe;
 pub mod pin;
 pub mod stats;
@@ -11,7 +12,7 @@ use std::collections::BTreeMap;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
     programs::Xdp,
 };
 use zone_agent_common::*;
@@ -102,6 +103,14 @@ pub struct Maps {
     pub rule_stats: PerCpuArray<MapData, Counter>,
     pub drop_stats: PerCpuArray<MapData, Counter>,
     pub pass_stats: PerCpuArray<MapData, Counter>,
+    /// Events: the settings the program reads, its per-CPU counters (`EventStat`) and token
+    /// buckets. See `events`.
+    pub event_config: Array<MapData, EventConfig>,
+    pub event_stats: PerCpuArray<MapData, u64>,
+    pub event_budget: PerCpuArray<MapData, EventBudget>,
+    /// The event ring, held by the handles the program was loaded with until the reader
+    /// takes it (`take_events_ring`); `None` in handles opened from the pins.
+    pub(crate) events_ring: Option<RingBuf<MapData>>,
     /// Highest embryonic-eviction count derived so far through this handle (a counter never
     /// goes back).
     pub(crate) embryo_evictions: std::sync::atomic::AtomicU64,
@@ -175,37 +184,22 @@ impl Datapath {
     }
 
     /// Copies the flows of an incompatible build's pinned flow table whose entries have this
-    /// build's layout (`FlowKey`, `FlowState`; ABI 1 had one LRU table of them): replied
-    /// flows into `ZA_FLOWS`, others into `ZA_EMBRYOS`, each with generation 0, so that the
-    /// data path re-decides it under the active policy on its next packet, exactly as after a
-    /// reload (a flow the policy does not allow is removed then). Without this the
-    /// connections established before such an upgrade would lose their flows. Keys already
-    /// held are left alone; flag bits this build does not know are cleared.
+    /// build's layout (`FlowKey`, `FlowState`; ABI 1 had one LRU table of them) or ABI 2's
+    /// (the first `FLOW_STATE_V2_BYTES` of this one, without counters: adopted with counters 0
+    /// and `start_ns` = `last_seen_ns`): replied flows into `ZA_FLOWS`, others into
+    /// `ZA_EMBRYOS`, each with generation 0, so that the data path re-decides it under the
+    /// active policy on its next packet, exactly as after a reload (a flow the policy does not
+    /// allow is removed then). Without this the connections established before such an
+    /// upgrade would lose their flows. Keys already held are left alone; flag bits this build
+    /// does not know are cleared.
     fn adopt_stale_flows(&mut self) {
-        use aya::maps::{Map, MapData};
         const KNOWN: u8 = FLOW_AUDIT | FLOW_FIN_ORIG | FLOW_FIN_REPLY | FLOW_REPLIED;
         let Some(pins) = &self.pins else { return };
         for dir in pins.stale_map_dirs() {
             let path = dir.join(MAP_FLOWS);
-            let Ok(data) = MapData::from_pin(&path) else {
+            let Some(entries) = stale_flows(&path) else {
                 continue;
             };
-            let Ok(info) = data.info() else { continue };
-            if info.key_size() as usize != size_of::<FlowKey>()
-                || info.value_size() as usize != size_of::<FlowState>()
-            {
-                continue;
-            }
-            let Ok(old) =
-                Map::from_map_data(data).and_then(HashMap::<MapData, FlowKey, FlowState>::try_from)
-            else {
-                continue;
-            };
-            let entries: Vec<(FlowKey, FlowState)> = old
-                .iter()
-                .take(info.max_entries() as usize)
-                .filter_map(Result::ok)
-                .collect();
             let mut adopted = 0usize;
             for (k, mut st) in entries {
                 let m = &mut self.maps;
@@ -318,6 +312,55 @@ impl Datapath {
     }
 }
 
+/// Size of ABI 2's `FlowState`: the first bytes of this build's, before `start_ns`.
+const FLOW_STATE_V2_BYTES: usize = 32;
+const _: () = assert!(std::mem::offset_of!(FlowState, start_ns) == FLOW_STATE_V2_BYTES);
+
+/// The entries of an old build's pinned flow table at `path`, if its layout is this build's
+/// or ABI 2's (see `adopt_stale_flows`); `None` for any other layout.
+fn stale_flows(path: &std::path::Path) -> Option<Vec<(FlowKey, FlowState)>> {
+    use aya::maps::Map;
+    fn read<V: aya::Pod>(data: MapData, max: u32) -> Option<Vec<(FlowKey, V)>> {
+        let old = Map::from_map_data(data)
+            .and_then(HashMap::<MapData, FlowKey, V>::try_from)
+            .ok()?;
+        Some(
+            old.iter()
+                .take(max as usize)
+                .filter_map(Result::ok)
+                .collect(),
+        )
+    }
+    let data = MapData::from_pin(path).ok()?;
+    let info = data.info().ok()?;
+    if info.key_size() as usize != size_of::<FlowKey>() {
+        return None;
+    }
+    match info.value_size() as usize {
+        v if v == size_of::<FlowState>() => read::<FlowState>(data, info.max_entries()),
+        FLOW_STATE_V2_BYTES => Some(
+            read::<[u8; FLOW_STATE_V2_BYTES]>(data, info.max_entries())?
+                .into_iter()
+                .map(|(k, old)| {
+                    let mut st = FlowState::default();
+                    // SAFETY: `FlowState` is plain data (Pod) and its first
+                    // `FLOW_STATE_V2_BYTES` are ABI 2's layout (asserted above).
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            old.as_ptr(),
+                            (&raw mut st).cast::<u8>(),
+                            FLOW_STATE_V2_BYTES,
+                        )
+                    };
+                    st.start_ns = st.last_seen_ns;
+                    (k, st)
+                })
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
 impl Datapath {
     /// A second, independent set of handles on this data path's pinned maps (new fds), for
     /// readers that must not share the agent's (metrics, status, flow expiry). `None` when
@@ -359,6 +402,10 @@ impl Maps {
             rule_stats: open(dir, MAP_RULE_STATS)?,
             drop_stats: open(dir, MAP_DROP_STATS)?,
             pass_stats: open(dir, MAP_PASS_STATS)?,
+            event_config: open(dir, MAP_EVENT_CONFIG)?,
+            event_stats: open(dir, MAP_EVENT_STATS)?,
+            event_budget: open(dir, MAP_EVENT_BUDGET)?,
+            events_ring: None,
             embryo_evictions: Default::default(),
         })
     }
@@ -392,6 +439,10 @@ impl Maps {
             rule_stats: take(ebpf, MAP_RULE_STATS)?,
             drop_stats: take(ebpf, MAP_DROP_STATS)?,
             pass_stats: take(ebpf, MAP_PASS_STATS)?,
+            event_config: take(ebpf, MAP_EVENT_CONFIG)?,
+            event_stats: take(ebpf, MAP_EVENT_STATS)?,
+            event_budget: take(ebpf, MAP_EVENT_BUDGET)?,
+            events_ring: Some(take(ebpf, MAP_EVENTS)?),
             embryo_evictions: Default::default(),
         })
     }

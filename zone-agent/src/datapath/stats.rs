@@ -68,7 +68,7 @@ impl Datapath {
     }
 
     /// See [`Maps::expire`].
-    pub fn expire(&mut self) -> usize {
+    pub fn expire(&mut self) -> Vec<(FlowKey, FlowState)> {
         self.maps.expire()
     }
 }
@@ -221,9 +221,12 @@ impl Maps {
         ]
     }
 
-    /// Removes flows and fragment entries idle past their lifetime; returns how many.
-    /// (The kernel ignores expired entries anyway; this frees their slots.)
-    pub fn expire(&mut self) -> usize {
+    /// Removes flows and fragment entries idle past their lifetime; returns the flows (replied
+    /// and embryonic) it removed, as they were, so that the caller can report their end
+    /// (`FlowEnd::of_expired` of their flags); fragments are only counted out. (The kernel
+    /// ignores expired entries anyway; this frees their slots.) A flow the data path removed
+    /// or refreshed between the walk and the removal is not reported.
+    pub fn expire(&mut self) -> Vec<(FlowKey, FlowState)> {
         let now = monotonic_coarse_ns();
         let idle = |(k, st): &(FlowKey, FlowState)| {
             now.saturating_sub(st.last_seen_ns) > flow_lifetime(k.proto, st.flags)
@@ -231,21 +234,19 @@ impl Maps {
         let m = self;
         // Bounded walks: a table that churns under `get_next_key` (an LRU evicting) makes the
         // walk start over whenever the key it stands on goes, and it could go on for ever.
-        let stale: Vec<FlowKey> = m
+        let stale: Vec<(FlowKey, FlowState)> = m
             .flows
             .iter()
             .take(CAP_FLOWS as usize)
             .filter_map(Result::ok)
             .filter(idle)
-            .map(|(k, _)| k)
             .collect();
-        let stale_embryos: Vec<FlowKey> = m
+        let stale_embryos: Vec<(FlowKey, FlowState)> = m
             .embryos
             .iter()
             .take(CAP_EMBRYOS as usize)
             .filter_map(Result::ok)
             .filter(idle)
-            .map(|(k, _)| k)
             .collect();
         let stale_frags: Vec<FragKey> = m
             .frags
@@ -255,14 +256,17 @@ impl Maps {
             .filter(|(_, st)| now.saturating_sub(st.last_seen_ns) > FRAG_NS)
             .map(|(k, _)| k)
             .collect();
-        let n = stale.len() + stale_embryos.len() + stale_frags.len();
-        for k in stale {
-            let _ = m.flows.remove(&k);
-        }
-        let swept = stale_embryos
+        let mut removed: Vec<(FlowKey, FlowState)> = stale
             .into_iter()
-            .filter(|k| m.embryos.remove(k).is_ok())
-            .count() as u64;
+            .filter(|(k, _)| m.flows.remove(k).is_ok())
+            .collect();
+        let replied = removed.len();
+        removed.extend(
+            stale_embryos
+                .into_iter()
+                .filter(|(k, _)| m.embryos.remove(k).is_ok()),
+        );
+        let swept = (removed.len() - replied) as u64;
         if swept > 0 {
             // The first CPU's slot: the data path never counts this event.
             let i = FlowEvent::EmbryoExpired as u32;
@@ -277,7 +281,7 @@ impl Maps {
         for k in stale_frags {
             let _ = m.frags.remove(&k);
         }
-        n
+        removed
     }
 }
 

@@ -596,6 +596,30 @@ struct Flow {
     /// The last packet was a RST: the flow lives `FLOW_TCP_RESET_NS` more, unless a packet
     /// that is not a RST follows.
     rst: bool,
+    /// Packets and bytes that passed as this flow's, from the opener (the opening packet
+    /// included) and from the responder.
+    counts: FlowCounts,
+}
+
+/// A flow's packets and bytes per direction (the kernel's `FlowState` counters).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCounts {
+    pub orig_packets: u64,
+    pub orig_bytes: u64,
+    pub reply_packets: u64,
+    pub reply_bytes: u64,
+}
+
+impl FlowCounts {
+    fn add(&mut self, orig: bool, len: u64) {
+        if orig {
+            self.orig_packets += 1;
+            self.orig_bytes += len;
+        } else {
+            self.reply_packets += 1;
+            self.reply_bytes += len;
+        }
+    }
 }
 
 impl Flow {
@@ -649,6 +673,7 @@ pub struct FlowInfo {
     /// reply that is not a RST promotes a flow; the model has no capacity, so every
     /// promotion succeeds and this is `!replied`.
     pub embryonic: bool,
+    pub counts: FlowCounts,
 }
 
 /// How a packet got through (internal).
@@ -736,6 +761,7 @@ impl Model {
                 generation: f.generation,
                 replied: f.replied,
                 embryonic: !f.replied,
+                counts: f.counts,
             })
             .collect();
         v.sort_by_key(|f| (f.proto, f.orig_src, f.orig_dst));
@@ -929,6 +955,7 @@ impl Model {
             return None;
         }
         f.last_seen = now;
+        f.counts.add(orig, p.len);
         let hit = Hit {
             reason: if orig {
                 PassReason::Established
@@ -1012,6 +1039,11 @@ impl Model {
                     fin_reply: false,
                     replied: false,
                     rst: false,
+                    counts: FlowCounts {
+                        orig_packets: 1,
+                        orig_bytes: p.len,
+                        ..FlowCounts::default()
+                    },
                 },
             );
         }
@@ -2572,6 +2604,16 @@ mod tests {
         assert_eq!(c.pass(PassReason::Neighbor).packets, 1);
         assert_eq!(c.drop(DropReason::SpoofedSource, false).packets, 1);
         assert_eq!(c.packets(), 4);
+        // The flow counts its opening packet and its reply, each in its direction.
+        assert_eq!(
+            m.flow_list()[0].counts,
+            FlowCounts {
+                orig_packets: 1,
+                orig_bytes: 74,
+                reply_packets: 1,
+                reply_bytes: 66,
+            }
+        );
     }
 
     #[test]

@@ -1,11 +1,18 @@
 //! The admin socket: `<state_dir>/admin.sock`, a Unix socket only root can open (0600), for
-//! `zone-agent status | flows | reload`. One request line (`status`, `flows`, `reload`),
-//! one JSON answer, then the connection closes. Local only by construction.
+//! `zone-agent status | flows | reload | observe`. One request line (`status`, `flows`,
+//! `reload`), one JSON answer, then the connection closes. Local only by construction.
 //!
 //! `status` and `flows` are answered from what the control task last published and the
 //! maps (never waiting for a reload); `reload` is queued to the control task. At most
 //! [`MAX_CONNECTIONS`] connections are served at once (more are closed on accept), and a
 //! request line must arrive within [`REQUEST_TIMEOUT`].
+//!
+//! `observe <filter JSON>` streams: one line `{"observing": <filter>}` (or `{"error": …}`),
+//! then one JSON line per matching record until the client closes the connection. An
+//! observe stream gives its connection slot back and holds one of [`MAX_OBSERVERS`] slots
+//! of its own instead, so streams never starve `status` and `reload`. A client that does
+//! not take a line within [`OBSERVE_WRITE_TIMEOUT`], or falls `CLIENT_QUEUE` records
+//! behind, is disconnected and counted (`zone_agent_observe_clients_dropped_total`).
 
 use std::{
     net::IpAddr,
@@ -17,7 +24,10 @@ use std::{
 use serde::Serialize;
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
-    net::UnixListener,
+    net::{
+        UnixListener,
+        unix::{OwnedReadHalf, OwnedWriteHalf},
+    },
 };
 use tracing::{info, warn};
 use zone_agent_common::*;
@@ -25,6 +35,7 @@ use zone_agent_common::*;
 use crate::{
     config::failsafe::Resolved,
     datapath::{Adoption, Maps},
+    events::observe::Filter,
     service::{Control, Request, Shared, Slots},
     telemetry::SetNames,
 };
@@ -35,8 +46,14 @@ pub const MAX_CONNECTIONS: usize = 16;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// For a reload to answer (a very large policy takes a while).
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(300);
-/// Longest request line read.
-const MAX_LINE: u64 = 256;
+/// Longest request line read (an `observe` filter included).
+const MAX_LINE: u64 = 1024;
+/// `observe` streams served at once (beside the [`MAX_CONNECTIONS`] requests).
+pub const MAX_OBSERVERS: usize = 8;
+/// An `observe` client that does not take a line for this long is disconnected.
+pub const OBSERVE_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The streaming request's word.
+pub const OBSERVE: &str = "observe";
 
 pub const SOCKET: &str = "admin.sock";
 
@@ -86,14 +103,14 @@ pub async fn serve(listener: UnixListener, shared: Arc<Shared>, control: Control
         MAX_CONNECTIONS,
         &crate::telemetry::REFUSED_ADMIN,
     );
+    let observers = Arc::new(tokio::sync::Semaphore::new(MAX_OBSERVERS));
     loop {
         let Some((stream, slot)) = slots.admit(listener.accept().await.map(|(s, _)| s)).await
         else {
             continue;
         };
-        let (shared, control) = (shared.clone(), control.clone());
+        let (shared, control, observers) = (shared.clone(), control.clone(), observers.clone());
         tokio::spawn(async move {
-            let _slot = slot;
             let (r, mut w) = stream.into_split();
             let mut line = String::new();
             let mut r = BufReader::new(r.take(MAX_LINE));
@@ -102,6 +119,12 @@ pub async fn serve(listener: UnixListener, shared: Arc<Shared>, control: Control
                 _ => return,
             }
             let cmd = line.trim().to_string();
+            if let Some(filter) = cmd.strip_prefix(OBSERVE) {
+                drop(slot);
+                observe(shared, &observers, filter, r.into_inner().into_inner(), w).await;
+                return;
+            }
+            let _slot = slot;
             let answer = handle(shared, control, &cmd).await;
             let mut text = answer.to_string();
             text.push('\n');
@@ -109,6 +132,73 @@ pub async fn serve(listener: UnixListener, shared: Arc<Shared>, control: Control
                 warn!("admin socket: {e}");
             }
         });
+    }
+}
+
+/// Writes `v` and a newline within [`OBSERVE_WRITE_TIMEOUT`]: `Err(true)` timed out,
+/// `Err(false)` the client is gone.
+async fn send_line(w: &mut OwnedWriteHalf, v: &impl Serialize) -> Result<(), bool> {
+    let mut text = serde_json::to_string(v).unwrap_or_default();
+    text.push('\n');
+    match tokio::time::timeout(OBSERVE_WRITE_TIMEOUT, w.write_all(text.as_bytes())).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(false),
+        Err(_) => Err(true),
+    }
+}
+
+/// Serves one `observe` stream (`filter`: the JSON after the word, empty for all).
+async fn observe(
+    shared: Arc<Shared>,
+    slots: &Arc<tokio::sync::Semaphore>,
+    filter: &str,
+    mut r: OwnedReadHalf,
+    mut w: OwnedWriteHalf,
+) {
+    let filter = filter.trim();
+    let filter: Result<Filter, String> = if filter.is_empty() {
+        Ok(Filter::default())
+    } else {
+        serde_json::from_str(filter).map_err(|e| format!("bad observe filter: {e}"))
+    };
+    let filter = filter.and_then(|f| f.check().map(|()| f));
+    let Ok(_slot) = slots.clone().try_acquire_owned() else {
+        let e = format!("{MAX_OBSERVERS} observe clients are already connected; try again later");
+        let _ = send_line(&mut w, &serde_json::json!({ "error": e })).await;
+        return;
+    };
+    let filter = match filter {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = send_line(&mut w, &serde_json::json!({ "error": e })).await;
+            return;
+        }
+    };
+    let mut sub = shared.observers.subscribe(filter.clone());
+    if send_line(&mut w, &serde_json::json!({ "observing": filter }))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let mut buf = [0u8; 64];
+    loop {
+        tokio::select! {
+            rec = sub.rx.recv() => {
+                // None: the fan-out dropped this client (it fell behind; counted there).
+                let Some(rec) = rec else { return };
+                match send_line(&mut w, &*rec).await {
+                    Ok(()) => {}
+                    Err(true) => {
+                        sub.drop_slow();
+                        return;
+                    }
+                    Err(false) => return,
+                }
+            }
+            // The client closed its end (or sent more than it should): stop.
+            _ = r.read(&mut buf) => return,
+        }
     }
 }
 
@@ -163,7 +253,7 @@ async fn handle(shared: Arc<Shared>, control: Control, cmd: &str) -> serde_json:
             }
         }
         other => {
-            serde_json::json!({ "error": format!("unknown request {other:?}; expected status, flows or reload") })
+            serde_json::json!({ "error": format!("unknown request {other:?}; expected status, flows, reload or observe") })
         }
     }
 }

@@ -187,6 +187,11 @@ impl Agent {
             xdp_mode: settings.xdp_mode,
             settings,
         };
+        agent
+            .dp
+            .maps
+            .set_event_config(agent.settings.events.kernel())
+            .context("writing the event settings")?;
         let wanted = interfaces(&policy);
         agent
             .install_failsafe(&wanted)

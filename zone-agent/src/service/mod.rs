@@ -18,6 +18,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod events;
 pub mod http;
 
 use std::{
@@ -67,8 +68,10 @@ pub struct Snapshot {
 pub struct Shared {
     snapshot: RwLock<Arc<Snapshot>>,
     pub maps: Maps,
-    /// The last denied and audited attempts (filled by the event reader).
-    pub recent: crate::events::Recent,
+    /// The last denied and audited attempts (filled by the event fan-out).
+    pub recent: Arc<crate::events::Recent>,
+    /// The `observe` clients (fed by the event fan-out).
+    pub observers: Arc<crate::events::observe::Hub>,
 }
 
 impl Shared {
@@ -76,7 +79,8 @@ impl Shared {
         Shared {
             snapshot: RwLock::new(Arc::new(first)),
             maps,
-            recent: crate::events::Recent::new(RECENT_EVENTS),
+            recent: Arc::new(crate::events::Recent::new(RECENT_EVENTS)),
+            observers: Arc::default(),
         }
     }
 

@@ -1,9 +1,16 @@
 //! Every Prometheus name the agent exports, defined here only.
 
-use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
-use zone_agent_common::{DropReason, LABEL_EMBRYOS, LABEL_FLOWS, PassReason};
+use prometheus::{
+    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use std::sync::atomic::Ordering;
 
-use super::{Telemetry, Totals};
+use zone_agent_common::{
+    DropReason, EventKind, EventStat, LABEL_EMBRYOS, LABEL_FLOWS, LOST_AGENT_QUEUE, LOST_FLOW_LOG,
+    LOST_RATE_LIMITED, LOST_RING_FULL, LOST_UNDECODABLE, PassReason,
+};
+
+use super::{EVENTS, Telemetry, Totals};
 use crate::datapath::{DatapathError, stats::View};
 
 fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -186,9 +193,63 @@ pub fn render(dp: &View<'_>, t: &Telemetry) -> Result<String, DatapathError> {
         refused.with_label_values(&[listener]).inc_by(n);
     }
 
+    let kernel_events = dp.event_stats()?;
+    event_metrics(&reg, &|s| kernel_events[s as usize]);
+
     let mut buf = Vec::new();
     TextEncoder::new()
         .encode(&reg.gather(), &mut buf)
         .expect("encode to memory");
     Ok(String::from_utf8(buf).expect("prometheus text is UTF-8"))
+}
+
+/// The event stream's counters: what the kernel emitted (`kernel`: a `ZA_EVSTATS` slot
+/// summed over CPUs) and the agent's own, every label present (0 included).
+fn event_metrics(reg: &Registry, kernel: &dyn Fn(EventStat) -> u64) {
+    let total = counter(
+        reg,
+        "zone_agent_events_total",
+        "Decision events produced, by kind: written to the event ring by the data path (deny, audit, flow_open, flow_end), plus flow_end for the flows the agent's expiry sweep removed. Events lost after that are in zone_agent_events_lost_total.",
+        &["kind"],
+    );
+    for kind in EventKind::ALL {
+        let agent = if kind == EventKind::FlowEnd {
+            EVENTS.flow_end_swept.load(Ordering::Relaxed)
+        } else {
+            0
+        };
+        total
+            .with_label_values(&[kind.label()])
+            .inc_by(kernel(EventStat::emitted(kind)) + agent);
+    }
+    let lost = counter(
+        reg,
+        "zone_agent_events_lost_total",
+        "Decision events not delivered, by stage: rate_limited (refused by the data path's per-CPU budget, never written), ring_full (no room in the event ring), agent_queue (the agent's queue behind the ring reader was full), undecodable (a record the agent could not read), flow_log (not written to the flow log; the other consumers got it).",
+        &["stage"],
+    );
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    for (stage, n) in [
+        (LOST_RATE_LIMITED, kernel(EventStat::RateLimited)),
+        (LOST_RING_FULL, kernel(EventStat::RingFull)),
+        (LOST_AGENT_QUEUE, load(&EVENTS.lost_agent_queue)),
+        (LOST_UNDECODABLE, load(&EVENTS.lost_undecodable)),
+        (LOST_FLOW_LOG, load(&EVENTS.lost_flow_log)),
+    ] {
+        lost.with_label_values(&[stage]).inc_by(n);
+    }
+    let clients = IntGauge::new(
+        "zone_agent_observe_clients",
+        "zone-agent observe clients connected to the admin socket.",
+    )
+    .expect("valid");
+    reg.register(Box::new(clients.clone())).expect("unique");
+    clients.set(load(&EVENTS.observe_clients) as i64);
+    let dropped = IntCounter::new(
+        "zone_agent_observe_clients_dropped_total",
+        "zone-agent observe clients disconnected because they did not keep up (their queue filled, or a line could not be written to them in time).",
+    )
+    .expect("valid");
+    reg.register(Box::new(dropped.clone())).expect("unique");
+    dropped.inc_by(load(&EVENTS.observe_dropped));
 }

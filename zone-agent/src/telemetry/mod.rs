@@ -25,6 +25,86 @@ pub fn refused_connections() -> [(&'static str, u64); 2] {
     ]
 }
 
+/// What the agent itself counts of the event stream (the kernel counts the rest in
+/// `ZA_EVSTATS`): exported as `zone_agent_events_total`, `zone_agent_events_lost_total`
+/// and the `observe` client metrics.
+pub struct EventCounters {
+    /// `flow_end` records made by the expiry sweep for the flows it removed.
+    pub flow_end_swept: AtomicU64,
+    /// Records dropped because the queue behind the ring reader was full.
+    pub lost_agent_queue: AtomicU64,
+    /// Records the flow log could not write.
+    pub lost_flow_log: AtomicU64,
+    /// Ring records the agent could not decode.
+    pub lost_undecodable: AtomicU64,
+    /// `observe` clients connected now.
+    pub observe_clients: AtomicU64,
+    /// `observe` clients disconnected because they did not keep up.
+    pub observe_dropped: AtomicU64,
+}
+
+pub static EVENTS: EventCounters = EventCounters {
+    flow_end_swept: AtomicU64::new(0),
+    lost_agent_queue: AtomicU64::new(0),
+    lost_flow_log: AtomicU64::new(0),
+    lost_undecodable: AtomicU64::new(0),
+    observe_clients: AtomicU64::new(0),
+    observe_dropped: AtomicU64::new(0),
+};
+
+/// The counters of [`EventCounters`] that a restarted agent continues (saved in
+/// `telemetry.json` like the other totals; the kernel's own are pinned).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EventTotals {
+    pub flow_end_swept: u64,
+    pub lost_agent_queue: u64,
+    pub lost_flow_log: u64,
+    pub lost_undecodable: u64,
+    pub observe_dropped: u64,
+}
+
+impl EventCounters {
+    /// Adds one to `c` (relaxed: a counter read by scrapes only).
+    pub fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn counters(&self) -> [&AtomicU64; 5] {
+        [
+            &self.flow_end_swept,
+            &self.lost_agent_queue,
+            &self.lost_flow_log,
+            &self.lost_undecodable,
+            &self.observe_dropped,
+        ]
+    }
+
+    pub fn totals(&self) -> EventTotals {
+        let [a, b, c, d, e] = self.counters().map(|x| x.load(Ordering::Relaxed));
+        EventTotals {
+            flow_end_swept: a,
+            lost_agent_queue: b,
+            lost_flow_log: c,
+            lost_undecodable: d,
+            observe_dropped: e,
+        }
+    }
+
+    /// Adds what a previous run counted (once, at start).
+    pub fn restore(&self, t: &EventTotals) {
+        let saved = [
+            t.flow_end_swept,
+            t.lost_agent_queue,
+            t.lost_flow_log,
+            t.lost_undecodable,
+            t.observe_dropped,
+        ];
+        for (c, n) in self.counters().into_iter().zip(saved) {
+            c.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Names needed to label one policy set's counters.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SetNames {

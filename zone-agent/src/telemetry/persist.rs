@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use zone_agent_common::{Counter, Verdict, abi_fingerprint};
 
-use super::{SetNames, Telemetry, Totals};
+use super::{EVENTS, EventTotals, SetNames, Telemetry, Totals};
 
 const FILE: &str = "telemetry.json";
 
@@ -23,6 +23,9 @@ struct Saved {
     retired_rules: Vec<(String, u64, u64)>,
     reloads_ok: u64,
     reloads_error: u64,
+    /// The agent's own event counters (absent in files of older agents).
+    #[serde(default)]
+    events: EventTotals,
 }
 
 pub fn path(state_dir: &Path) -> PathBuf {
@@ -52,6 +55,7 @@ pub fn save(state_dir: &Path, t: &Telemetry) -> std::io::Result<()> {
             .collect(),
         reloads_ok: t.reloads_ok,
         reloads_error: t.reloads_error,
+        events: EVENTS.totals(),
     };
     let text = serde_json::to_vec_pretty(&saved).map_err(std::io::Error::other)?;
     write_private(state_dir, FILE, &text)
@@ -124,12 +128,14 @@ pub fn restore(
     t.retired = retired;
     t.reloads_ok = saved.reloads_ok;
     t.reloads_error = saved.reloads_error;
+    EVENTS.restore(&saved.events);
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::telemetry::EventCounters;
 
     #[test]
     fn round_trip_keeps_matching_sets_only() {
@@ -161,6 +167,7 @@ mod tests {
             },
         );
         t.reloads_ok = 7;
+        EventCounters::inc(&EVENTS.flow_end_swept);
         save(&dir, &t).unwrap();
         let mut back = Telemetry::default();
         // Set 1 holds generation 5 now (saved: 4): its names are not trusted.
@@ -179,6 +186,10 @@ mod tests {
             2
         );
         assert_eq!(back.reloads_ok, 7);
+        // The agent's event counters continue (they are process-wide: other tests may add
+        // to them meanwhile, never take away).
+        let saved: Saved = serde_json::from_slice(&std::fs::read(path(&dir)).unwrap()).unwrap();
+        assert!(EVENTS.totals().flow_end_swept >= 2 * saved.events.flow_end_swept);
         use std::os::unix::fs::PermissionsExt as _;
         let mode = std::fs::metadata(path(&dir)).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "telemetry.json must be private to the agent");
