@@ -4,6 +4,7 @@
 mod apply;
 mod attach;
 mod failsafe;
+pub mod netlink;
 pub mod pin;
 pub mod stats;
 

@@ -3,7 +3,7 @@
 use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use zone_agent_common::{DropReason, LABEL_EMBRYOS, LABEL_FLOWS, PassReason};
 
-use super::{Telemetry, Totals};
+use super::{Telemetry, figures::Figures};
 use crate::datapath::{DatapathError, stats::View};
 
 fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -18,19 +18,15 @@ fn gauge(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec
     g
 }
 
-/// Renders the current counters (live sets + retired totals) as Prometheus text.
+/// Reads the counters ([`super::figures::gather`]) and renders them as Prometheus text.
 pub fn render(dp: &View<'_>, t: &Telemetry) -> Result<String, DatapathError> {
-    let mut live = Totals::default();
-    for set in 0..2u32 {
-        if let Some(names) = &t.sets[set as usize] {
-            live.add_set(
-                names,
-                &dp.set_counters(set, names.zones.len(), names.rules.len())?,
-            );
-        }
-    }
-    let totals = t.retired.merged(&live);
-    let global = dp.global_counters()?;
+    Ok(render_figures(&super::figures::gather(dp, t)?, t))
+}
+
+/// Renders `f` (and what `t` knows beyond the maps) as Prometheus text.
+pub fn render_figures(f: &Figures, t: &Telemetry) -> String {
+    let totals = &f.totals;
+    let global = &f.global;
     let reg = Registry::new();
 
     let packets = counter(
@@ -61,12 +57,11 @@ pub fn render(dp: &View<'_>, t: &Telemetry) -> Result<String, DatapathError> {
         "Bytes counted to a rule.",
         &["rule"],
     );
-    // Every rule of the active policy appears, also at zero, so dashboards see unused rules.
-    if let Some(names) = &t.sets[dp.active_set as usize] {
-        for r in &names.rules {
-            rp.with_label_values(&[r]).inc_by(0);
-            rb.with_label_values(&[r]).inc_by(0);
-        }
+    // Every rule of the enforcing policy appears, also at zero, so dashboards see unused
+    // rules.
+    for r in &t.policy.rules {
+        rp.with_label_values(&[&r.name]).inc_by(0);
+        rb.with_label_values(&[&r.name]).inc_by(0);
     }
     for (rule, c) in &totals.rules {
         rp.with_label_values(&[rule]).inc_by(c.packets);
@@ -105,7 +100,7 @@ pub fn render(dp: &View<'_>, t: &Telemetry) -> Result<String, DatapathError> {
             .with_label_values(&[PassReason::label(*r)])
             .inc_by(c.packets);
     }
-    let usage = dp.map_usage();
+    let usage = &f.usage;
     let entries = gauge(
         &reg,
         "zone_agent_map_entries",
@@ -118,26 +113,23 @@ pub fn render(dp: &View<'_>, t: &Telemetry) -> Result<String, DatapathError> {
         "Capacity of a data-path table.",
         &["map"],
     );
-    for (name, n, cap) in &usage {
+    for (name, n, cap) in usage {
         entries.with_label_values(&[name]).set(*n as i64);
         capacity.with_label_values(&[name]).set(*cap as i64);
     }
-    let fill = |label: &str| usage.iter().find(|u| u.0 == label).map_or(0, |u| u.1);
-    let flows = IntGauge::new(
+    let flows = single(
+        &reg,
         "zone_agent_flows_active",
         "Flows in the flow tables (replied and embryonic).",
-    )
-    .expect("valid");
-    reg.register(Box::new(flows.clone())).expect("unique");
-    flows.set((fill(LABEL_FLOWS) + fill(LABEL_EMBRYOS)) as i64);
-    let events = dp.flow_events()?;
+    );
+    flows.set(f.flows_active as i64);
     let fe = counter(
         &reg,
         "zone_agent_flow_events_total",
         "Flow-table events: opened (embryonic), promoted (first reply), promotion_refused (replied table full), open_refused (insert failed, dropped table_full), embryo_removed (expired/revoked in the data path), embryo_expired (removed by the expiry sweep), reset (a RST shortened a flow's life).",
         &["event"],
     );
-    for (e, n) in &events {
+    for (e, n) in &f.flow_events {
         fe.with_label_values(&[e.label()]).inc_by(*n);
     }
     let evictions = counter(
@@ -148,14 +140,13 @@ pub fn render(dp: &View<'_>, t: &Telemetry) -> Result<String, DatapathError> {
     );
     evictions
         .with_label_values(&[LABEL_EMBRYOS])
-        .inc_by(dp.embryo_evictions(&events, fill(LABEL_EMBRYOS)));
+        .inc_by(f.embryo_evictions);
     evictions.with_label_values(&[LABEL_FLOWS]).inc_by(0);
-    let generation = IntGauge::new(
+    let generation = single(
+        &reg,
         "zone_agent_policy_generation",
         "Generation of the enforcing policy (1 = first load).",
-    )
-    .expect("valid");
-    reg.register(Box::new(generation.clone())).expect("unique");
+    );
     generation.set(t.generation as i64);
     let reloads = counter(
         &reg,
@@ -168,12 +159,11 @@ pub fn render(dp: &View<'_>, t: &Telemetry) -> Result<String, DatapathError> {
         .with_label_values(&["error"])
         .inc_by(t.reloads_error);
 
-    let fail_open = IntGauge::new(
+    let fail_open = single(
+        &reg,
         "zone_agent_fail_open_on_exit",
         "1 if the agent detaches XDP when it exits (the zone gates open while it is down); 0 if enforcement outlives it.",
-    )
-    .expect("valid");
-    reg.register(Box::new(fail_open.clone())).expect("unique");
+    );
     fail_open.set(i64::from(t.fail_open_on_exit));
 
     let refused = counter(
@@ -186,9 +176,62 @@ pub fn render(dp: &View<'_>, t: &Telemetry) -> Result<String, DatapathError> {
         refused.with_label_values(&[listener]).inc_by(n);
     }
 
+    agent_info(&reg, f, t);
+
     let mut buf = Vec::new();
     TextEncoder::new()
         .encode(&reg.gather(), &mut buf)
         .expect("encode to memory");
-    Ok(String::from_utf8(buf).expect("prometheus text is UTF-8"))
+    String::from_utf8(buf).expect("prometheus text is UTF-8")
+}
+
+/// A gauge without labels, registered.
+fn single(reg: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    reg.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+/// What the agent is and runs: build, interfaces, last reload, the rules' modes.
+fn agent_info(reg: &Registry, f: &Figures, t: &Telemetry) {
+    gauge(
+        reg,
+        "zone_agent_build_info",
+        "Always 1; the agent's version as a label.",
+        &["version"],
+    )
+    .with_label_values(&[env!("CARGO_PKG_VERSION")])
+    .set(1);
+
+    let attached = gauge(
+        reg,
+        "zone_agent_interface_attached",
+        "1 if the agent's XDP program runs at the zone interface now (asked of the kernel at each scrape; mode as the kernel reports it), 0 if not (detached or replaced behind the agent's back; mode as the agent attached it).",
+        &["interface", "mode"],
+    );
+    for i in &f.interfaces {
+        attached
+            .with_label_values(&[&i.interface, i.mode])
+            .set(i64::from(i.attached));
+    }
+
+    // Seconds as a float would need a second gauge type; whole seconds are what alerts use.
+    single(
+        reg,
+        "zone_agent_policy_last_reload_timestamp_seconds",
+        "Unix time of the last successful policy load or reload (0: none yet).",
+    )
+    .set((t.last_reload_unix_ms / 1000) as i64);
+
+    let rules = gauge(
+        reg,
+        "zone_agent_rule_info",
+        "Always 1 per rule of the enforcing policy: its zones and its own mode. An audit rule's zone_agent_rule_packets_total counts the traffic it passed on trial (counted with verdict audit).",
+        &["rule", "from_zone", "to_zone", "mode"],
+    );
+    for r in &t.policy.rules {
+        rules
+            .with_label_values(&[&r.name, &r.from_zone, &r.to_zone, r.mode])
+            .set(1);
+    }
 }

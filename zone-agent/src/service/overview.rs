@@ -1,0 +1,172 @@
+//! `GET /api/v1/overview`: what the operator's page shows, as one JSON document read from
+//! the same [`Figures`] as `/metrics` (so the page and Prometheus agree).
+//!
+//! Counters are totals since the agent first ran (like the metrics): the page computes rates
+//! from two successive answers (`time_ms` apart). Field names are the metrics' label names.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use zone_agent_common::DropReason;
+
+use crate::{
+    events::Record,
+    service::Snapshot,
+    telemetry::{PolicyInfo, RuleInfo, ZoneInfo, figures::Figures, unix_ms},
+};
+
+/// Denied (and audited) attempts returned, newest first.
+pub const RECENT_SHOWN: usize = 50;
+
+#[derive(Serialize)]
+pub struct Overview<'a> {
+    /// When this was read, ms since the Unix epoch (the page's clock for rates).
+    pub time_ms: u64,
+    pub agent: AgentInfo,
+    pub zones: &'a [ZoneInfo],
+    /// One cell per (from_zone, to_zone, verdict) with traffic, including the pseudo-zone
+    /// `none` (addresses of no zone) and zones of earlier policies.
+    pub matrix: Vec<Cell<'a>>,
+    pub rules: Vec<RuleFigures<'a>>,
+    /// Newest first: the last denied and audited attempts (from the event stream).
+    pub recent_denied: Vec<Record>,
+    pub health: Health<'a>,
+}
+
+#[derive(Serialize)]
+pub struct AgentInfo {
+    pub version: &'static str,
+    /// The policy's global mode: `enforce` | `audit`.
+    pub mode: &'static str,
+    pub generation: u32,
+    /// 0: no successful load yet.
+    pub last_reload_unix_ms: u64,
+    pub reloads_ok: u64,
+    pub reloads_error: u64,
+}
+
+#[derive(Serialize)]
+pub struct Cell<'a> {
+    pub from_zone: &'a str,
+    pub to_zone: &'a str,
+    /// `allow` | `deny` | `audit`.
+    pub verdict: &'static str,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Serialize)]
+pub struct RuleFigures<'a> {
+    #[serde(flatten)]
+    pub rule: &'a RuleInfo,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Serialize)]
+pub struct Health<'a> {
+    pub flows_active: u64,
+    pub maps: Vec<MapFill>,
+    pub interfaces: Vec<InterfaceFigures<'a>>,
+    /// Packets dropped, by reason (`zone_agent_drops_total`).
+    pub drops: BTreeMap<&'static str, u64>,
+    /// Events delivered and lost; `None` while the agent reads no events (shown as n/a).
+    pub events: Option<EventHealth>,
+}
+
+#[derive(Serialize)]
+pub struct MapFill {
+    pub map: &'static str,
+    pub entries: u64,
+    pub capacity: u64,
+}
+
+#[derive(Serialize)]
+pub struct InterfaceFigures<'a> {
+    pub interface: &'a str,
+    pub mode: &'static str,
+    pub attached: bool,
+}
+
+/// `zone_agent_events_total{kind}` and `zone_agent_events_lost_total{stage}`, by label.
+#[derive(Serialize, Default)]
+pub struct EventHealth {
+    pub total: BTreeMap<String, u64>,
+    pub lost: BTreeMap<String, u64>,
+}
+
+/// The overview of `f` as of `snap`, with `recent` denials and `events` figures if any.
+pub fn build<'a>(
+    f: &'a Figures,
+    snap: &'a Snapshot,
+    recent: Vec<Record>,
+    events: Option<EventHealth>,
+) -> Overview<'a> {
+    let t = &snap.telemetry;
+    let policy: &PolicyInfo = &t.policy;
+    Overview {
+        time_ms: unix_ms(),
+        agent: AgentInfo {
+            version: env!("CARGO_PKG_VERSION"),
+            mode: policy.mode,
+            generation: t.generation,
+            last_reload_unix_ms: t.last_reload_unix_ms,
+            reloads_ok: t.reloads_ok,
+            reloads_error: t.reloads_error,
+        },
+        zones: &policy.zones,
+        matrix: f
+            .totals
+            .zones
+            .iter()
+            .map(|((from, to, verdict), c)| Cell {
+                from_zone: from,
+                to_zone: to,
+                verdict,
+                packets: c.packets,
+                bytes: c.bytes,
+            })
+            .collect(),
+        rules: policy
+            .rules
+            .iter()
+            .map(|r| {
+                let c = f.totals.rules.get(&r.name).copied().unwrap_or_default();
+                RuleFigures {
+                    rule: r,
+                    packets: c.packets,
+                    bytes: c.bytes,
+                }
+            })
+            .collect(),
+        recent_denied: recent,
+        health: Health {
+            flows_active: f.flows_active,
+            maps: f
+                .usage
+                .iter()
+                .map(|(map, entries, capacity)| MapFill {
+                    map,
+                    entries: *entries,
+                    capacity: *capacity,
+                })
+                .collect(),
+            interfaces: f
+                .interfaces
+                .iter()
+                .map(|i| InterfaceFigures {
+                    interface: &i.interface,
+                    mode: i.mode,
+                    attached: i.attached,
+                })
+                .collect(),
+            drops: f
+                .global
+                .drops
+                .iter()
+                .map(|(r, c)| (DropReason::label(*r), c.packets))
+                .collect(),
+            events,
+        },
+    }
+}
