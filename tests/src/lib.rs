@@ -16,6 +16,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod browser;
 mod child;
 pub mod craft;
 pub mod fixture;
