@@ -85,8 +85,22 @@ fn page_shows_zones_matrix_rules_and_denials() {
     for _ in 0..3 {
         assert!(tcp_connect(&lab, &hosts.lg, ip("10.10.0.10"), 443, None, T));
     }
-    assert!(!tcp_connect(&lab, &hosts.lg, ip("10.10.0.10"), 8443, None, T_FAIL));
-    assert!(!tcp_connect(&lab, &hosts.inet, ip("10.10.0.10"), 443, None, T_FAIL));
+    assert!(!tcp_connect(
+        &lab,
+        &hosts.lg,
+        ip("10.10.0.10"),
+        8443,
+        None,
+        T_FAIL
+    ));
+    assert!(!tcp_connect(
+        &lab,
+        &hosts.inet,
+        ip("10.10.0.10"),
+        443,
+        None,
+        T_FAIL
+    ));
 
     let headers = lab.run_timeout(
         lab.gateway(),
@@ -103,7 +117,10 @@ fn page_shows_zones_matrix_rules_and_denials() {
 
     let dom = browser::dump_dom(&lab, lab.gateway(), &url("/"));
     // The script ran (the CSP let it) and rendered an answer.
-    assert!(dom.contains("更新 "), "the page never rendered an answer:\n{dom}");
+    assert!(
+        dom.contains("更新 "),
+        "the page never rendered an answer:\n{dom}"
+    );
     for z in ZONES {
         assert!(
             !tags_with(&dom, "th", "data-zone", z.name).is_empty(),
@@ -116,9 +133,15 @@ fn page_shows_zones_matrix_rules_and_denials() {
     let relay = cell(&dom, LGWAN.name, MYNUMBER.name);
     assert!(number(relay, "data-allow-packets") > 0, "{relay}");
     assert!(number(relay, "data-deny-packets") > 0, "{relay}");
-    assert!(attr(relay, "class").is_some_and(|c| c.contains("denied")), "{relay}");
+    assert!(
+        attr(relay, "class").is_some_and(|c| c.contains("denied")),
+        "{relay}"
+    );
     let from_internet = cell(&dom, INTERNET.name, MYNUMBER.name);
-    assert!(number(from_internet, "data-deny-packets") > 0, "{from_internet}");
+    assert!(
+        number(from_internet, "data-deny-packets") > 0,
+        "{from_internet}"
+    );
     assert_eq!(number(from_internet, "data-allow-packets"), 0);
     let quiet = cell(&dom, MYNUMBER.name, INTERNET.name);
     assert_eq!(number(quiet, "data-deny-packets"), 0, "{quiet}");
@@ -137,7 +160,10 @@ fn page_shows_zones_matrix_rules_and_denials() {
         dom.contains("&lt;b id=\"injected\"&gt;relay&lt;/b&gt; &amp; 中間サーバー"),
         "the description is not shown as text"
     );
-    assert!(!dom.contains("<b id=\"injected\">"), "operator text became markup");
+    assert!(
+        !dom.contains("<b id=\"injected\">"),
+        "operator text became markup"
+    );
 
     // The last denied attempts come from the event stream.
     let metrics = agent::metrics(&lab);

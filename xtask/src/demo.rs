@@ -461,7 +461,7 @@ fn show_metrics(lab: &Lab, report: &mut Report) {
     for line in text.lines().filter(|l| l.starts_with("zone_agent_")) {
         println!("    {line}");
     }
-    match promtool_check(&text) {
+    match zone_agent_lab::scrape::promtool_check(&text) {
         Ok(()) => report.check("promtool check metrics", true, "no problems"),
         Err(problems) => {
             for line in problems.lines() {
@@ -469,35 +469,6 @@ fn show_metrics(lab: &Lab, report: &mut Report) {
             }
             report.check("promtool check metrics", false, "no problems");
         }
-    }
-}
-
-/// `promtool check metrics` on `text`: its complaints on failure.
-fn promtool_check(text: &str) -> std::result::Result<(), String> {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|err| format!("cannot run promtool: {err}"))?;
-    let mut stdin = child.stdin.take().expect("stdin is piped");
-    let written = stdin.write_all(text.as_bytes());
-    drop(stdin);
-    let out = child
-        .wait_with_output()
-        .map_err(|err| format!("promtool: {err}"))?;
-    written.map_err(|err| format!("writing to promtool: {err}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
     }
 }
 

@@ -17,6 +17,9 @@ use crate::{
 
 /// Denied (and audited) attempts returned, newest first.
 pub const RECENT_SHOWN: usize = 50;
+/// Rules returned at most: a larger policy's rules with the most packets (in policy order),
+/// so that a browser refreshing every 2 s is not handed 100 000 rows.
+pub const RULES_SHOWN: usize = 1000;
 
 #[derive(Serialize)]
 pub struct Overview<'a> {
@@ -27,7 +30,10 @@ pub struct Overview<'a> {
     /// One cell per (from_zone, to_zone, verdict) with traffic, including the pseudo-zone
     /// `none` (addresses of no zone) and zones of earlier policies.
     pub matrix: Vec<Cell<'a>>,
+    /// In policy order; at most [`RULES_SHOWN`] (those with the most packets).
     pub rules: Vec<RuleFigures<'a>>,
+    /// Rules in the policy.
+    pub rules_total: usize,
     /// Newest first: the last denied and audited attempts (from the event stream).
     pub recent_denied: Vec<Record>,
     pub health: Health<'a>,
@@ -127,18 +133,8 @@ pub fn build<'a>(
                 bytes: c.bytes,
             })
             .collect(),
-        rules: policy
-            .rules
-            .iter()
-            .map(|r| {
-                let c = f.totals.rules.get(&r.name).copied().unwrap_or_default();
-                RuleFigures {
-                    rule: r,
-                    packets: c.packets,
-                    bytes: c.bytes,
-                }
-            })
-            .collect(),
+        rules: busiest_rules(f, policy),
+        rules_total: policy.rules.len(),
         recent_denied: recent,
         health: Health {
             flows_active: f.flows_active,
@@ -169,4 +165,29 @@ pub fn build<'a>(
             events,
         },
     }
+}
+
+/// The policy's rules with their counters: all of them, or the [`RULES_SHOWN`] with the most
+/// packets, still in policy order.
+fn busiest_rules<'a>(f: &Figures, policy: &'a PolicyInfo) -> Vec<RuleFigures<'a>> {
+    let mut rules: Vec<(usize, RuleFigures<'a>)> = policy
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let c = f.totals.rules.get(&r.name).copied().unwrap_or_default();
+            let figures = RuleFigures {
+                rule: r,
+                packets: c.packets,
+                bytes: c.bytes,
+            };
+            (i, figures)
+        })
+        .collect();
+    if rules.len() > RULES_SHOWN {
+        rules.sort_by_key(|(i, r)| (std::cmp::Reverse(r.packets), *i));
+        rules.truncate(RULES_SHOWN);
+        rules.sort_by_key(|(i, _)| *i);
+    }
+    rules.into_iter().map(|(_, r)| r).collect()
 }

@@ -63,7 +63,10 @@ mod tests {
     #[test]
     fn csp_allows_only_the_page_own_style_and_script() {
         let c = csp(PAGE);
-        assert!(c.starts_with("default-src 'none'; style-src 'sha256-"), "{c}");
+        assert!(
+            c.starts_with("default-src 'none'; style-src 'sha256-"),
+            "{c}"
+        );
         assert!(!c.contains("unsafe") && !c.contains("http"), "{c}");
         // One element each: a second one would not be allowed by the policy.
         assert_eq!(PAGE.matches("<script").count(), 1);
