@@ -283,6 +283,7 @@ fn demo(args: &Args, agent_bin: Option<&Path>) -> Result<()> {
 
     if let (Some(agent), Some(bin)) = (agent.as_mut(), agent_bin) {
         show_metrics(&lab, &mut report);
+        show_page(&lab, &mut report);
         step("demo: zone-agent policy explain");
         explain(&lab, bin, &policy, &lg, &my, 443);
         explain(&lab, bin, &policy, &lg, &my, 22);
@@ -472,6 +473,38 @@ fn show_metrics(lab: &Lab, report: &mut Report) {
     }
 }
 
+/// The operator's page: `GET /` serves the HTML document, and headless Chromium (in the
+/// gateway) renders it with the zones' names and Japanese labels.
+fn show_page(lab: &Lab, report: &mut Report) {
+    let url = format!("http://{METRICS_ADDR}/");
+    step(&format!("demo: the operator's page ({url} in the gateway)"));
+    let html = scrape::http_get(lab, lab.gateway(), &url, Duration::from_secs(3));
+    report.check(
+        "GET / serves the operator's page",
+        html.is_some_and(|h| h.starts_with("<!DOCTYPE html>")),
+        "an HTML document",
+    );
+    let dom = zone_agent_lab::browser::dump_dom(lab, lab.gateway(), &url);
+    let zones = [MYNUMBER, LGWAN, INTERNET];
+    let missing: Vec<&str> = zones
+        .iter()
+        .flat_map(|z| [z.name, z.label])
+        .filter(|text| !dom.contains(text))
+        .collect();
+    println!(
+        "    rendered {} bytes of DOM; zones shown: {}",
+        dom.len(),
+        zones
+            .map(|z| format!("{} ({})", z.name, z.label))
+            .join(", ")
+    );
+    report.check(
+        &format!("the page in headless Chromium shows the zones (missing: {missing:?})"),
+        missing.is_empty(),
+        "every zone name and label",
+    );
+}
+
 fn explain(lab: &Lab, bin: &Path, policy: &Path, from: &Host, to: &Host, port: u16) {
     let (src, dst, port) = (from.v4.to_string(), to.v4.to_string(), port.to_string());
     let argv = [
@@ -533,6 +566,14 @@ rm -rf {dir}
     println!("    namespaces: {}", lab.namespaces().join(" "));
     println!(
         "    metrics:    ip netns exec {} curl -s http://{METRICS_ADDR}/metrics",
+        lab.gateway()
+    );
+    println!(
+        "    page:       ip netns exec {} chromium http://{METRICS_ADDR}/  (a browser in the gateway's namespace; as root add --no-sandbox)",
+        lab.gateway()
+    );
+    println!(
+        "    its JSON:   ip netns exec {} curl -s http://{METRICS_ADDR}/api/v1/overview",
         lab.gateway()
     );
     println!(

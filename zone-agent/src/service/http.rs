@@ -115,7 +115,7 @@ fn render_metrics(shared: &Shared, snap: &Snapshot) -> Result<String, DatapathEr
 fn render_overview(shared: &Shared, snap: &Snapshot) -> Result<String, DatapathError> {
     let f = figures::gather(&view(shared, snap), &snap.telemetry)?;
     let recent = shared.recent.latest(overview::RECENT_SHOWN);
-    let o = overview::build(&f, snap, recent, None);
+    let o = overview::build(&f, &snap.telemetry, recent, None);
     Ok(serde_json::to_string(&o).expect("the overview serializes"))
 }
 

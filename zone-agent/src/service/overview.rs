@@ -11,8 +11,7 @@ use zone_agent_common::DropReason;
 
 use crate::{
     events::Record,
-    service::Snapshot,
-    telemetry::{PolicyInfo, RuleInfo, ZoneInfo, figures::Figures, unix_ms},
+    telemetry::{PolicyInfo, RuleInfo, Telemetry, ZoneInfo, figures::Figures, unix_ms},
 };
 
 /// Denied (and audited) attempts returned, newest first.
@@ -101,14 +100,13 @@ pub struct EventHealth {
     pub lost: BTreeMap<String, u64>,
 }
 
-/// The overview of `f` as of `snap`, with `recent` denials and `events` figures if any.
+/// The overview of `f` (read with `t`), with `recent` denials and `events` figures if any.
 pub fn build<'a>(
     f: &'a Figures,
-    snap: &'a Snapshot,
+    t: &'a Telemetry,
     recent: Vec<Record>,
     events: Option<EventHealth>,
 ) -> Overview<'a> {
-    let t = &snap.telemetry;
     let policy: &PolicyInfo = &t.policy;
     Overview {
         time_ms: unix_ms(),
@@ -190,4 +188,106 @@ fn busiest_rules<'a>(f: &Figures, policy: &'a PolicyInfo) -> Vec<RuleFigures<'a>
         rules.sort_by_key(|(i, _)| *i);
     }
     rules.into_iter().map(|(_, r)| r).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use zone_agent_common::Counter;
+
+    use super::*;
+    use crate::telemetry::{Totals, figures::InterfaceState};
+
+    fn rule(name: &str) -> RuleInfo {
+        RuleInfo {
+            name: name.into(),
+            description: None,
+            from_zone: "lgwan".into(),
+            to_zone: "mynumber".into(),
+            protocol: "tcp",
+            ports: vec!["443".into()],
+            mode: "enforce",
+        }
+    }
+
+    fn figures(rules: &[(&str, u64)]) -> Figures {
+        let mut totals = Totals::default();
+        totals.zones.insert(
+            ("lgwan".into(), "mynumber".into(), "deny"),
+            Counter {
+                packets: 2,
+                bytes: 120,
+            },
+        );
+        for (name, packets) in rules {
+            totals.rules.insert(
+                (*name).into(),
+                Counter {
+                    packets: *packets,
+                    bytes: packets * 100,
+                },
+            );
+        }
+        Figures {
+            totals,
+            global: Default::default(),
+            usage: vec![("rules", 3, 10)],
+            flows_active: 1,
+            flow_events: Vec::new(),
+            embryo_evictions: 0,
+            interfaces: vec![InterfaceState {
+                interface: "zmyn".into(),
+                mode: "native",
+                attached: true,
+            }],
+        }
+    }
+
+    #[test]
+    fn the_json_carries_matrix_rules_and_health_under_stable_names() {
+        let t = Telemetry {
+            generation: 4,
+            policy: Arc::new(PolicyInfo {
+                mode: "enforce",
+                zones: Vec::new(),
+                rules: vec![rule("a"), rule("b")],
+            }),
+            ..Default::default()
+        };
+        let f = figures(&[("a", 5)]);
+        let v = serde_json::to_value(build(&f, &t, Vec::new(), None)).unwrap();
+        assert_eq!(v["agent"]["generation"], 4);
+        assert_eq!(
+            v["matrix"][0],
+            serde_json::json!({"from_zone": "lgwan", "to_zone": "mynumber", "verdict": "deny", "packets": 2, "bytes": 120})
+        );
+        assert_eq!(v["rules"][0]["name"], "a");
+        assert_eq!(v["rules"][0]["packets"], 5);
+        assert_eq!(v["rules"][1]["packets"], 0);
+        assert_eq!(v["rules_total"], 2);
+        assert_eq!(v["health"]["events"], serde_json::Value::Null);
+        assert_eq!(v["health"]["interfaces"][0]["attached"], true);
+        assert_eq!(v["health"]["maps"][0]["capacity"], 10);
+    }
+
+    #[test]
+    fn a_large_policy_shows_its_busiest_rules_in_policy_order() {
+        let names: Vec<String> = (0..RULES_SHOWN + 5).map(|i| format!("r{i}")).collect();
+        let t = Telemetry {
+            policy: Arc::new(PolicyInfo {
+                mode: "enforce",
+                zones: Vec::new(),
+                rules: names.iter().map(|n| rule(n)).collect(),
+            }),
+            ..Default::default()
+        };
+        let last = names.last().unwrap().clone();
+        let f = figures(&[(&last, 9), ("r3", 1)]);
+        let shown = busiest_rules(&f, &t.policy);
+        assert_eq!(shown.len(), RULES_SHOWN);
+        assert_eq!(shown.last().unwrap().rule.name, last);
+        assert_eq!(shown[0].rule.name, "r0");
+        assert!(shown.iter().any(|r| r.rule.name == "r3"));
+    }
 }

@@ -73,6 +73,9 @@ mod tests {
         assert_eq!(PAGE.matches("<style").count(), 1);
         // No external asset.
         assert!(!PAGE.contains("src=") && !PAGE.contains("href="));
+        // The page polls the overview, relative to where it is served.
+        let path = super::super::http::OVERVIEW_PATH.trim_start_matches('/');
+        assert!(PAGE.contains(&format!("const OVERVIEW = \"{path}\";")));
     }
 
     #[test]
