@@ -18,6 +18,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod browser;
 mod child;
 pub mod craft;
 pub mod deploy;

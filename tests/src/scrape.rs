@@ -108,6 +108,35 @@ fn parse_labels(s: &str) -> Option<(Vec<(String, String)>, &str)> {
     }
 }
 
+/// `promtool check metrics` of `text` (an exposition): its complaints when it fails.
+pub fn promtool_check(text: &str) -> Result<(), String> {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|err| format!("cannot run promtool: {err}"))?;
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    let written = stdin.write_all(text.as_bytes());
+    drop(stdin);
+    let out = child
+        .wait_with_output()
+        .map_err(|err| format!("promtool: {err}"))?;
+    written.map_err(|err| format!("writing to promtool: {err}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

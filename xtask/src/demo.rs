@@ -283,6 +283,7 @@ fn demo(args: &Args, agent_bin: Option<&Path>) -> Result<()> {
 
     if let (Some(agent), Some(bin)) = (agent.as_mut(), agent_bin) {
         show_metrics(&lab, &mut report);
+        show_page(&lab, &mut report);
         step("demo: zone-agent policy explain");
         explain(&lab, bin, &policy, &lg, &my, 443);
         explain(&lab, bin, &policy, &lg, &my, 22);
@@ -461,7 +462,7 @@ fn show_metrics(lab: &Lab, report: &mut Report) {
     for line in text.lines().filter(|l| l.starts_with("zone_agent_")) {
         println!("    {line}");
     }
-    match promtool_check(&text) {
+    match zone_agent_lab::scrape::promtool_check(&text) {
         Ok(()) => report.check("promtool check metrics", true, "no problems"),
         Err(problems) => {
             for line in problems.lines() {
@@ -472,33 +473,36 @@ fn show_metrics(lab: &Lab, report: &mut Report) {
     }
 }
 
-/// `promtool check metrics` on `text`: its complaints on failure.
-fn promtool_check(text: &str) -> std::result::Result<(), String> {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|err| format!("cannot run promtool: {err}"))?;
-    let mut stdin = child.stdin.take().expect("stdin is piped");
-    let written = stdin.write_all(text.as_bytes());
-    drop(stdin);
-    let out = child
-        .wait_with_output()
-        .map_err(|err| format!("promtool: {err}"))?;
-    written.map_err(|err| format!("writing to promtool: {err}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
+/// The operator's page: `GET /` serves the HTML document, and headless Chromium (in the
+/// gateway) renders it with the zones' names and Japanese labels.
+fn show_page(lab: &Lab, report: &mut Report) {
+    let url = format!("http://{METRICS_ADDR}/");
+    step(&format!("demo: the operator's page ({url} in the gateway)"));
+    let html = scrape::http_get(lab, lab.gateway(), &url, Duration::from_secs(3));
+    report.check(
+        "GET / serves the operator's page",
+        html.is_some_and(|h| h.starts_with("<!DOCTYPE html>")),
+        "an HTML document",
+    );
+    let dom = zone_agent_lab::browser::dump_dom(lab, lab.gateway(), &url);
+    let zones = [MYNUMBER, LGWAN, INTERNET];
+    let missing: Vec<&str> = zones
+        .iter()
+        .flat_map(|z| [z.name, z.label])
+        .filter(|text| !dom.contains(text))
+        .collect();
+    println!(
+        "    rendered {} bytes of DOM; zones shown: {}",
+        dom.len(),
+        zones
+            .map(|z| format!("{} ({})", z.name, z.label))
+            .join(", ")
+    );
+    report.check(
+        &format!("the page in headless Chromium shows the zones (missing: {missing:?})"),
+        missing.is_empty(),
+        "every zone name and label",
+    );
 }
 
 fn explain(lab: &Lab, bin: &Path, policy: &Path, from: &Host, to: &Host, port: u16) {
@@ -562,6 +566,14 @@ rm -rf {dir}
     println!("    namespaces: {}", lab.namespaces().join(" "));
     println!(
         "    metrics:    ip netns exec {} curl -s http://{METRICS_ADDR}/metrics",
+        lab.gateway()
+    );
+    println!(
+        "    page:       ip netns exec {} chromium http://{METRICS_ADDR}/  (a browser in the gateway's namespace; as root add --no-sandbox)",
+        lab.gateway()
+    );
+    println!(
+        "    its JSON:   ip netns exec {} curl -s http://{METRICS_ADDR}/api/v1/overview",
         lab.gateway()
     );
     println!(

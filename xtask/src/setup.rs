@@ -124,6 +124,18 @@ const TOOLS: &[Tool] = &[
         check: Check::File("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"),
         package: "fonts-dejavu-core",
     },
+    // The operator's page is rendered in headless Chromium (tests/tests/page.rs, the
+    // screenshot in docs/), its Japanese zone labels drawn with Noto Sans CJK.
+    Tool {
+        what: "chromium",
+        check: Check::Command("chromium"),
+        package: "chromium",
+    },
+    Tool {
+        what: "Noto Sans CJK",
+        check: Check::File("/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc"),
+        package: "fonts-noto-cjk",
+    },
     // The test of systemd/zone-agent.service (`systemd-analyze verify`); installing the
     // package on a machine that does not boot with systemd only adds the tools.
     Tool {

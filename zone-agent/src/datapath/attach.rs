@@ -8,7 +8,11 @@ use std::collections::BTreeSet;
 use aya::programs::{XdpMode as AyaMode, links::FdLink, links::PinnedLink, xdp::XdpLink};
 use tracing::{info, warn};
 
-use super::{Datapath, DatapathError, pin, pin_err};
+use super::{
+    Datapath, DatapathError,
+    netlink::{MODE_GENERIC, MODE_NATIVE},
+    pin, pin_err,
+};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum XdpMode {
@@ -114,9 +118,9 @@ impl Datapath {
     ) -> Result<(FdLink, &'static str), DatapathError> {
         let prog = self.program_mut();
         let tries: &[(AyaMode, &'static str)] = match mode {
-            XdpMode::Auto => &[(AyaMode::Driver, "native"), (AyaMode::Skb, "generic")],
-            XdpMode::Native => &[(AyaMode::Driver, "native")],
-            XdpMode::Generic => &[(AyaMode::Skb, "generic")],
+            XdpMode::Auto => &[(AyaMode::Driver, MODE_NATIVE), (AyaMode::Skb, MODE_GENERIC)],
+            XdpMode::Native => &[(AyaMode::Driver, MODE_NATIVE)],
+            XdpMode::Generic => &[(AyaMode::Skb, MODE_GENERIC)],
         };
         let mut last = None;
         for (i, (m, label)) in tries.iter().enumerate() {

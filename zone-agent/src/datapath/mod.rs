@@ -5,6 +5,7 @@ mod apply;
 mod attach;
 pub mod events;
 mod failsafe;
+pub mod netlink;
 pub mod pin;
 pub mod stats;
 

@@ -22,10 +22,65 @@ fn sum(
     index: u32,
 ) -> Result<Counter, DatapathError> {
     let v = map.get(&index, 0).map_err(map_err(name))?;
-    Ok(v.iter().fold(Counter::default(), |a, c| Counter {
+    Ok(over_cpus(&v))
+}
+
+/// One counter's per-CPU slots added up.
+fn over_cpus(per_cpu: &[Counter]) -> Counter {
+    per_cpu.iter().fold(Counter::default(), |a, c| Counter {
         packets: a.packets + c.packets,
         bytes: a.bytes + c.bytes,
-    }))
+    })
+}
+
+/// `BPF_MAP_LOOKUP_BATCH` (uapi `enum bpf_cmd`).
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+/// Elements asked for per batch call.
+const BATCH: usize = 4096;
+
+/// The counters at indices `start..start + n` of a per-CPU array, each summed over CPUs, read
+/// with `BPF_MAP_LOOKUP_BATCH` (a policy of 100 000 rules: 25 calls instead of 100 000).
+fn sum_range(
+    map: &PerCpuArray<MapData, Counter>,
+    start: u32,
+    n: u32,
+) -> std::io::Result<Vec<Counter>> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+    let fd = map.map().fd().as_fd().as_raw_fd();
+    let mut out = Vec::with_capacity(n as usize);
+    let mut keys = vec![0u32; BATCH];
+    // Per element, one Counter per possible CPU (16 bytes: already 8-aligned).
+    let mut values = vec![Counter::default(); BATCH * cpus];
+    while (out.len() as u32) < n {
+        let want = (n - out.len() as u32).min(BATCH as u32);
+        // The batch continues after the key `in_batch` names; none: from index 0.
+        let at = start + out.len() as u32;
+        let previous = at.wrapping_sub(1);
+        let mut next = 0u32;
+        let mut attr = [0u64; 16];
+        attr[0] = if at == 0 {
+            0
+        } else {
+            &raw const previous as u64
+        }; // in_batch
+        attr[1] = &raw mut next as u64; // out_batch
+        attr[2] = keys.as_mut_ptr() as u64;
+        attr[3] = values.as_mut_ptr() as u64;
+        attr[4] = u64::from(want) | (fd as u32 as u64) << 32; // count, map_fd
+        let r = super::pin::sys_bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        let got = (attr[4] & 0xffff_ffff) as usize;
+        if let Err(e) = r
+            && !(e.raw_os_error() == Some(libc::ENOENT) && got > 0)
+        {
+            return Err(e);
+        }
+        if got == 0 || keys[0] != at {
+            return Err(std::io::Error::other("batch read out of order"));
+        }
+        out.extend(values[..got * cpus].chunks(cpus).map(over_cpus));
+    }
+    out.truncate(n as usize);
+    Ok(out)
 }
 
 /// Counters of one policy set.
@@ -116,13 +171,16 @@ impl Maps {
                 }
             }
         }
-        for r in 0..rules.min(MAX_RULES as usize) {
-            out.rules.push(sum(
-                &m.rule_stats,
-                MAP_RULE_STATS,
-                set * MAX_RULES + r as u32,
-            )?);
-        }
+        let rules = rules.min(MAX_RULES as usize) as u32;
+        out.rules = match sum_range(&m.rule_stats, set * MAX_RULES, rules) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!("BPF_MAP_LOOKUP_BATCH of rule counters: {e}; one by one");
+                (0..rules)
+                    .map(|r| sum(&m.rule_stats, MAP_RULE_STATS, set * MAX_RULES + r))
+                    .collect::<Result<_, _>>()?
+            }
+        };
         Ok(out)
     }
 
@@ -197,7 +255,7 @@ impl Maps {
             (LABEL_FLOWS, flows, CAP_FLOWS as u64),
             (LABEL_EMBRYOS, embryos, CAP_EMBRYOS as u64),
             ("fragments", entries(&m.frags, CAP_FRAGS), CAP_FRAGS as u64),
-            ("rules", m.rules.keys().count() as u64, CAP_RULES as u64),
+            ("rules", entries(&m.rules, CAP_RULES), CAP_RULES as u64),
             (
                 "addresses_v4",
                 m.addr4.keys().count() as u64,
@@ -210,12 +268,12 @@ impl Maps {
             ),
             (
                 "rule_macs",
-                m.rule_macs.keys().count() as u64,
+                entries(&m.rule_macs, CAP_RULEMACS),
                 CAP_RULEMACS as u64,
             ),
             (
                 "interfaces",
-                m.ifaces.keys().count() as u64,
+                entries(&m.ifaces, CAP_IFACES),
                 CAP_IFACES as u64,
             ),
         ]
@@ -302,15 +360,11 @@ pub fn monotonic_coarse_ns() -> u64 {
 /// then counts far past the capacity). Exact while the table is quiet; under churn an entry
 /// moved between buckets may be missed or seen twice, and the count is capped at the
 /// capacity. Falls back to counting keys if the kernel refuses batches.
-fn entries<K: aya::Pod + Default, V: aya::Pod + Default>(
-    map: &HashMap<MapData, K, V>,
-    capacity: u32,
-) -> u64 {
-    const BATCH: usize = 4096;
-    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+fn entries<K: aya::Pod, V: aya::Pod>(map: &HashMap<MapData, K, V>, capacity: u32) -> u64 {
     let fd = map.map().fd().as_fd().as_raw_fd();
-    let mut keys: Vec<K> = (0..BATCH).map(|_| K::default()).collect();
-    let mut values: Vec<V> = (0..BATCH).map(|_| V::default()).collect();
+    // Room for BATCH keys and values (the kernel copies bytes: no alignment needed).
+    let mut keys = vec![0u8; BATCH * size_of::<K>()];
+    let mut values = vec![0u8; BATCH * size_of::<V>()];
     let (mut cursor, mut next) = (0u32, 0u32);
     let mut total = 0u64;
     // One bucket per step at least: bounded by the number of buckets (<= capacity).

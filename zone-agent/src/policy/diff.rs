@@ -278,13 +278,6 @@ pub fn diff(old: &Policy, new: &Policy) -> PolicyDiff {
 
 // === global settings ===
 
-fn mode_word(m: Mode) -> &'static str {
-    match m {
-        Mode::Enforce => "enforce",
-        Mode::Audit => "audit",
-    }
-}
-
 fn action_word(a: Action) -> &'static str {
     match a {
         Action::Allow => "allow",
@@ -305,7 +298,7 @@ fn global(old: &Policy, new: &Policy) -> Vec<Item> {
         out.push(item(
             "mode",
             change,
-            format!("{} -> {} ({why})", mode_word(old.mode), mode_word(new.mode)),
+            format!("{} -> {} ({why})", old.mode.label(), new.mode.label()),
         ));
     }
     let defaults = [
@@ -344,15 +337,6 @@ fn global(old: &Policy, new: &Policy) -> Vec<Item> {
 
 // === zones ===
 
-fn criticality_word(c: Criticality) -> &'static str {
-    match c {
-        Criticality::Low => "low",
-        Criticality::Medium => "medium",
-        Criticality::High => "high",
-        Criticality::Critical => "critical",
-    }
-}
-
 fn describe_zone(z: &Zone) -> String {
     let mut s = String::new();
     if let Some(l) = &z.label {
@@ -363,7 +347,7 @@ fn describe_zone(z: &Zone) -> String {
         "interfaces {}; networks {}; criticality {}",
         join(&z.interfaces),
         join(&z.networks),
-        criticality_word(z.criticality)
+        z.criticality.label()
     );
     if let Some(seg) = z.segment {
         let _ = write!(s, "; segment {}", seg.label());
@@ -400,8 +384,8 @@ fn zone(old: &Zone, new: &Zone) -> Vec<Item> {
             Change::Neutral,
             format!(
                 "{} -> {} (alert severity follows it{lint})",
-                criticality_word(old.criticality),
-                criticality_word(new.criticality)
+                old.criticality.label(),
+                new.criticality.label()
             ),
         );
         i.verb = if new.criticality > old.criticality {
@@ -502,7 +486,7 @@ fn rule(op: &Policy, old: &Rule, np: &Policy, new: &Rule) -> Vec<Item> {
         out.push(item(
             "mode",
             Change::Neutral,
-            format!("{} -> {} ({why})", mode_word(old.mode), mode_word(new.mode)),
+            format!("{} -> {} ({why})", old.mode.label(), new.mode.label()),
         ));
     }
     if old.acknowledge != new.acknowledge {

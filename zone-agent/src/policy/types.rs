@@ -19,6 +19,16 @@ pub enum Mode {
     Audit,
 }
 
+impl Mode {
+    /// The word the policy file uses.
+    pub fn label(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Audit => "audit",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
     Allow,
@@ -31,6 +41,18 @@ pub enum Criticality {
     Medium,
     High,
     Critical,
+}
+
+impl Criticality {
+    /// The word the policy file uses.
+    pub fn label(self) -> &'static str {
+        match self {
+            Criticality::Low => "low",
+            Criticality::Medium => "medium",
+            Criticality::High => "high",
+            Criticality::Critical => "critical",
+        }
+    }
 }
 
 /// Which segment of 三層の対策 a zone is, for the guideline lint. Optional in the file: a zone

@@ -23,7 +23,7 @@ use crate::{
         FileWatch, Shared, Snapshot,
         admin::{InterfaceStatus, Status},
     },
-    telemetry::{SetNames, Telemetry, persist},
+    telemetry::{Attachment, PolicyInfo, SetNames, Telemetry, persist, unix_ms},
 };
 
 pub struct Agent {
@@ -121,11 +121,7 @@ impl Agent {
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION"),
             policy: a.policy_path.display().to_string(),
-            mode: if a.policy.mode == policy::Mode::Audit {
-                "audit"
-            } else {
-                "enforce"
-            },
+            mode: a.policy.mode.label(),
             generation: a.telemetry.generation,
             zones: a.policy.zones.iter().map(|z| z.name.clone()).collect(),
             rules: a.policy.rules.len(),
@@ -237,6 +233,8 @@ impl Agent {
         match self.dp.apply(compiled, ifindex) {
             Ok(generation) => {
                 self.telemetry.generation = generation;
+                self.telemetry.policy = Arc::new(PolicyInfo::of(policy));
+                self.telemetry.last_reload_unix_ms = unix_ms();
                 self.policy = policy.clone();
                 Ok(generation)
             }
@@ -282,8 +280,18 @@ impl Agent {
 
     /// What readers see now.
     pub fn snapshot(&self) -> Snapshot {
+        let mut telemetry = self.telemetry.clone();
+        telemetry.attachments = self
+            .dp
+            .attached()
+            .map(|(interface, mode)| Attachment {
+                interface: interface.clone(),
+                mode,
+            })
+            .collect();
+        telemetry.program_id = self.dp.program_id();
         Snapshot {
-            telemetry: self.telemetry.clone(),
+            telemetry,
             active_set: self.dp.active_set,
             status: self.status(),
         }

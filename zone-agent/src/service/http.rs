@@ -1,25 +1,37 @@
-//! `GET /metrics` on the metrics address (loopback by default).
+//! The metrics listener (loopback by default): `GET /metrics` (Prometheus text), `GET /` (the
+//! operator's page, [`page`]) and `GET /api/v1/overview` (the JSON the page polls,
+//! [`overview`]).
 //!
 //! Anyone on the host can connect to it, so it is bounded: at most [`MAX_CONNECTIONS`] open
 //! connections (more are closed as soon as they are accepted, so they cost no descriptor),
 //! request headers within [`HEADER_TIMEOUT`], one request per connection, and a connection
 //! closed after [`CONNECTION_TIMEOUT`] whatever it does. A scrape reads the snapshot the
 //! control task published and the metrics server's own map handles: it never waits for a
-//! reload nor holds anything a reload needs. Renders run one at a time; scrapes that arrive
-//! while one runs share the next one (never a result older than their request).
+//! reload nor holds anything a reload needs. Renders of each endpoint run one at a time;
+//! requests that arrive while one runs share the next one (never a result older than theirs).
 
 use std::{
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use axum::{
+    Router,
+    extract::State,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::get,
+};
 use tokio::{net::TcpListener, sync::Mutex};
 
 use crate::{
-    datapath::stats::View,
-    service::{Shared, Slots},
+    datapath::{DatapathError, stats::View},
+    service::{Shared, Slots, Snapshot, overview, page},
+    telemetry::figures,
 };
+
+/// The JSON the operator's page polls.
+pub const OVERVIEW_PATH: &str = "/api/v1/overview";
 
 /// Connections served at once.
 pub const MAX_CONNECTIONS: usize = 64;
@@ -28,23 +40,101 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest a connection stays open.
 pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// One render and when it started.
 struct Rendered {
     started: Instant,
-    text: Result<Arc<String>, String>,
+    body: Result<Arc<String>, String>,
 }
 
-struct Metrics {
-    shared: Arc<Shared>,
+/// Renders one kind of answer at a time from the published snapshot; requests that arrive
+/// while one runs share the next one (never a result older than their request).
+struct Coalesced {
+    render: fn(&Shared, &Snapshot) -> Result<String, DatapathError>,
     last: Mutex<Option<Rendered>>,
 }
 
+impl Coalesced {
+    fn new(render: fn(&Shared, &Snapshot) -> Result<String, DatapathError>) -> Coalesced {
+        Coalesced {
+            render,
+            last: Mutex::new(None),
+        }
+    }
+
+    async fn get(&self, shared: &Arc<Shared>) -> Result<Arc<String>, String> {
+        let arrived = Instant::now();
+        let mut last = self.last.lock().await;
+        let fresh = last.as_ref().is_some_and(|r| r.started >= arrived);
+        if !fresh {
+            let shared = shared.clone();
+            let render = self.render;
+            let started = Instant::now();
+            let body = tokio::task::spawn_blocking(move || consistent(&shared, render)).await;
+            let body = match body {
+                Ok(Ok(t)) => Ok(Arc::new(t)),
+                Ok(Err(e)) => Err(format!("{e:#}\n")),
+                Err(e) => Err(format!("{e}\n")),
+            };
+            *last = Some(Rendered { started, body });
+        }
+        last.as_ref()
+            .map(|r| r.body.clone())
+            .unwrap_or_else(|| Err("no render\n".into()))
+    }
+}
+
+/// A reload may publish while `render` runs (it publishes before it zeroes any counter it
+/// re-labels): render again from the new snapshot, so that no answer mixes two of them and a
+/// counter never appears to go back.
+fn consistent(
+    shared: &Shared,
+    render: fn(&Shared, &Snapshot) -> Result<String, DatapathError>,
+) -> Result<String, DatapathError> {
+    let mut tries = 0;
+    loop {
+        let snap = shared.snapshot();
+        let text = render(shared, &snap)?;
+        tries += 1;
+        if tries >= 3 || Arc::ptr_eq(&snap, &shared.snapshot()) {
+            return Ok(text);
+        }
+    }
+}
+
+fn view<'a>(shared: &'a Shared, snap: &Snapshot) -> View<'a> {
+    View {
+        maps: &shared.maps,
+        active_set: snap.active_set,
+    }
+}
+
+fn render_metrics(shared: &Shared, snap: &Snapshot) -> Result<String, DatapathError> {
+    crate::telemetry::metrics::render(&view(shared, snap), &snap.telemetry)
+}
+
+fn render_overview(shared: &Shared, snap: &Snapshot) -> Result<String, DatapathError> {
+    let f = figures::gather(&view(shared, snap), &snap.telemetry)?;
+    let recent = shared.recent.latest(overview::RECENT_SHOWN);
+    let o = overview::build(&f, &snap.telemetry, recent, None);
+    Ok(serde_json::to_string(&o).expect("the overview serializes"))
+}
+
+struct Endpoints {
+    shared: Arc<Shared>,
+    metrics: Coalesced,
+    overview: Coalesced,
+}
+
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()> {
-    let state = Arc::new(Metrics {
+    let state = Arc::new(Endpoints {
         shared,
-        last: Mutex::new(None),
+        metrics: Coalesced::new(render_metrics),
+        overview: Coalesced::new(render_overview),
     });
     let app = Router::new()
+        .route("/", get(page::page))
         .route("/metrics", get(metrics))
+        .route(OVERVIEW_PATH, get(overview))
         .with_state(state);
     let mut slots = Slots::new(
         "metrics",
@@ -69,48 +159,26 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Resul
     }
 }
 
-async fn metrics(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
-    let arrived = Instant::now();
-    let mut last = m.last.lock().await;
-    let fresh = last.as_ref().is_some_and(|r| r.started >= arrived);
-    if !fresh {
-        let shared = m.shared.clone();
-        let started = Instant::now();
-        let text = tokio::task::spawn_blocking(move || {
-            // A reload may publish while this renders (it publishes before it zeroes any
-            // counter it re-labels): render again from the new snapshot, so that no scrape
-            // mixes two of them and a counter never appears to go back.
-            let mut tries = 0;
-            loop {
-                let snap = shared.snapshot();
-                let view = View {
-                    maps: &shared.maps,
-                    active_set: snap.active_set,
-                };
-                let text = crate::telemetry::metrics::render(&view, &snap.telemetry);
-                tries += 1;
-                if tries >= 3 || Arc::ptr_eq(&snap, &shared.snapshot()) {
-                    break text;
-                }
-            }
-        })
-        .await;
-        let text = match text {
-            Ok(Ok(t)) => Ok(Arc::new(t)),
-            Ok(Err(e)) => Err(format!("{e:#}\n")),
-            Err(e) => Err(format!("{e}\n")),
-        };
-        *last = Some(Rendered { started, text });
-    }
-    let text = last
-        .as_ref()
-        .map(|r| r.text.clone())
-        .unwrap_or_else(|| Err("no render\n".into()));
-    drop(last);
-    match text {
+async fn metrics(State(e): State<Arc<Endpoints>>) -> Response {
+    answer(
+        e.metrics.get(&e.shared).await,
+        "text/plain; version=0.0.4; charset=utf-8",
+    )
+}
+
+async fn overview(State(e): State<Arc<Endpoints>>) -> Response {
+    answer(e.overview.get(&e.shared).await, "application/json")
+}
+
+fn answer(body: Result<Arc<String>, String>, content_type: &'static str) -> Response {
+    match body {
         Ok(text) => (
             StatusCode::OK,
-            [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+            [
+                ("content-type", content_type),
+                ("x-content-type-options", "nosniff"),
+                ("cache-control", "no-store"),
+            ],
             String::clone(&text),
         )
             .into_response(),

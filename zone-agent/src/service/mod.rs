@@ -14,12 +14,15 @@
 //!   anything but a regular file without blocking (a FIFO in its place cannot wedge the agent).
 //!
 //! The parts: [`agent`] (owns the data path, loads and reloads), [`admin`] (the local admin
-//! socket), [`http`] (`/metrics`); `cli/run.rs` wires them.
+//! socket), [`http`] (`/metrics`, the operator's [`page`] and its [`overview`] JSON);
+//! `cli/run.rs` wires them.
 
 pub mod admin;
 pub mod agent;
 pub mod events;
 pub mod http;
+pub mod overview;
+pub mod page;
 
 use std::{
     os::unix::fs::MetadataExt as _,

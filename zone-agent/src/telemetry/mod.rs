@@ -1,12 +1,16 @@
 //! Telemetry: the kernel's per-CPU counters, folded across policy generations by name, and
 //! exported in the Prometheus text format (`metrics`, `server`).
 
+pub mod figures;
 pub mod metrics;
 pub mod persist;
 
 use std::{
     collections::BTreeMap,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use zone_agent_common::{Counter, Verdict};
@@ -187,6 +191,100 @@ pub struct Telemetry {
     pub generation: u32,
     /// `fail_open_on_exit` is configured (exported so that monitoring can alert on it).
     pub fail_open_on_exit: bool,
+    /// Wall-clock time of the last successful load or reload, milliseconds since the Unix
+    /// epoch (0: none yet).
+    pub last_reload_unix_ms: u64,
+    /// What the enforcing policy says, for labels and the page (shared: a snapshot per
+    /// publish must not copy a large policy's rules).
+    pub policy: Arc<PolicyInfo>,
+    /// The zone interfaces the agent attached, and how.
+    pub attachments: Vec<Attachment>,
+    /// Kernel id of the agent's XDP program (what an interface must run to count as attached).
+    pub program_id: Option<u32>,
+}
+
+/// One zone interface the agent holds an XDP link on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attachment {
+    pub interface: String,
+    /// How the agent attached it (`native`, `generic`; `adopted` for a link of an earlier run).
+    pub mode: &'static str,
+}
+
+/// The enforcing policy as the operator wrote it: zones and rules in file order, with the
+/// words of the policy file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PolicyInfo {
+    /// `enforce` | `audit`.
+    pub mode: &'static str,
+    pub zones: Vec<ZoneInfo>,
+    pub rules: Vec<RuleInfo>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ZoneInfo {
+    pub name: String,
+    pub label: Option<String>,
+    pub criticality: &'static str,
+}
+
+/// One 特定通信.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct RuleInfo {
+    pub name: String,
+    pub description: Option<String>,
+    pub from_zone: String,
+    pub to_zone: String,
+    pub protocol: &'static str,
+    /// Destination ports as written (`443`, `8000-8010`); empty: every port.
+    pub ports: Vec<String>,
+    /// The rule's own mode: `audit` passes its traffic counted as audit (a trial).
+    pub mode: &'static str,
+}
+
+impl PolicyInfo {
+    pub fn of(p: &Policy) -> PolicyInfo {
+        let zone = |i: usize| p.zones.get(i).map_or_else(String::new, |z| z.name.clone());
+        PolicyInfo {
+            mode: p.mode.label(),
+            zones: p
+                .zones
+                .iter()
+                .map(|z| ZoneInfo {
+                    name: z.name.clone(),
+                    label: z.label.clone(),
+                    criticality: z.criticality.label(),
+                })
+                .collect(),
+            rules: p
+                .rules
+                .iter()
+                .map(|r| RuleInfo {
+                    name: r.name.clone(),
+                    description: r.description.clone(),
+                    from_zone: zone(r.from),
+                    to_zone: zone(r.to),
+                    protocol: r.protocol.label(),
+                    ports: r
+                        .ports
+                        .iter()
+                        .map(|pr| match pr.lo == pr.hi {
+                            true => pr.lo.to_string(),
+                            false => format!("{}-{}", pr.lo, pr.hi),
+                        })
+                        .collect(),
+                    mode: r.mode.label(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Telemetry {
