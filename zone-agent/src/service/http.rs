@@ -115,7 +115,15 @@ fn render_metrics(shared: &Shared, snap: &Snapshot) -> Result<String, DatapathEr
 fn render_overview(shared: &Shared, snap: &Snapshot) -> Result<String, DatapathError> {
     let f = figures::gather(&view(shared, snap), &snap.telemetry)?;
     let recent = shared.recent.latest(overview::RECENT_SHOWN);
-    let o = overview::build(&f, &snap.telemetry, recent, None);
+    let (produced, lost) = crate::telemetry::event_counts(&f.kernel_events);
+    let events = overview::EventHealth {
+        total: produced
+            .into_iter()
+            .map(|(k, n)| (k.to_string(), n))
+            .collect(),
+        lost: lost.into_iter().map(|(k, n)| (k.to_string(), n)).collect(),
+    };
+    let o = overview::build(&f, &snap.telemetry, recent, Some(events));
     Ok(serde_json::to_string(&o).expect("the overview serializes"))
 }
 

@@ -236,6 +236,7 @@ mod tests {
             flows_active: 1,
             flow_events: Vec::new(),
             embryo_evictions: 0,
+            kernel_events: Default::default(),
             interfaces: vec![InterfaceState {
                 interface: "zmyn".into(),
                 mode: "native",

@@ -7,7 +7,9 @@ use zone_agent_common::{FlowEvent, LABEL_EMBRYOS, LABEL_FLOWS};
 
 use super::{Telemetry, Totals};
 use crate::datapath::{
-    DatapathError, events::EventStats, ifindex, netlink,
+    DatapathError,
+    events::EventStats,
+    ifindex, netlink,
     stats::{GlobalCounters, View},
 };
 

@@ -5,10 +5,7 @@ use prometheus::{
 };
 use std::{collections::BTreeMap, fmt::Write as _, sync::atomic::Ordering};
 
-use zone_agent_common::{
-    Counter, DropReason, EventKind, EventStat, LABEL_EMBRYOS, LABEL_FLOWS, LOST_AGENT_QUEUE,
-    LOST_FLOW_LOG, LOST_RATE_LIMITED, LOST_RING_FULL, LOST_UNDECODABLE, PassReason,
-};
+use zone_agent_common::{Counter, DropReason, LABEL_EMBRYOS, LABEL_FLOWS, PassReason};
 
 use super::{EVENTS, Telemetry, figures::Figures};
 use crate::datapath::{DatapathError, stats::View};
@@ -161,7 +158,7 @@ pub fn render_figures(f: &Figures, t: &Telemetry) -> String {
         refused.with_label_values(&[listener]).inc_by(n);
     }
 
-    event_metrics(&reg, &|s| f.kernel_events[s as usize]);
+    event_metrics(&reg, f);
     agent_info(&reg, f, t);
 
     let mut buf = Vec::new();
@@ -309,40 +306,18 @@ fn agent_info(reg: &Registry, f: &Figures, t: &Telemetry) {
     .set((t.last_reload_unix_ms / 1000) as i64);
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn label_values_are_quoted_as_the_text_format_says() {
-        let mut out = String::new();
-        let f = Family::new(&mut out, "m", "gauge", "a \\ b\nc");
-        f.sample(&mut out, &[("rule", "x\"y\\z\nw"), ("mode", "audit")], 7);
-        assert_eq!(
-            out,
-            "# HELP m a \\\\ b\\nc\n# TYPE m gauge\nm{rule=\"x\\\"y\\\\z\\nw\",mode=\"audit\"} 7\n"
-        );
-    }
-}
-
 /// The event stream's counters: what the kernel emitted (`kernel`: a `ZA_EVSTATS` slot
 /// summed over CPUs) and the agent's own, every label present (0 included).
-fn event_metrics(reg: &Registry, kernel: &dyn Fn(EventStat) -> u64) {
+fn event_metrics(reg: &Registry, f: &Figures) {
+    let (produced, lost_by_stage) = super::event_counts(&f.kernel_events);
     let total = counter(
         reg,
         "zone_agent_events_total",
         "Decision events produced, by kind: written to the event ring by the data path (deny, audit, flow_open, flow_end), plus flow_end for the flows the agent's expiry sweep removed. Events lost after that are in zone_agent_events_lost_total.",
         &["kind"],
     );
-    for kind in EventKind::ALL {
-        let agent = if kind == EventKind::FlowEnd {
-            EVENTS.flow_end_swept.load(Ordering::Relaxed)
-        } else {
-            0
-        };
-        total
-            .with_label_values(&[kind.label()])
-            .inc_by(kernel(EventStat::emitted(kind)) + agent);
+    for (kind, n) in produced {
+        total.with_label_values(&[kind]).inc_by(n);
     }
     let lost = counter(
         reg,
@@ -350,16 +325,10 @@ fn event_metrics(reg: &Registry, kernel: &dyn Fn(EventStat) -> u64) {
         "Decision events not delivered, by stage: rate_limited (refused by the data path's per-CPU budget, never written), ring_full (no room in the event ring), agent_queue (the agent's queue behind the ring reader was full), undecodable (a record the agent could not read), flow_log (not written to the flow log; the other consumers got it).",
         &["stage"],
     );
-    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-    for (stage, n) in [
-        (LOST_RATE_LIMITED, kernel(EventStat::RateLimited)),
-        (LOST_RING_FULL, kernel(EventStat::RingFull)),
-        (LOST_AGENT_QUEUE, load(&EVENTS.lost_agent_queue)),
-        (LOST_UNDECODABLE, load(&EVENTS.lost_undecodable)),
-        (LOST_FLOW_LOG, load(&EVENTS.lost_flow_log)),
-    ] {
+    for (stage, n) in lost_by_stage {
         lost.with_label_values(&[stage]).inc_by(n);
     }
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let clients = IntGauge::new(
         "zone_agent_observe_clients",
         "zone-agent observe clients connected to the admin socket.",
@@ -374,4 +343,20 @@ fn event_metrics(reg: &Registry, kernel: &dyn Fn(EventStat) -> u64) {
     .expect("valid");
     reg.register(Box::new(dropped.clone())).expect("unique");
     dropped.inc_by(load(&EVENTS.observe_dropped));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_quoted_as_the_text_format_says() {
+        let mut out = String::new();
+        let f = Family::new(&mut out, "m", "gauge", "a \\ b\nc");
+        f.sample(&mut out, &[("rule", "x\"y\\z\nw"), ("mode", "audit")], 7);
+        assert_eq!(
+            out,
+            "# HELP m a \\\\ b\\nc\n# TYPE m gauge\nm{rule=\"x\\\"y\\\\z\\nw\",mode=\"audit\"} 7\n"
+        );
+    }
 }

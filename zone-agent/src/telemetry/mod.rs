@@ -295,3 +295,37 @@ impl Telemetry {
         }
     }
 }
+
+/// Counts by label value.
+pub type Labelled = Vec<(&'static str, u64)>;
+
+/// Events produced by kind and lost by stage (the labels of `zone_agent_events_total` and
+/// `zone_agent_events_lost_total`, every one present): the data path's counters `kernel`
+/// (`EventStat` slots) and the agent's own. `/metrics` and the page both use this.
+pub fn event_counts(kernel: &crate::datapath::events::EventStats) -> (Labelled, Labelled) {
+    use std::sync::atomic::Ordering::Relaxed;
+    use zone_agent_common::{
+        EventKind, EventStat, LOST_AGENT_QUEUE, LOST_FLOW_LOG, LOST_RATE_LIMITED, LOST_RING_FULL,
+        LOST_UNDECODABLE,
+    };
+    let k = |s: EventStat| kernel[s as usize];
+    let produced = EventKind::ALL
+        .into_iter()
+        .map(|kind| {
+            let swept = if kind == EventKind::FlowEnd {
+                EVENTS.flow_end_swept.load(Relaxed)
+            } else {
+                0
+            };
+            (kind.label(), k(EventStat::emitted(kind)) + swept)
+        })
+        .collect();
+    let lost = vec![
+        (LOST_RATE_LIMITED, k(EventStat::RateLimited)),
+        (LOST_RING_FULL, k(EventStat::RingFull)),
+        (LOST_AGENT_QUEUE, EVENTS.lost_agent_queue.load(Relaxed)),
+        (LOST_UNDECODABLE, EVENTS.lost_undecodable.load(Relaxed)),
+        (LOST_FLOW_LOG, EVENTS.lost_flow_log.load(Relaxed)),
+    ];
+    (produced, lost)
+}
