@@ -498,3 +498,31 @@ fn swept_flows_come_back_with_their_counters() {
         assert_eq!(kinds, vec![EventKind::FlowOpen as u8]);
     });
 }
+
+/// Global audit mode: what the policy would deny passes, and is reported as an Audit event
+/// with the reason it would have been dropped for.
+#[test]
+fn audit_mode_reports_would_be_drops() {
+    probe(|| {
+        let audit = POLICY.replace("mode = \"enforce\"", "mode = \"audit\"");
+        let mut p = Probe::new(&audit, Some(on(1000, 100)));
+        let (src, dst) = (ip("10.20.7.7"), ip("10.10.9.20"));
+        let f = Frame::new(src, dst).tcp(40000, 22, SYN).mac(MAC);
+        assert_eq!(p.run("evlg", &f.bytes()), XDP_PASS);
+        let ev = p.drain();
+        assert_eq!(ev.len(), 1, "{ev:?}");
+        let e = ev[0];
+        assert_eq!(EventKind::from_u8(e.kind), Some(EventKind::Audit));
+        assert_eq!(e.reason, DropReason::NoRule as u8);
+        assert_eq!((e.src, e.dst, e.dst_port), (addr16(src), addr16(dst), 22));
+        assert_eq!((e.from_zone, e.to_zone), (lgwan(), mynumber()));
+        let s = p.stats();
+        assert_eq!(
+            (
+                stat(&s, EventStat::EmittedAudit),
+                stat(&s, EventStat::EmittedDeny)
+            ),
+            (1, 0)
+        );
+    });
+}

@@ -13,8 +13,9 @@
 //! `rate` reservations per second per CPU. What the bucket refuses (`RateLimited`) and what
 //! the full ring refuses (`RingFull`) is counted in `ZA_EVSTATS` and in the bucket's `lost`,
 //! which the next emitted event carries as `lost_before`. Each emitter is its own BPF
-//! function: verified once, and its stack (the record is written in place in the ring, never
-//! built on the stack) is not added to the callers' paths.
+//! function, verified once instead of once per path of its caller; `decision` and
+//! `flow_open` write the record field by field in place in the ring (no copy on the stack).
+//! The verifier checks the stack of every call chain against the 512-byte limit.
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},

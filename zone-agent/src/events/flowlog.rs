@@ -23,6 +23,10 @@ use crate::telemetry::{EVENTS, EventCounters};
 
 /// Buffered lines reach the file at least this often.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// Mode of a new flow log (before the umask): it names hosts of the critical zone, so the
+/// owner writes and only its group (a log shipper's) reads.
+pub const FILE_MODE: u32 = 0o640;
+
 /// Where and how much (`flow_log`, `flow_log_max_bytes`, `flow_log_keep`).
 pub type Settings = crate::config::FlowLog;
 
@@ -61,10 +65,12 @@ impl FlowLog {
     }
 
     fn reopen(&mut self) -> std::io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt as _;
         self.last_open_try = Some(Instant::now());
         let f = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(FILE_MODE)
             .open(&self.settings.path)?;
         self.size = f.metadata()?.len();
         self.file = Some(BufWriter::new(f));
@@ -204,6 +210,13 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, ["flows.json", "flows.json.1", "flows.json.2"]);
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(
+            mode & !FILE_MODE,
+            0,
+            "{mode:o}: more than owner rw, group r"
+        );
         // Each full file holds whole lines, at most max_bytes; the newest lines are in FILE.
         let text = std::fs::read_to_string(&path).unwrap();
         let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
